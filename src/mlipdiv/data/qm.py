@@ -1,0 +1,91 @@
+"""Real QM labels: GFN2-/GFN1-xTB through tblite, DFT through PySCF.
+
+Both codes work in Hartree and Bohr; conversion to eV and eV/Angstrom happens here and nowhere
+else. A gradient is minus the force.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from mlipdiv.data.units import BOHR_TO_ANGSTROM, HARTREE_PER_BOHR_TO_EV_PER_ANGSTROM, HARTREE_TO_EV
+
+XTB_METHODS = {"gfn2-xtb": "GFN2-xTB", "gfn1-xtb": "GFN1-xTB"}
+DFT_DEFAULT = "wb97x/6-31g*"
+METHODS = (*XTB_METHODS, "dft")
+
+
+class LabelError(RuntimeError):
+    """A QM calculation failed (no SCF convergence, non-finite result, unsupported input)."""
+
+
+@dataclass(frozen=True)
+class QMMethod:
+    """A level of theory: `name` is 'gfn2-xtb', 'gfn1-xtb' or 'dft'; `functional_basis` is
+    used for DFT ('functional/basis')."""
+
+    name: str = "gfn2-xtb"
+    charge: int = 0
+    functional_basis: str = DFT_DEFAULT
+
+    @property
+    def level_of_theory(self) -> str:
+        if self.name == "dft":
+            return f"{self.functional_basis} (PySCF, density fitting)"
+        return f"{XTB_METHODS[self.name]} (tblite)"
+
+    def label(self, atomic_numbers: np.ndarray, positions: np.ndarray) -> tuple[float, np.ndarray]:
+        """Energy (eV) and forces (eV/Angstrom) of one conformer given in Angstrom."""
+        if self.name in XTB_METHODS:
+            energy, gradient = _xtb(XTB_METHODS[self.name], atomic_numbers, positions, self.charge)
+        elif self.name == "dft":
+            energy, gradient = _dft(self.functional_basis, atomic_numbers, positions, self.charge)
+        else:
+            raise LabelError(f"unknown method '{self.name}' (choose from {', '.join(METHODS)})")
+        energy_ev = energy * HARTREE_TO_EV
+        forces = -np.asarray(gradient) * HARTREE_PER_BOHR_TO_EV_PER_ANGSTROM
+        if not (np.isfinite(energy_ev) and np.isfinite(forces).all()):
+            raise LabelError("non-finite energy or forces")
+        return float(energy_ev), forces
+
+    def label_many(
+        self, atomic_numbers: np.ndarray, positions: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Label a (n_conf, n_atoms, 3) block; returns energies (n_conf,) and forces."""
+        results = [self.label(atomic_numbers, xyz) for xyz in positions]
+        return np.array([e for e, _ in results]), np.stack([f for _, f in results])
+
+
+def _xtb(method: str, numbers: np.ndarray, positions: np.ndarray, charge: int):
+    from tblite.interface import Calculator
+
+    try:
+        calc = Calculator(
+            method, np.asarray(numbers), np.asarray(positions) / BOHR_TO_ANGSTROM, charge=charge
+        )
+        calc.set("verbosity", 0)
+        result = calc.singlepoint()
+    except RuntimeError as exc:
+        raise LabelError(f"{method} failed: {str(exc).splitlines()[0]}") from None
+    return result.get("energy"), result.get("gradient")
+
+
+def _dft(functional_basis: str, numbers: np.ndarray, positions: np.ndarray, charge: int):
+    from pyscf import dft, gto
+
+    functional, basis = functional_basis.split("/")
+    mol = gto.M(
+        atom=[(int(z), tuple(xyz)) for z, xyz in zip(numbers, positions, strict=True)],
+        unit="Angstrom", basis=basis, charge=charge,
+        spin=int(sum(numbers) - charge) % 2, verbose=0,
+    )
+    mf = (dft.RKS(mol) if mol.spin == 0 else dft.UKS(mol)).density_fit()
+    mf.xc = functional
+    mf.max_memory = int(os.environ.get("MLIPDIV_PYSCF_MEMORY_MB", "4000"))
+    energy = mf.kernel()
+    if not mf.converged:
+        raise LabelError("SCF did not converge")
+    return energy, mf.nuc_grad_method().kernel()

@@ -1,0 +1,449 @@
+"""The conformer store: one HDF5 file per dataset, close to the SPICE layout.
+
+Layout::
+
+    /                       attrs: format_version, level_of_theory, energy_unit, force_unit,
+                                   length_unit, created_by
+    /<InChIKey>/            attrs: smiles, inchikey, formula
+        atomic_numbers      (n_atoms,)            int
+        positions           (n_conf, n_atoms, 3)  Angstrom
+        energy              (n_conf,)             eV        (absent in an unlabelled store)
+        forces              (n_conf, n_atoms, 3)  eV/Angstrom
+        sampler, source, flags  (n_conf,)         str   provenance per conformer
+        temperature         (n_conf,)             K (NaN where not applicable)
+
+Reading is lazy (one molecule group at a time). Writing goes to a temporary file that is
+renamed over the target only when complete, so a store is never left half-written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from mlipdiv.errors import MlipdivError
+
+FORMAT_VERSION = 1
+PROVENANCE_STR = ("sampler", "source", "flags")
+STR_DTYPE = h5py.string_dtype("utf-8")
+
+
+@dataclass
+class MoleculeRecord:
+    """All (or a subset of the) conformers of one molecule, in eV / Angstrom."""
+
+    inchikey: str
+    smiles: str
+    formula: str
+    atomic_numbers: np.ndarray
+    positions: np.ndarray
+    energy: np.ndarray | None = None
+    forces: np.ndarray | None = None
+    sampler: np.ndarray = field(default=None)  # type: ignore[assignment]
+    temperature: np.ndarray = field(default=None)  # type: ignore[assignment]
+    source: np.ndarray = field(default=None)  # type: ignore[assignment]
+    flags: np.ndarray = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        self.atomic_numbers = np.asarray(self.atomic_numbers, dtype=np.int64)
+        self.positions = np.asarray(self.positions, dtype=np.float64)
+        n_conf = len(self.positions)
+        for name in PROVENANCE_STR:
+            if getattr(self, name) is None:
+                setattr(self, name, np.full(n_conf, "", dtype=object))
+        if self.temperature is None:
+            self.temperature = np.full(n_conf, np.nan)
+        self.validate()
+
+    @property
+    def n_conformers(self) -> int:
+        return len(self.positions)
+
+    @property
+    def n_atoms(self) -> int:
+        return len(self.atomic_numbers)
+
+    @property
+    def labelled(self) -> bool:
+        return self.energy is not None
+
+    def validate(self) -> None:
+        """Raise MlipdivError on inconsistent shapes or non-finite values."""
+        n_conf, n_atoms = self.n_conformers, self.n_atoms
+        where = f"molecule {self.inchikey}"
+        if self.positions.shape != (n_conf, n_atoms, 3):
+            raise MlipdivError(
+                f"{where}: positions shape {self.positions.shape} does not match "
+                f"{n_atoms} atoms"
+            )
+        if not np.isfinite(self.positions).all():
+            raise MlipdivError(f"{where}: non-finite positions")
+        if (self.energy is None) != (self.forces is None):
+            raise MlipdivError(f"{where}: energy and forces must both be present or absent")
+        if self.energy is not None:
+            self.energy = np.asarray(self.energy, dtype=np.float64).reshape(-1)
+            self.forces = np.asarray(self.forces, dtype=np.float64)
+            if self.energy.shape != (n_conf,):
+                raise MlipdivError(f"{where}: {len(self.energy)} energies for {n_conf} conformers")
+            if self.forces.shape != self.positions.shape:
+                raise MlipdivError(
+                    f"{where}: forces shape {self.forces.shape} does not match positions "
+                    f"{self.positions.shape}"
+                )
+            if not (np.isfinite(self.energy).all() and np.isfinite(self.forces).all()):
+                raise MlipdivError(f"{where}: non-finite energy or forces")
+        for name in (*PROVENANCE_STR, "temperature"):
+            if len(getattr(self, name)) != n_conf:
+                raise MlipdivError(f"{where}: provenance '{name}' length != {n_conf} conformers")
+
+    def subset(self, indices: Iterable[int]) -> MoleculeRecord:
+        """The same molecule restricted to the given conformer indices (in that order)."""
+        idx = np.asarray(list(indices), dtype=np.int64)
+        return MoleculeRecord(
+            self.inchikey,
+            self.smiles,
+            self.formula,
+            self.atomic_numbers,
+            self.positions[idx],
+            None if self.energy is None else self.energy[idx],
+            None if self.forces is None else self.forces[idx],
+            self.sampler[idx],
+            self.temperature[idx],
+            self.source[idx],
+            self.flags[idx],
+        )
+
+    def to_atoms(self) -> list:
+        """One `ase.Atoms` per conformer, with energy/forces attached as a calculator result."""
+        from ase import Atoms
+        from ase.calculators.singlepoint import SinglePointCalculator
+
+        frames = []
+        for i in range(self.n_conformers):
+            atoms = Atoms(numbers=self.atomic_numbers, positions=self.positions[i])
+            atoms.info.update(inchikey=self.inchikey, smiles=self.smiles, conformer=i)
+            # extxyz cannot read back empty values, so only non-empty provenance is kept.
+            for name in PROVENANCE_STR:
+                if value := str(getattr(self, name)[i]):
+                    atoms.info[name] = value
+            if np.isfinite(self.temperature[i]):
+                atoms.info["temperature"] = float(self.temperature[i])
+            if self.labelled:
+                atoms.calc = SinglePointCalculator(
+                    atoms, energy=float(self.energy[i]), forces=self.forces[i].copy()
+                )
+            frames.append(atoms)
+        return frames
+
+
+def concatenate(records: list[MoleculeRecord]) -> MoleculeRecord:
+    """Join conformer blocks of one molecule (same atom order) into one record."""
+    first = records[0]
+    labelled = all(r.labelled for r in records)
+    return MoleculeRecord(
+        first.inchikey,
+        first.smiles,
+        first.formula,
+        first.atomic_numbers,
+        np.concatenate([r.positions for r in records]),
+        np.concatenate([r.energy for r in records]) if labelled else None,
+        np.concatenate([r.forces for r in records]) if labelled else None,
+        *(np.concatenate([getattr(r, k) for r in records]) for k in
+          ("sampler", "temperature", "source", "flags")),
+    )
+
+
+class ConformerStore:
+    """Read-only, lazy access to a store file. Use as a context manager or call `close()`."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise MlipdivError(f"{self.path}: no such store")
+        try:
+            self._file = h5py.File(self.path, "r")
+        except OSError as exc:
+            raise MlipdivError(f"{self.path}: not a readable HDF5 store ({exc})") from None
+        if self._file.attrs.get("format_version") is None:
+            self._file.close()
+            raise MlipdivError(f"{self.path}: not an mlipdiv store (no format_version attribute)")
+        self._keys = sorted(self._file.keys())
+
+    def __enter__(self) -> ConformerStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._file.close()
+
+    @property
+    def attrs(self) -> dict:
+        return {k: _plain(v) for k, v in self._file.attrs.items()}
+
+    @property
+    def level_of_theory(self) -> str:
+        return str(self._file.attrs.get("level_of_theory", "unknown"))
+
+    @property
+    def inchikeys(self) -> list[str]:
+        return list(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __contains__(self, inchikey: str) -> bool:
+        return inchikey in self._file
+
+    def n_conformers(self, inchikey: str) -> int:
+        return int(self._group(inchikey)["positions"].shape[0])
+
+    def conformer_counts(self) -> dict[str, int]:
+        """Conformers per molecule, read from dataset shapes only (no data loaded)."""
+        return {k: int(self._file[k]["positions"].shape[0]) for k in self._keys}
+
+    def total_conformers(self) -> int:
+        return sum(self.conformer_counts().values())
+
+    def group_attrs(self, inchikey: str) -> dict:
+        """smiles, inchikey and formula of a molecule without loading its arrays."""
+        return {k: _plain(v) for k, v in self._group(inchikey).attrs.items()}
+
+    def atomic_numbers(self, inchikey: str) -> np.ndarray:
+        return self._group(inchikey)["atomic_numbers"][()]
+
+    def molecule(self, inchikey: str, conformers: Iterable[int] | None = None) -> MoleculeRecord:
+        """Load one molecule, optionally only the listed conformer indices (in that order)."""
+        group = self._group(inchikey)
+        n_conf = group["positions"].shape[0]
+        if conformers is None:
+            sel: slice | np.ndarray = slice(None)
+            order = None
+        else:
+            idx = np.asarray(list(conformers), dtype=np.int64)
+            if len(idx) and (idx.min() < 0 or idx.max() >= n_conf):
+                raise MlipdivError(
+                    f"{self.path}: molecule {inchikey} has {n_conf} conformers, asked for index "
+                    f"{int(idx.max() if idx.max() >= n_conf else idx.min())}"
+                )
+            # h5py fancy indexing needs increasing unique indices; reorder afterwards.
+            sel, order = np.unique(idx, return_inverse=True)
+
+        def read(name):
+            data = group[name][sel] if len(group[name].shape) else group[name][()]
+            return data if order is None else data[order]
+
+        labelled = "energy" in group
+        attrs = group.attrs
+        return MoleculeRecord(
+            inchikey=inchikey,
+            smiles=str(attrs.get("smiles", "")),
+            formula=str(attrs.get("formula", "")),
+            atomic_numbers=group["atomic_numbers"][()],
+            positions=read("positions"),
+            energy=read("energy") if labelled else None,
+            forces=read("forces") if labelled else None,
+            sampler=_decode(read("sampler")),
+            temperature=read("temperature"),
+            source=_decode(read("source")),
+            flags=_decode(read("flags")),
+        )
+
+    def molecules(self, inchikeys: Iterable[str] | None = None) -> Iterator[MoleculeRecord]:
+        """Iterate molecules lazily, one group in memory at a time."""
+        for key in self._keys if inchikeys is None else inchikeys:
+            yield self.molecule(key)
+
+    def select(self, pairs: Iterable[tuple[str, int]]) -> Iterator[MoleculeRecord]:
+        """Records restricted to the given (inchikey, conformer index) pairs, grouped by
+        molecule in first-seen order."""
+        grouped: dict[str, list[int]] = {}
+        for key, idx in pairs:
+            grouped.setdefault(key, []).append(int(idx))
+        for key, indices in grouped.items():
+            if key not in self._file:
+                raise MlipdivError(f"{self.path}: molecule {key} is not in the store")
+            yield self.molecule(key, indices)
+
+    def to_atoms(self, pairs: Iterable[tuple[str, int]] | None = None) -> list:
+        """A list of `ase.Atoms` for the selected conformers (all when pairs is None)."""
+        records = self.molecules() if pairs is None else self.select(pairs)
+        return [atoms for record in records for atoms in record.to_atoms()]
+
+    def checksum(self) -> str:
+        """Content fingerprint: molecules, conformer counts and label arrays.
+
+        Cheap enough for large stores (energies only, not positions), and changes whenever a
+        molecule or conformer is added, removed or relabelled.
+        """
+        digest = hashlib.sha256()
+        for key in self._keys:
+            group = self._file[key]
+            digest.update(key.encode())
+            digest.update(str(group["positions"].shape).encode())
+            if "energy" in group:
+                digest.update(np.ascontiguousarray(group["energy"][()]).tobytes())
+            else:
+                digest.update(np.ascontiguousarray(group["positions"][:, 0, :]).tobytes())
+        return digest.hexdigest()
+
+    def _group(self, inchikey: str) -> h5py.Group:
+        try:
+            return self._file[inchikey]
+        except KeyError:
+            raise MlipdivError(f"{self.path}: molecule {inchikey} is not in the store") from None
+
+
+class StoreWriter:
+    """Writes a store atomically: data go to `<path>.tmp`, renamed over `path` on `close()`.
+
+    `add()` appends conformers to a molecule, creating its group on first sight; appending
+    a record whose atoms differ from the stored molecule's is an error.
+    On an exception inside a `with` block the temporary file is removed and the target kept.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        level_of_theory: str,
+        created_by: str | None = None,
+        extra_attrs: dict | None = None,
+    ):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp_path = self.path.with_name(self.path.name + ".tmp")
+        self._file = h5py.File(self.tmp_path, "w")
+        attrs = self._file.attrs
+        attrs["format_version"] = FORMAT_VERSION
+        attrs["level_of_theory"] = level_of_theory
+        attrs["energy_unit"] = "eV"
+        attrs["force_unit"] = "eV/Angstrom"
+        attrs["length_unit"] = "Angstrom"
+        attrs["created_by"] = created_by or " ".join(["mlipdiv", *sys.argv[1:]])
+        for key, value in (extra_attrs or {}).items():
+            attrs[key] = value
+        self.n_conformers = 0
+
+    def __enter__(self) -> StoreWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def add(self, record: MoleculeRecord) -> None:
+        """Append a molecule's conformers (creating the molecule group if new)."""
+        record.validate()
+        if record.inchikey in self._file:
+            self._append(self._file[record.inchikey], record)
+        else:
+            self._create(record)
+        self.n_conformers += record.n_conformers
+
+    def close(self) -> None:
+        """Finish writing and move the file into place."""
+        self._file.close()
+        os.replace(self.tmp_path, self.path)
+
+    def abort(self) -> None:
+        """Drop everything written; the target path is left untouched."""
+        self._file.close()
+        self.tmp_path.unlink(missing_ok=True)
+
+    def _create(self, record: MoleculeRecord) -> None:
+        group = self._file.create_group(record.inchikey)
+        group.attrs["smiles"] = record.smiles
+        group.attrs["inchikey"] = record.inchikey
+        group.attrs["formula"] = record.formula
+        group.create_dataset("atomic_numbers", data=record.atomic_numbers.astype(np.int16))
+        n_atoms = record.n_atoms
+
+        def resizable(name, data, dtype=None):
+            shape = data.shape
+            group.create_dataset(
+                name, data=data, dtype=dtype, maxshape=(None, *shape[1:]),
+                chunks=(max(1, min(len(data), max(1, 65536 // max(1, 24 * n_atoms)))),
+                        *shape[1:]),
+            )
+
+        resizable("positions", record.positions)
+        if record.labelled:
+            resizable("energy", record.energy)
+            resizable("forces", record.forces)
+        for name in PROVENANCE_STR:
+            resizable(name, np.asarray(getattr(record, name), dtype=object), STR_DTYPE)
+        resizable("temperature", np.asarray(record.temperature, dtype=np.float64))
+
+    def _append(self, group: h5py.Group, record: MoleculeRecord) -> None:
+        if not np.array_equal(group["atomic_numbers"][()], record.atomic_numbers):
+            raise MlipdivError(
+                f"molecule {record.inchikey}: appended conformers have a different atom order"
+            )
+        if ("energy" in group) != record.labelled:
+            raise MlipdivError(f"molecule {record.inchikey}: mixing labelled and unlabelled data")
+        names = ["positions", *PROVENANCE_STR, "temperature"]
+        if record.labelled:
+            names += ["energy", "forces"]
+        for name in names:
+            dataset = group[name]
+            old = dataset.shape[0]
+            dataset.resize(old + record.n_conformers, axis=0)
+            values = getattr(record, name)
+            dataset[old:] = np.asarray(values, dtype=object) if name in PROVENANCE_STR else values
+
+
+def write_store(
+    path: str | os.PathLike,
+    records: Iterable[MoleculeRecord],
+    level_of_theory: str,
+    created_by: str | None = None,
+) -> int:
+    """Write records to a new store atomically; returns the number of conformers written."""
+    with StoreWriter(path, level_of_theory, created_by) as writer:
+        for record in records:
+            writer.add(record)
+    return writer.n_conformers
+
+
+def write_subset(
+    store: ConformerStore, pairs: Iterable[tuple[str, int]], path: str | os.PathLike
+) -> int:
+    """Copy the selected (inchikey, conformer) pairs of a store into a new store."""
+    return write_store(path, store.select(pairs), store.level_of_theory)
+
+
+def export_extxyz(
+    store: ConformerStore, path: str | os.PathLike,
+    pairs: Iterable[tuple[str, int]] | None = None,
+) -> int:
+    """Write (selected) conformers to extended XYZ, energy/forces as calculator results."""
+    from ase.io import write
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    frames = store.to_atoms(pairs)
+    write(tmp, frames, format="extxyz")
+    os.replace(tmp, path)
+    return len(frames)
+
+
+def _decode(values: np.ndarray) -> np.ndarray:
+    return np.array([v.decode() if isinstance(v, bytes) else str(v) for v in values], dtype=object)
+
+
+def _plain(value):
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
