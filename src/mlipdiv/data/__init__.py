@@ -1,6 +1,7 @@
 """Data layer: the conformer store, dataset import, and QM data generation/labelling."""
 
 from mlipdiv.data.identity import Identity, PerceptionError, perceive
+from mlipdiv.data.importer import ImportSummary, import_dataset
 from mlipdiv.data.qm import LabelError, QMMethod
 from mlipdiv.data.store import (
     ConformerStore,
@@ -14,12 +15,14 @@ from mlipdiv.data.store import (
 __all__ = [
     "ConformerStore",
     "Identity",
+    "ImportSummary",
     "LabelError",
     "MoleculeRecord",
     "PerceptionError",
     "QMMethod",
     "StoreWriter",
     "export_extxyz",
+    "import_dataset",
     "perceive",
     "write_store",
     "write_subset",

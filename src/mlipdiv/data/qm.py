@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
+from ase.calculators.calculator import Calculator, all_changes
 
 from mlipdiv.data.units import BOHR_TO_ANGSTROM, HARTREE_PER_BOHR_TO_EV_PER_ANGSTROM, HARTREE_TO_EV
 
@@ -57,6 +58,25 @@ class QMMethod:
         """Label a (n_conf, n_atoms, 3) block; returns energies (n_conf,) and forces."""
         results = [self.label(atomic_numbers, xyz) for xyz in positions]
         return np.array([e for e, _ in results]), np.stack([f for _, f in results])
+
+    def calculator(self):
+        """An ASE calculator (energy in eV, forces in eV/Angstrom) for optimisation and MD."""
+        return QMCalculator(self)
+
+
+class QMCalculator(Calculator):
+    """ASE calculator around a QMMethod, so ASE optimisers and dynamics use mlipdiv's labels."""
+
+    implemented_properties = ["energy", "forces"]
+
+    def __init__(self, method: QMMethod):
+        super().__init__()
+        self.method = method
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        energy, forces = self.method.label(self.atoms.numbers, self.atoms.positions)
+        self.results = {"energy": energy, "forces": forces}
 
 
 def _xtb(method: str, numbers: np.ndarray, positions: np.ndarray, charge: int):

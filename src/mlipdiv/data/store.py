@@ -341,6 +341,10 @@ class StoreWriter:
         else:
             self.abort()
 
+    def __contains__(self, inchikey: str) -> bool:
+        """Whether a molecule has been written already."""
+        return inchikey in self._file
+
     def add(self, record: MoleculeRecord) -> None:
         """Append a molecule's conformers (creating the molecule group if new)."""
         record.validate()

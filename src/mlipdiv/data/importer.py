@@ -1,0 +1,235 @@
+"""Streaming import of a public or user dataset into a conformer store.
+
+One source group is in memory at a time. Within a group, conformers are first grouped by a
+cheap covalent-radius bond graph (`connectivity_signature`, vectorised over the group); bonds
+are perceived with RDKit once per distinct graph, which gives the InChIKey and the canonical
+atom order the store uses.
+
+Which graphs are molecules, and which are distorted conformers:
+
+* The group's most common molecule (by conformer count) is always a molecule.
+* Formats whose group is one molecule by construction (SPICE) have no other molecule: any
+  other graph is a distortion of it.
+* Formula groups (ANI-1x, QM7-X, runs of extxyz / ASE db frames) may hold several molecules.
+  A less common graph is a molecule of its own when it is a well-formed closed-shell molecule
+  (one fragment, no radicals, no formal charges beyond the group's net charge) and at least
+  `MIN_CONFORMERS_PER_MOLECULE` conformers perceive to it. A stretched or compressed bond
+  almost always leaves fragments, radicals, charge separation or a failed perception, and is
+  rarely repeated exactly, so a real isomer passes and a distortion does not.
+* A distorted conformer stays with the molecule whose bond graph, in the same source atom order,
+  differs from its own by the fewest bonds (for SPICE: the group's molecule), takes that
+  molecule's atom order and is flagged `graph_mismatch`. It is never silently merged. When no
+  molecule of its group shares its atom order it is skipped and counted.
+
+Limitation: stereo is perceived from each graph's first conformer, so stereoisomers that share
+a group, an atom order and a bond graph are given the first one's stereo.
+
+Conformers with missing or non-finite labels are skipped and counted by reason; a file from
+which nothing can be imported is an error. The store is written through `StoreWriter`, so an
+existing output is replaced only when the import completes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mlipdiv.data.formats import ConformerBlock, SourceGroup, open_format
+from mlipdiv.data.identity import (
+    Identity,
+    PerceptionError,
+    adjacency,
+    connectivity_signature,
+    perceive,
+)
+from mlipdiv.data.store import MoleculeRecord, StoreWriter
+from mlipdiv.errors import MlipdivError
+
+MISMATCH_FLAG = "graph_mismatch"
+MIN_CONFORMERS_PER_MOLECULE = 2
+# conformers x atoms^2 per vectorised connectivity batch (~50 MB of temporaries)
+SIGNATURE_BATCH = 2_000_000
+PERCEPTION_FAILED = "bond perception failed for every conformer of the group"
+NO_SHARED_ORDER = "distorted geometry with no molecule of the same atom order in its group"
+ORDER_CONFLICT = "atom order differs from earlier conformers of the same InChIKey"
+
+
+@dataclass
+class ImportSummary:
+    """What an import did: counts, and skipped conformers by reason."""
+
+    source: str
+    format: str
+    out: str
+    level_of_theory: str
+    n_groups: int = 0
+    n_molecules: int = 0
+    n_conformers: int = 0
+    n_flagged: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def n_skipped(self) -> int:
+        return sum(self.skipped.values())
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "n_skipped": self.n_skipped}
+
+    def text(self) -> str:
+        """Human-readable summary, one fact per line."""
+        lines = [
+            f"imported {self.source} ({self.format}, {self.level_of_theory}) -> {self.out}",
+            f"groups read: {self.n_groups}",
+            f"molecules: {self.n_molecules}",
+            f"conformers: {self.n_conformers} ({self.n_flagged} flagged {MISMATCH_FLAG})",
+            f"skipped: {self.n_skipped}",
+        ]
+        lines += [f"  {reason}: {n}" for reason, n in sorted(self.skipped.items())]
+        return "\n".join(lines)
+
+
+@dataclass
+class _Graph:
+    """Conformers of one block that share one bond graph (in the block's atom order)."""
+
+    block: ConformerBlock
+    block_index: int
+    members: list[int]
+    adjacency: np.ndarray
+    identity: Identity | None = None
+
+
+def import_dataset(
+    path: str | Path,
+    out: str | Path,
+    format: str = "auto",
+    energy_key: str | None = None,
+    forces_key: str | None = None,
+    on_group: Callable[[int, int | None], None] | None = None,
+) -> ImportSummary:
+    """Import `path` into a new store at `out`; returns the summary.
+
+    `on_group(groups_done, groups_total_or_None)` is called after each source group (progress).
+    """
+    start = time.perf_counter()
+    reader = open_format(path, format, energy_key, forces_key)
+    summary = ImportSummary(str(path), reader.name, str(out), reader.level_of_theory)
+    atom_orders: dict[str, bytes] = {}
+    attrs = {"source_format": reader.name, "source_path": str(path),
+             "energy_key": reader.energy_key, "forces_key": reader.forces_key}
+    with StoreWriter(out, reader.level_of_theory, extra_attrs=attrs) as writer:
+        for group in reader.groups():
+            summary.n_groups += 1
+            for record in split_group(group, reader.one_molecule_per_group, reader.skipped):
+                order = record.atomic_numbers.tobytes()
+                if atom_orders.setdefault(record.inchikey, order) != order:
+                    reader.skip(ORDER_CONFLICT, record.n_conformers)
+                    continue
+                writer.add(record)
+                summary.n_flagged += sum(MISMATCH_FLAG in f.split(",") for f in record.flags)
+            if on_group is not None:
+                on_group(summary.n_groups, reader.n_groups)
+        if writer.n_conformers == 0:
+            reasons = "; ".join(f"{r}: {n}" for r, n in reader.skipped.items()) or "no conformers"
+            raise MlipdivError(f"{path}: nothing to import ({reasons})")
+    summary.n_molecules = len(atom_orders)
+    summary.n_conformers = writer.n_conformers
+    summary.skipped = dict(reader.skipped)
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def split_group(group: SourceGroup, one_molecule: bool, skipped: Counter) -> list[MoleculeRecord]:
+    """Records (canonical atom order) for the molecules of one source group; conformers that
+    cannot be placed are counted in `skipped`."""
+    graphs = [g for i, block in enumerate(group.blocks) for g in _graphs_of(block, i)]
+    for graph in graphs:
+        graph.identity = _perceive(graph, group.charge)
+    counts: Counter[str] = Counter()
+    for graph in graphs:
+        if graph.identity is not None:
+            counts[graph.identity.inchikey] += len(graph.members)
+    if not counts:
+        skipped[PERCEPTION_FAILED] += group.n_conformers
+        return []
+    molecules = {counts.most_common(1)[0][0]}
+    if not one_molecule:
+        molecules |= {
+            g.identity.inchikey for g in graphs
+            if g.identity is not None and counts[g.identity.inchikey] >= MIN_CONFORMERS_PER_MOLECULE
+            and _well_formed(g.identity, group.charge)
+        }
+    targets = [g for g in graphs if g.identity is not None and g.identity.inchikey in molecules]
+    placed: dict[int, list[tuple[_Graph, bool]]] = {id(t): [(t, False)] for t in targets}
+    for graph in graphs:
+        if id(graph) in placed:
+            continue
+        same_order = [t for t in targets if t.block_index == graph.block_index]
+        if not same_order:
+            skipped[NO_SHARED_ORDER] += len(graph.members)
+            continue
+        nearest = min(same_order, key=lambda t: int((t.adjacency != graph.adjacency).sum()))
+        placed[id(nearest)].append((graph, True))
+    return [_record(target, placed[id(target)]) for target in targets]
+
+
+def _graphs_of(block: ConformerBlock, block_index: int) -> list[_Graph]:
+    """Group a block's conformers by covalent-radius bond graph, in batches."""
+    numbers, positions = block.atomic_numbers, block.positions
+    batch = max(1, SIGNATURE_BATCH // max(1, len(numbers)) ** 2)
+    members: dict[bytes, list[int]] = {}
+    for start in range(0, len(positions), batch):
+        signatures = connectivity_signature(numbers, positions[start:start + batch])
+        for offset, signature in enumerate(signatures):
+            members.setdefault(signature, []).append(start + offset)
+    return [_Graph(block, block_index, idx, adjacency(numbers, positions[idx[0]]))
+            for idx in members.values()]
+
+
+def _perceive(graph: _Graph, charge: int) -> Identity | None:
+    try:
+        return perceive(graph.block.atomic_numbers, graph.block.positions[graph.members[0]],
+                        charge=charge)
+    except PerceptionError:
+        return None
+
+
+def _well_formed(identity: Identity, charge: int) -> bool:
+    """One fragment, no radicals, and no formal charges beyond the net charge."""
+    from rdkit import Chem
+
+    mol = Chem.MolFromSmiles(identity.smiles)
+    if mol is None or "." in identity.smiles:
+        return False
+    atoms = list(mol.GetAtoms())
+    return (sum(a.GetNumRadicalElectrons() for a in atoms) == 0
+            and sum(abs(a.GetFormalCharge()) for a in atoms) == abs(charge))
+
+
+def _record(target: _Graph, parts: list[tuple[_Graph, bool]]) -> MoleculeRecord:
+    """The conformers of `parts` in source order, reordered to the target's canonical order;
+    those from distorted graphs are flagged."""
+    block, identity = target.block, target.identity
+    assert identity is not None
+    flagged = {i for graph, mismatch in parts if mismatch for i in graph.members}
+    idx = np.array(sorted(i for graph, _ in parts for i in graph.members))
+    order = identity.canonical_order
+    flags = [_with_flag(block.flags[i]) if i in flagged else block.flags[i] for i in idx]
+    return MoleculeRecord(
+        identity.inchikey, identity.smiles, identity.formula,
+        block.atomic_numbers[order], block.positions[idx][:, order], block.energy[idx],
+        block.forces[idx][:, order], sampler=block.sampler[idx],
+        temperature=block.temperature[idx], source=block.source[idx],
+        flags=np.array(flags, dtype=object),
+    )
+
+
+def _with_flag(flags: str) -> str:
+    names = [f for f in str(flags).split(",") if f]
+    return ",".join(names if MISMATCH_FLAG in names else [*names, MISMATCH_FLAG])
