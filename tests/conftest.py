@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from rdkit import Chem
 from rdkit.Chem import AllChem
 
-from mlipdiv.data import MoleculeRecord, QMMethod, perceive
+from mlipdiv.data import MoleculeRecord, QMMethod, perceive, write_store
 
 
 def embed(smiles: str, n_conf: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -37,3 +39,65 @@ def labelled_record(smiles: str, n_conf: int, seed: int = 0) -> MoleculeRecord:
 def small_records() -> list[MoleculeRecord]:
     """Three small molecules x three labelled conformers."""
     return [labelled_record(s, 3, seed=i) for i, s in enumerate(["CCO", "CC(=O)N", "c1ccccc1O"])]
+
+
+# Shared scaffolds (benzene, pyridine, cyclohexane), acyclic molecules and a stereo pair.
+DIVERSE_SMILES = (
+    "Cc1ccccc1", "CCc1ccccc1", "Oc1ccccc1", "OCc1ccccc1",
+    "Cc1ccncc1", "CCc1ccncc1", "OCc1cccnc1",
+    "CC1CCCCC1", "OC1CCCCC1", "CCC1CCCCC1",
+    "CCCCO", "CCOCC", "CCCCN", "CC(C)CO", "C[C@H](O)CC", "C[C@@H](O)CC",
+)
+
+
+@pytest.fixture(scope="session")
+def diverse_store(tmp_path_factory) -> Path:
+    """A store of 16 small molecules x 8 GFN2-xTB-labelled ETKDG conformers."""
+    import tblite.interface  # noqa: F401  (loads OpenMP so the limit below applies to it)
+    from threadpoolctl import threadpool_limits
+
+    # ETKDG seeds start at 1: seed 0 gives identical conformers in this RDKit version, and
+    # OpenMP spinning makes xTB ~100x slower on a loaded 2-core machine, hence one thread.
+    with threadpool_limits(1):
+        records = [labelled_record(s, 8, seed=i + 1) for i, s in enumerate(DIVERSE_SMILES)]
+    path = tmp_path_factory.mktemp("diverse") / "diverse.h5"
+    write_store(path, records, "GFN2-xTB (tblite)")
+    return path
+
+
+STUDY_TOML = """
+name = "tiny"
+[data]
+source = "store"
+store = "{store}"
+[split]
+cf_molecules = 3
+cf_conformers = 1
+st = 1
+sf = 1
+[fixed_budget]
+budget = 12
+molecules = [2, 4, 6]
+[fixed_molecules]
+molecules = 3
+conformers = [1, 2, 4]
+[models]
+architectures = ["ani"]
+size = "dev"
+[executor]
+workers = 2
+[advice]
+weights = {{ cf = 1.0, st = 1.0 }}
+"""
+
+
+@pytest.fixture(scope="session")
+def finished_study(diverse_store, tmp_path_factory) -> Path:
+    """A dev-size study (both experiments, 6 cells, ANI dev) run end to end with the local
+    process pool on `diverse_store`, report included."""
+    from mlipdiv.study import parse_config, run_study
+
+    text = STUDY_TOML.format(store=diverse_store)
+    out = tmp_path_factory.mktemp("study") / "study"
+    run_study(parse_config(text), text, out, progress=False)
+    return out

@@ -173,6 +173,157 @@ def _qm_method(name: str, dft_level: str):
 
 # ---------------------------------------------------------------- diversity / design
 # (profile, split, check-leaks, design go here)
+@app.command()
+def profile(
+    store: Path = typer.Argument(..., help="Conformer store (.h5)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    plot: Path | None = typer.Option(None, "--plot", help="PNG of per-molecule distributions."),
+    max_rmsd_pairs: int = typer.Option(100, "--max-rmsd-pairs",
+                                       help="Conformer pairs per molecule (sampled above)."),
+    molecule_environments: int = typer.Option(300, "--molecule-environments",
+                                              help="QUESTS environments per molecule (cap)."),
+    dataset_environments: int = typer.Option(10000, "--dataset-environments",
+                                             help="QUESTS environments for the whole set."),
+    entropy: bool = typer.Option(True, "--entropy/--no-entropy", help="QUESTS entropy."),
+    seed: int = typer.Option(0, "--seed", help="Seed of every random sample."),
+) -> None:
+    """Structural, conformational and entropy diversity of a store (streamed)."""
+    from mlipdiv.diversity.profile import ProfileOptions, plot_profile, profile_store
+
+    for option, value in (("--max-rmsd-pairs", max_rmsd_pairs),
+                          ("--molecule-environments", molecule_environments),
+                          ("--dataset-environments", dataset_environments)):
+        if value < 1:
+            raise MlipdivError(f"{option} {value}: must be at least 1")
+    result = profile_store(store, ProfileOptions(max_rmsd_pairs, molecule_environments,
+                                                 dataset_environments, entropy=entropy,
+                                                 seed=seed))
+    if plot is not None:
+        plot_profile(result, plot)
+    if as_json:
+        print_json(result.summary)
+        return
+    table = Table(title=f"{store}", show_header=False)
+    for key, value in result.summary.items():
+        if key not in ("options", "path"):
+            table.add_row(key, json.dumps(value, default=str))
+    Console().print(table)
+
+
+@app.command()
+def split(
+    store: Path = typer.Argument(..., help="Conformer store (.h5)."),
+    out: Path = typer.Option(..., "--out", help="SPLITS directory to write."),
+    cf: float = typer.Option(0.1, "--cf", help="CF molecules: fraction (<1) or count; 0 = none."),
+    cf_conformers: int = typer.Option(2, "--cf-conformers",
+                                      help="Conformers withheld per CF molecule."),
+    st: float = typer.Option(0.1, "--st", help="ST molecules: fraction or count; 0 = none."),
+    sf: float = typer.Option(0.1, "--sf", help="SF molecules: fraction or count; 0 = none."),
+    ood: str | None = typer.Option(None, "--ood",
+                                   help="size:MIN_HEAVY, elements:S,Cl or cluster[:K]."),
+    ood_store: Path | None = typer.Option(None, "--ood-store", help="Second store as OOD set."),
+    seed: int = typer.Option(0, "--seed"),
+    as_json: bool = typer.Option(False, "--json", help="Print the manifest as one JSON object."),
+) -> None:
+    """Carve leak-free CF/ST/SF/OOD test sets; the rest is the training pool."""
+    from mlipdiv.design.splits import SplitOptions, make_splits
+
+    splits, messages = make_splits(store, out, SplitOptions(cf, cf_conformers, st, sf, ood,
+                                                            ood_store, seed))
+    for message in messages:
+        console.print(f"mlipdiv: {message}")
+    if as_json:
+        print_json(splits.manifest)
+        return
+    for name, counts in splits.manifest["counts"].items():
+        print(f"{name:5s} {counts['molecules']:8d} molecules {counts['conformers']:10d} conformers")
+    print(f"leak check passed; written to {out}")
+
+
+@app.command("check-leaks")
+def check_leaks(
+    splits: Path = typer.Argument(..., help="SPLITS directory."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object."),
+) -> None:
+    """Re-run the leak check on a SPLITS directory (exit 2 on any leak)."""
+    from mlipdiv.design.leaks import leak_report
+    from mlipdiv.design.splits import load_splits
+
+    report = leak_report(load_splits(splits))
+    if as_json:
+        print_json(report)
+    elif report["ok"]:
+        print(f"no leaks in {', '.join(report['sets_checked'])}")
+    if not report["ok"]:
+        first = report["leaks"][0]
+        raise MlipdivError(f"{splits}: {report['n_leaks']} leak(s) {report['by_kind']}, first "
+                           f"{first['test_set']}: {first['kind']}: {first['detail']}")
+
+
+def _grid(text: str | None, option: str) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise MlipdivError(f"{option} {text}: expected whole numbers separated by commas") from None
+
+
+@app.command()
+def design(
+    experiment: str = typer.Argument(..., help="fixed-budget or fixed-molecules."),
+    splits: Path = typer.Option(..., "--splits", help="SPLITS directory."),
+    out: Path = typer.Option(..., "--out", help="DESIGN file (JSON) to write."),
+    budget: int | None = typer.Option(None, "--budget", help="fixed-budget: conformers N."),
+    molecules: int | None = typer.Option(None, "--molecules", help="fixed-molecules: M."),
+    molecules_grid: str | None = typer.Option(
+        None, "--molecules-grid", help="fixed-budget: M values, e.g. 4,16,64 (default: log grid)."),
+    conformers_grid: str | None = typer.Option(
+        None, "--conformers-grid", help="fixed-molecules: C values, e.g. 1,2,4,8."),
+    grid_points: int = typer.Option(5, "--grid-points", help="Points of the automatic grid."),
+    replicates: int = typer.Option(1, "--replicates"),
+    valid_fraction: float = typer.Option(0.1, "--valid-fraction",
+                                         help="Validation conformers per cell / N."),
+    molecule_selection: str = typer.Option(
+        "random", "--molecule-selection",
+        help="random or maxmin (RDKit MaxMinPicker on Morgan fingerprints)."),
+    conformer_selection: str = typer.Option(
+        "random", "--conformer-selection",
+        help="random or farthest (scikit-matter FPS on inverse distances)."),
+    allow_short: bool = typer.Option(False, "--allow-short",
+                                     help="Fill cells from molecules with enough conformers."),
+    seed: int = typer.Option(0, "--seed"),
+    as_json: bool = typer.Option(False, "--json", help="Print the cells as one JSON object."),
+) -> None:
+    """Training cells: fixed-budget (N conformers, M x N/M over a grid of M) or
+    fixed-molecules (the same M molecules, a grid of C conformers each)."""
+    from mlipdiv.design.designs import DesignOptions, make_design, write_design
+
+    wrong = {"fixed-budget": (("--molecules", molecules), ("--conformers-grid", conformers_grid)),
+             "fixed-molecules": (("--budget", budget), ("--molecules-grid", molecules_grid))}
+    if experiment not in wrong:
+        raise MlipdivError(f"design {experiment}: choose fixed-budget or fixed-molecules")
+    for option, value in wrong[experiment]:
+        if value is not None:
+            raise MlipdivError(f"{option}: not an option of design {experiment}")
+    grid = (_grid(molecules_grid, "--molecules-grid") if experiment == "fixed-budget"
+            else _grid(conformers_grid, "--conformers-grid"))
+    result = make_design(splits, DesignOptions(
+        experiment, budget, molecules, grid, grid_points, replicates, valid_fraction,
+        molecule_selection, conformer_selection, allow_short, seed))
+    write_design(result, out)
+    rows = [{"id": c.id, "n_molecules": c.n_molecules, "conformers_per_molecule":
+             c.conformers_per_molecule, "remainder": c.remainder, "n_train": c.n_train,
+             "n_valid": len(c.valid), "short": c.short, **c.diversity} for c in result.cells]
+    if as_json:
+        print_json({"design": str(out), "cells": rows})
+        return
+    for row in rows:
+        print(f"{row['id']:48s} N={row['n_train']:<7d} valid={row['n_valid']:<6d} "
+              f"remainder={row['remainder']:<5d} tanimoto={row['mean_tanimoto_distance']:.3f} "
+              f"rmsd={row['median_rmsd_angstrom']}{'  SHORT' if row['short'] else ''}")
+    print(f"{len(rows)} cells written to {out}")
+
 
 # ---------------------------------------------------------------- models / metrics
 @app.command()
@@ -188,6 +339,7 @@ def train(
     seed: int = typer.Option(0, "--seed"),
     float64: bool = typer.Option(False, "--float64", help="Train in float64."),
     device: str | None = typer.Option(None, "--device", help="Default: cuda if present."),
+    epochs: int | None = typer.Option(None, "--epochs", help="Override the size's epoch cap."),
 ) -> None:
     """Train a MACE or ANI model (or an ensemble) on a design cell or on two files."""
     from mlipdiv.models import read_records, train_cell
@@ -195,7 +347,7 @@ def train(
 
     dtype = "float64" if float64 else "float32"
     options = dict(model=model, size=size, out=out, ensemble=ensemble, seed=seed,
-                   dtype=dtype, device=device)
+                   dtype=dtype, device=device, max_epochs=epochs)
     if design is not None and cell is not None and train_file is None and valid_file is None:
         path = train_cell(design, cell, **options)
     elif train_file is not None and valid_file is not None and design is None and cell is None:
@@ -274,8 +426,8 @@ def domain_fit(
     valid_file: Path | None = typer.Option(None, "--valid", help="Default: the run's data."),
     coverage: float = typer.Option(0.95, "--coverage",
                                    help="Fraction of validation conformers kept in domain."),
-    score: str | None = typer.Option(None, "--score", help="Score deciding in/out (default: "
-                                     "force_std_max for ensembles, else latent_distance_max)."),
+    score: str | None = typer.Option(None, "--score", help="Score deciding in/out "
+                                     "(default: latent_distance_max)."),
     neighbours: int = typer.Option(5, "--neighbours", help="k of the latent kNN distance."),
 ) -> None:
     """Build the training reference and choose per-score thresholds on validation data."""
@@ -322,7 +474,7 @@ def domain_evaluate(
                         f"{evaluation.in_distribution_split})")
     for column in ("split", "score", "in domain", "Spearman |F err|", "AUROC high F err",
                    "AUROC vs ID", "retention area F"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column in ("split", "score"))
     for row in evaluation.scores:
         table.add_row(row.split, row.score, f"{row.in_domain_fraction:.2f}",
                       *(_fmt(v) for v in (row.spearman_forces, row.auroc_high_error_forces,
@@ -352,18 +504,126 @@ def _fmt(value: float | None) -> str:
 # ---------------------------------------------------------------- study / report
 # (study, advise, report, demo go here)
 @app.command()
-def demo(
-    out: Path = typer.Option(Path("demo-output"), "--out", help="Output directory."),
-    workers: int = typer.Option(2, "--workers", help="Worker processes."),
+def study(
+    config_file: Path | None = typer.Argument(None, help="Study config (TOML)."),
+    preset: str | None = typer.Option(None, "--preset", help="quick or standard."),
+    print_config: str | None = typer.Option(None, "--print-config",
+                                            help="Print a preset's TOML (quick, standard)."),
+    out: Path | None = typer.Option(None, "--out", help="Study directory (default: config)."),
+    executor: str | None = typer.Option(None, "--executor", help="local or ray."),
+    address: str | None = typer.Option(None, "--address", help="Ray cluster address."),
+    workers: int | None = typer.Option(None, "--workers", help="Parallel cells (0 = cores)."),
+    force: bool = typer.Option(False, "--force", help="Redo the steps a changed config hits."),
+    no_report: bool = typer.Option(False, "--no-report",
+                                   help="Stop after the advice (`mlipdiv report` later)."),
 ) -> None:
-    """Generate a small GFN2-xTB dataset (8 NCI molecules x 6 conformers) and summarise it."""
-    from mlipdiv.data.generate import GenerateOptions
-    from mlipdiv.data.generate import generate as run_generate
-    from mlipdiv.data.sources import MoleculeFilter, parse_elements
+    """Run (or resume) a whole study: data, splits, both experiments, fit, advice, report."""
+    from mlipdiv.study import parse_config, preset_text, run_study
 
-    store = out / "data.h5"
-    summary = run_generate("nci", store, 8, GenerateOptions(6),
-                           MoleculeFilter(parse_elements("C,H,N,O"), 3, 9), workers,
-                           progress=console.is_terminal)
-    console.print(summary.text())
-    info(store, as_json=False)
+    if print_config is not None:
+        print(preset_text(print_config), end="")
+        return
+    if (config_file is None) == (preset is None):
+        raise MlipdivError("study: give a CONFIG.toml or --preset (not both)")
+    if config_file is not None:
+        try:
+            text = config_file.read_text()
+        except OSError as exc:
+            raise MlipdivError(f"{config_file}: cannot read the config ({exc.strerror})") from None
+        origin = str(config_file)
+    else:
+        text, origin = preset_text(preset), f"preset {preset}"
+    config = parse_config(text, origin)
+    overrides = {k: v for k, v in (("kind", executor), ("address", address),
+                                   ("workers", workers)) if v is not None}
+    if overrides:
+        raw = config.model_dump(mode="json")
+        raw["executor"].update(overrides)
+        config = parse_config_dict(raw, origin)
+    print(run_study(config, text, out, force=force, progress=console.is_terminal,
+                    report=not no_report))
+
+
+def parse_config_dict(raw: dict, origin: str):
+    """Re-validate a config after command-line overrides (errors name the option)."""
+    from pydantic import ValidationError
+
+    from mlipdiv.study import StudyConfig
+
+    try:
+        return StudyConfig.model_validate(raw)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        key = ".".join(str(p) for p in error["loc"])
+        raise MlipdivError(f"{origin}: {key}: {error['msg']}") from None
+
+
+@app.command()
+def advise(
+    study_dir: Path = typer.Argument(..., help="Study directory."),
+    budget: float = typer.Option(..., "--budget", help="Budget (conformers, or cost units)."),
+    weights: str | None = typer.Option(
+        None, "--weights", help="Split weights, e.g. cf=1,st=2,sf=1 (default: 1 for each "
+        "fitted one of cf, st, sf)."),
+    cost_per_molecule: float = typer.Option(0.0, "--cost-per-molecule"),
+    cost_per_conformer: float = typer.Option(1.0, "--cost-per-conformer"),
+    model: str | None = typer.Option(None, "--model", help="Model (default: the first)."),
+    selection: str = typer.Option("random-random", "--selection",
+                                  help="<molecule>-<conformer> selection of the cells."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """The (M, C) minimising the weighted predicted error under a budget, with intervals."""
+    import pandas as pd
+
+    from mlipdiv.study import StudyPaths, advise, load_fits, parse_weights
+
+    paths = StudyPaths(study_dir)
+    fits, _ = load_fits(paths.fit)
+    results = pd.read_parquet(paths.results_parquet) if paths.results_parquet.exists() else None
+    chosen = (parse_weights(weights) if weights is not None else
+              {split: 1.0 for split in ("cf", "st", "sf") if any(f.split == split for f in fits)})
+    advice = advise(fits, budget, model=model, selection=selection,
+                    weights=chosen, cost_per_molecule=cost_per_molecule,
+                    cost_per_conformer=cost_per_conformer, results=results)
+    if as_json:
+        print_json(advice.model_dump(mode="json"))
+        return
+    table = Table(title=f"advice for {advice.model} ({advice.selection}), budget {budget:g}",
+                  show_header=False)
+    table.add_row("molecules M", f"{advice.n_molecules}  (95 % interval "
+                  f"{advice.molecules_interval[0]}-{advice.molecules_interval[1]})")
+    table.add_row("conformers per molecule C", f"{advice.conformers_per_molecule}  (95 % "
+                  f"interval {advice.conformers_interval[0]}-{advice.conformers_interval[1]})")
+    for split, estimate in advice.predicted.items():
+        table.add_row(f"predicted {split} {advice.metric}", f"{estimate.value:.4g} "
+                      f"[{estimate.ci_low:.4g}, {estimate.ci_high:.4g}]")
+    for cell in advice.neighbours:
+        table.add_row(f"measured M={cell.n_molecules} C={cell.conformers_per_molecule:g}",
+                      "  ".join(f"{s} {v:.4g} (fit {cell.predicted[s]:.4g})"
+                                for s, v in cell.measured.items()))
+    Console().print(table)
+    for warning in advice.warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+
+
+@app.command()
+def report(
+    study_dir: Path = typer.Argument(..., help="Study directory."),
+    out: Path | None = typer.Option(None, "--out", help="HTML file (default STUDY/report.html)."),
+) -> None:
+    """Write the study's self-contained HTML report (figures also as PNG beside it)."""
+    from mlipdiv.report import write_report
+
+    print(write_report(study_dir, out))
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("demo-output"), "--out", help="Study directory."),
+) -> None:
+    """Run the quick study preset (real GFN2-xTB data, both experiments, MACE, fit, advice,
+    report) into OUT and print the report's path; reruns resume."""
+    from mlipdiv.study import parse_config, preset_text, run_study
+
+    text = preset_text("quick")
+    print(run_study(parse_config(text, "preset quick"), text, out, force=True,
+                    progress=console.is_terminal))

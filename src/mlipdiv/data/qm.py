@@ -6,7 +6,11 @@ else. A gradient is minus the force.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import importlib
 import os
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,6 +44,22 @@ class QMMethod:
 
     def label(self, atomic_numbers: np.ndarray, positions: np.ndarray) -> tuple[float, np.ndarray]:
         """Energy (eV) and forces (eV/Angstrom) of one conformer given in Angstrom."""
+        with _one_thread(self._backend):
+            return self._label(atomic_numbers, positions)
+
+    def label_many(
+        self, atomic_numbers: np.ndarray, positions: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Label a (n_conf, n_atoms, 3) block; returns energies (n_conf,) and forces."""
+        with _one_thread(self._backend):
+            results = [self._label(atomic_numbers, xyz) for xyz in positions]
+        return np.array([e for e, _ in results]), np.stack([f for _, f in results])
+
+    @property
+    def _backend(self) -> str:
+        return "pyscf" if self.name == "dft" else "tblite"
+
+    def _label(self, atomic_numbers: np.ndarray, positions: np.ndarray) -> tuple[float, np.ndarray]:
         if self.name in XTB_METHODS:
             energy, gradient = _xtb(XTB_METHODS[self.name], atomic_numbers, positions, self.charge)
         elif self.name == "dft":
@@ -51,13 +71,6 @@ class QMMethod:
         if not (np.isfinite(energy_ev) and np.isfinite(forces).all()):
             raise LabelError("non-finite energy or forces")
         return float(energy_ev), forces
-
-    def label_many(
-        self, atomic_numbers: np.ndarray, positions: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Label a (n_conf, n_atoms, 3) block; returns energies (n_conf,) and forces."""
-        results = [self.label(atomic_numbers, xyz) for xyz in positions]
-        return np.array([e for e, _ in results]), np.stack([f for _, f in results])
 
     def calculator(self):
         """An ASE calculator (energy in eV, forces in eV/Angstrom) for optimisation and MD."""
@@ -109,3 +122,32 @@ def _dft(functional_basis: str, numbers: np.ndarray, positions: np.ndarray, char
     if not mf.converged:
         raise LabelError("SCF did not converge")
     return energy, mf.nuc_grad_method().kernel()
+
+
+_BACKEND_MODULES = {"tblite": "tblite.interface", "pyscf": "pyscf.dft"}
+_limited = threading.local()
+
+
+@functools.cache
+def _thread_controller(backend: str):
+    """A threadpoolctl controller made after `backend` is imported, so it sees its libraries."""
+    from threadpoolctl import ThreadpoolController
+
+    importlib.import_module(_BACKEND_MODULES[backend])
+    return ThreadpoolController()
+
+
+@contextlib.contextmanager
+def _one_thread(backend: str):
+    """Run a QM code with one OpenMP/BLAS thread (nested uses cost nothing). Molecules here are
+    small, so threads buy little, and on a busy machine spinning OpenMP threads make a GFN2 call
+    ~20x slower; parallelism comes from worker processes instead (`--workers`)."""
+    if getattr(_limited, "active", False):
+        yield
+        return
+    with _thread_controller(backend).limit(limits=1):
+        _limited.active = True
+        try:
+            yield
+        finally:
+            _limited.active = False

@@ -1,0 +1,416 @@
+"""QM data generation (`mlipdiv generate`) and relabelling (`mlipdiv label`).
+
+Pipeline per molecule: SMILES -> stereo fixed, hydrogens added -> conformers sampled
+(`mlipdiv.data.sampling`) -> atoms put in canonical order (`identity_of`, as imports do) ->
+energies and forces from the QM method -> one checkpoint file.
+
+Molecules run in parallel worker processes (one tblite/BLAS thread each). Every finished molecule
+is written atomically as its own small `.npz` file in `<out>.parts/` (a skipped one as a small
+JSON note with the reason), so a run killed at any point and started again with the same command
+does only the molecules that have no checkpoint yet. While workers run, the parent adds finished
+parts to `<out>.tmp` in a fixed order; when all are done it is renamed to `<out>` and the parts
+directory removed. A molecule that fails (embedding, SCF, non-finite energy, ...) is skipped with
+a logged reason and counted; it never stops the run. Worker processes are started with
+forkserver, so a script that calls `generate` or `label_store` with workers > 1 must do so under
+`if __name__ == "__main__":`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+import numpy as np
+from rdkit import Chem
+
+from mlipdiv.data.identity import PerceptionError, adjacency, identity_of
+from mlipdiv.data.importer import MISMATCH_FLAG
+from mlipdiv.data.qm import LabelError, QMMethod
+from mlipdiv.data.sampling import SAMPLERS, SamplingError, prepare_molecule, sample_conformers
+from mlipdiv.data.sources import MoleculeEntry, MoleculeFilter, describe_source, select_molecules
+from mlipdiv.data.store import ConformerStore, MoleculeRecord, StoreWriter
+from mlipdiv.errors import MlipdivError
+
+log = logging.getLogger(__name__)
+
+SETTINGS_FILE = "settings.json"
+DUPLICATE = "same molecule as an earlier one"
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+@dataclass
+class RunSummary:
+    """What a generate/label run did: counts, skipped molecules and filtered entries by reason."""
+
+    command: str
+    out: str
+    level_of_theory: str
+    n_molecules: int = 0
+    n_conformers: int = 0
+    n_flagged: int = 0
+    n_resumed: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    filtered: Counter = field(default_factory=Counter)
+    seconds: float = 0.0
+
+    @property
+    def n_skipped(self) -> int:
+        return sum(self.skipped.values())
+
+    def as_dict(self) -> dict:
+        # asdict would rebuild the Counters from (key, value) pairs, so they are copied here.
+        return {**asdict(self), "skipped": dict(self.skipped), "filtered": dict(self.filtered),
+                "n_skipped": self.n_skipped}
+
+    def text(self) -> str:
+        """Human-readable summary, one fact per line."""
+        lines = [
+            f"{self.command}: {self.out} ({self.level_of_theory}, {self.seconds:.1f} s)",
+            f"molecules: {self.n_molecules} ({self.n_resumed} taken from checkpoints)",
+            f"conformers: {self.n_conformers} ({self.n_flagged} flagged {MISMATCH_FLAG})",
+            f"skipped molecules: {self.n_skipped}",
+        ]
+        lines += [f"  {reason}: {n}" for reason, n in sorted(self.skipped.items())]
+        if self.filtered:
+            lines.append(f"source entries filtered out: {sum(self.filtered.values())}")
+            lines += [f"  {reason}: {n}" for reason, n in sorted(self.filtered.items())]
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class GenerateOptions:
+    """How each molecule is turned into labelled conformers."""
+
+    n_conformers: int
+    method: QMMethod = QMMethod()
+    sampler: str = "etkdg+md"
+    temperature: float = 500.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class _Job:
+    index: int
+    name: str
+    parts: str
+    payload: tuple
+    cost: float = 0.0  # rough relative QM cost, to start the longest molecules first
+
+
+def generate_molecule(entry: MoleculeEntry, options: GenerateOptions, seed: int) -> MoleculeRecord:
+    """Sample and label the conformers of one molecule; atoms in canonical order.
+
+    Raises SamplingError, PerceptionError or LabelError with the reason when it cannot.
+    """
+    method = replace(options.method, charge=entry.charge)
+    mol = prepare_molecule(entry.smiles)
+    conformers = sample_conformers(
+        mol, options.n_conformers, options.sampler, options.temperature, method, seed
+    )
+    reference_graph = Chem.GetAdjacencyMatrix(mol).astype(bool)
+    identity = identity_of(Chem.Mol(mol))
+    order = identity.canonical_order
+    numbers = np.array([atom.GetAtomicNum() for atom in mol.GetAtoms()])
+    positions = conformers.positions[:, order]
+    energy, forces = method.label_many(numbers[order], positions)
+    flags = [
+        "" if np.array_equal(graph, reference_graph) else MISMATCH_FLAG
+        for graph in adjacency(numbers, conformers.positions)
+    ]
+    n_conf = len(positions)
+    return MoleculeRecord(
+        identity.inchikey, identity.smiles, identity.formula, numbers[order], positions,
+        energy, forces,
+        sampler=np.array(conformers.sampler, dtype=object),
+        temperature=np.array(conformers.temperature, dtype=float),
+        source=np.full(n_conf, entry.name, dtype=object),
+        flags=np.array(flags, dtype=object),
+    )
+
+
+def generate(
+    source: str,
+    out: str | os.PathLike,
+    n_molecules: int,
+    options: GenerateOptions,
+    molecule_filter: MoleculeFilter | None = None,
+    workers: int = 1,
+    progress: bool = True,
+) -> RunSummary:
+    """Generate a labelled store from `n_molecules` molecules of a source (resumable);
+    `molecule_filter` None accepts every neutral molecule of supported elements."""
+    started = time.perf_counter()
+    molecule_filter = molecule_filter or MoleculeFilter()
+    _check_counts(n_molecules=n_molecules, conformers=options.n_conformers, workers=workers)
+    if options.sampler not in SAMPLERS:
+        raise MlipdivError(f"--sampler {options.sampler}: choose from {', '.join(SAMPLERS)}")
+    if not options.temperature > 0:
+        raise MlipdivError(f"--temperature {options.temperature}: must be above 0 K")
+    selection = select_molecules(source, n_molecules, molecule_filter, options.seed)
+    for name, reason in selection.skipped_names:
+        log.warning("skipped %s: %s", name, reason)
+    settings = {
+        "command": "generate", "source": describe_source(source), "sampler": options.sampler,
+        "temperature": options.temperature, "conformers": options.n_conformers,
+        "seed": options.seed, "method": asdict(options.method), **molecule_filter.describe(),
+    }
+    checkpoints = _Checkpoints(out, settings)
+    jobs = [
+        _Job(i, entry.name, str(checkpoints.directory),
+             (entry, options, _molecule_seed(options.seed, i)), float(entry.n_atoms) ** 2)
+        for i, entry in enumerate(selection.entries)
+    ]
+    summary = RunSummary("generate", str(out), options.method.level_of_theory)
+    summary.filtered.update(selection.filtered)
+    attrs = {"sampler": options.sampler, "temperature": options.temperature,
+             "source": str(source), "seed": options.seed}
+    _run(_generate_job, jobs, workers, checkpoints, summary, attrs, progress)
+    summary.skipped.update(selection.skipped)
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def label_store(
+    store_in: str | os.PathLike,
+    out: str | os.PathLike,
+    method: QMMethod,
+    workers: int = 1,
+    progress: bool = True,
+) -> RunSummary:
+    """Relabel every conformer of a store with `method` (only positions are used; provenance
+    is kept). Parallel over molecules and resumable like `generate`."""
+    started = time.perf_counter()
+    _check_counts(workers=workers)
+    with ConformerStore(store_in) as store:
+        checksum = store.checksum()
+        costs = {key: n_conf * len(store.atomic_numbers(key)) ** 2
+                 for key, n_conf in store.conformer_counts().items()}
+    settings = {"command": "label", "store": os.path.abspath(store_in), "checksum": checksum,
+                "method": asdict(method)}
+    checkpoints = _Checkpoints(out, settings)
+    jobs = [_Job(i, key, str(checkpoints.directory), (str(store_in), key, method), cost)
+            for i, (key, cost) in enumerate(costs.items())]
+    summary = RunSummary("label", str(out), method.level_of_theory)
+    _run(_label_job, jobs, workers, checkpoints, summary, {"labelled_from": str(store_in)},
+         progress)
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def relabel(record: MoleculeRecord, method: QMMethod) -> MoleculeRecord:
+    """The same conformers with energies and forces from `method` (charge from the SMILES)."""
+    parsed = Chem.MolFromSmiles(record.smiles) if record.smiles else None
+    charge = Chem.GetFormalCharge(parsed) if parsed is not None else 0
+    energy, forces = replace(method, charge=charge).label_many(
+        record.atomic_numbers, record.positions
+    )
+    return replace(record, energy=energy, forces=forces)
+
+
+def _generate_job(job: _Job) -> MoleculeRecord | str:
+    entry, options, seed = job.payload
+    return _checkpointed(job, lambda: generate_molecule(entry, options, seed))
+
+
+def _label_job(job: _Job) -> MoleculeRecord | str:
+    store_path, inchikey, method = job.payload
+
+    def make() -> MoleculeRecord:
+        with ConformerStore(store_path) as store:
+            return relabel(store.molecule(inchikey), method)
+
+    return _checkpointed(job, make)
+
+
+def _checkpointed(job: _Job, make: Callable[[], MoleculeRecord]) -> MoleculeRecord | str:
+    """Run one molecule and checkpoint its record, or its skip reason; returns either."""
+    try:
+        record = make()
+    except (SamplingError, PerceptionError, LabelError, MlipdivError) as exc:
+        reason = str(exc)
+    except Exception as exc:  # one bad molecule must never end the run
+        reason = f"unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    else:
+        _save_part(Path(job.parts) / f"{job.index:06d}.npz", record)
+        return record
+    _write_json(Path(job.parts) / f"{job.index:06d}.skip.json", {"name": job.name,
+                                                                  "reason": reason})
+    return reason
+
+
+def _run(worker: Callable[[_Job], MoleculeRecord | str], jobs: Sequence[_Job], workers: int,
+         checkpoints: _Checkpoints, summary: RunSummary, attrs: dict, progress: bool) -> None:
+    """Run the jobs that have no checkpoint while the store is assembled from the finished
+    ones, then move the store into place and remove the parts."""
+    # Longest first, so no worker is left with a big molecule while the others idle.
+    ordered = sorted(jobs, key=lambda job: -job.cost)
+    finished: dict[int, MoleculeRecord | str | None] = dict.fromkeys(checkpoints.finished())
+    summary.n_resumed = sum(1 for job in jobs if job.index in finished)
+    pending = deque(job.index for job in ordered)
+    todo = [job for job in ordered if job.index not in finished]
+    with StoreWriter(checkpoints.out, summary.level_of_theory, extra_attrs=attrs) as writer:
+        checkpoints.add_ready(writer, pending, finished, summary)
+        for job, outcome in _execute(worker, todo, workers, progress):
+            if isinstance(outcome, str):
+                log.warning("skipped %s: %s", job.name, outcome)
+            finished[job.index] = outcome
+            checkpoints.add_ready(writer, pending, finished, summary)
+    checkpoints.remove()
+
+
+def _execute(worker: Callable[[_Job], MoleculeRecord | str], jobs: Sequence[_Job], workers: int,
+             progress: bool):
+    """Yield (job, outcome) as jobs finish, in worker processes when `workers` > 1."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+               TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), disable=not progress) as bar:
+        task = bar.add_task("molecules", total=len(jobs))
+        if workers == 1 or len(jobs) <= 1:
+            for job in jobs:
+                yield job, worker(job)
+                bar.advance(task)
+            return
+        # forkserver, not fork: a parent that already ran OpenMP code cannot fork safely.
+        # Importing tblite loads OpenMP without starting threads, so preloading it is safe.
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([__name__, "tblite.interface"])
+        pool = ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context,
+                                   initializer=_one_thread_per_worker)
+        try:
+            futures = {pool.submit(worker, job): job for job in jobs}
+            for future in as_completed(futures):
+                yield futures[future], future.result()
+                bar.advance(task)
+        except BrokenProcessPool:
+            raise MlipdivError(
+                f"{Path(jobs[0].parts)}: a worker process died (out of memory or killed); "
+                "finished molecules are checkpointed there, rerun the same command to resume"
+            ) from None
+        finally:
+            # On an interrupt, drop the queued molecules instead of computing them all first.
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _one_thread_per_worker() -> None:
+    """Worker initialiser: parallelism comes from processes, so each uses one thread."""
+    from threadpoolctl import threadpool_limits
+
+    for variable in THREAD_VARIABLES:
+        os.environ[variable] = "1"
+    threadpool_limits(1)
+
+
+class _Checkpoints:
+    """The `<out>.parts/` directory: one file per finished (or skipped) molecule."""
+
+    def __init__(self, out: str | os.PathLike, settings: dict):
+        self.out = Path(out)
+        self.directory = self.out.with_name(self.out.name + ".parts")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        settings_path = self.directory / SETTINGS_FILE
+        settings = json.loads(json.dumps(settings, default=str))
+        if settings_path.exists():
+            previous = json.loads(settings_path.read_text())
+            changed = sorted(k for k in settings.keys() | previous.keys()
+                             if settings.get(k) != previous.get(k))
+            if changed:
+                raise MlipdivError(
+                    f"{self.directory}: checkpoints of a different run (differs in "
+                    f"{', '.join(changed)}); rerun the same command or remove the directory"
+                )
+        else:
+            _write_json(settings_path, settings)
+        for stale in self.directory.glob("*.tmp"):
+            stale.unlink()
+
+    def finished(self) -> set[int]:
+        """Indices of molecules with a record or a skip note."""
+        return {int(path.name.split(".")[0]) for path in self.directory.iterdir()
+                if path.name[:6].isdigit() and not path.name.endswith(".tmp")}
+
+    def add_ready(self, writer: StoreWriter, pending: deque[int],
+                  finished: dict[int, MoleculeRecord | str | None], summary: RunSummary) -> None:
+        """Add the finished molecules at the head of `pending` to the store, in that order (so
+        the store does not depend on which worker finished first). `finished` maps an index to
+        its record or skip reason, or to None for one that is on disk only."""
+        while pending and pending[0] in finished:
+            index = pending.popleft()
+            outcome = finished.pop(index)
+            if outcome is None:
+                outcome = self._load(index)
+            if isinstance(outcome, str):
+                summary.skipped[outcome] += 1
+            elif outcome.inchikey in writer:
+                log.warning("skipped %s: %s", outcome.source[0], DUPLICATE)
+                summary.skipped[DUPLICATE] += 1
+            else:
+                writer.add(outcome)
+                summary.n_molecules += 1
+                summary.n_conformers += outcome.n_conformers
+                summary.n_flagged += sum(MISMATCH_FLAG in str(f) for f in outcome.flags)
+
+    def _load(self, index: int) -> MoleculeRecord | str:
+        part = self.directory / f"{index:06d}.npz"
+        if part.exists():
+            return _load_part(part)
+        return json.loads((self.directory / f"{index:06d}.skip.json").read_text())["reason"]
+
+    def remove(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _save_part(path: Path, record: MoleculeRecord) -> None:
+    """A molecule checkpoint: its record as plain arrays in an .npz (strings as unicode, so
+    loading needs no pickle), written atomically."""
+    arrays = {}
+    for item in fields(record):
+        value = getattr(record, item.name)
+        if value is not None:
+            arrays[item.name] = np.asarray(value, dtype=str if _is_text(value) else None)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)
+    os.replace(tmp, path)
+
+
+def _load_part(path: Path) -> MoleculeRecord:
+    with np.load(path) as data:
+        values = {name: data[name] for name in data.files}
+    for name, value in values.items():
+        if value.dtype.kind == "U":
+            values[name] = str(value) if value.ndim == 0 else value.astype(object)
+    return MoleculeRecord(**values)
+
+
+def _is_text(value) -> bool:
+    return isinstance(value, str) or (isinstance(value, np.ndarray) and value.dtype.kind == "O")
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def _molecule_seed(seed: int, index: int) -> int:
+    """A seed per molecule that depends only on the run seed and the molecule's position."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
+def _check_counts(**counts: int) -> None:
+    for option, value in counts.items():
+        if value < 1:
+            raise MlipdivError(f"--{option.replace('_', '-')} must be at least 1 (got {value})")
