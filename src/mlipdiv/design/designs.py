@@ -1,0 +1,433 @@
+"""`mlipdiv design`: the two experiment designs over a SPLITS training pool.
+
+* fixed-budget: N training conformers; for each M in a grid, M molecules x C = N / M
+  conformers (M x C = N exactly: the first N mod M molecules get one more conformer).
+* fixed-molecules: M molecules; for each C in a grid, C conformers per molecule.
+
+Within one replicate every cell draws from one molecule order and one conformer order per
+molecule, so cells are nested: a fixed-budget cell's molecules are a prefix of the order, and a
+fixed-molecules cell uses the same M molecules for every C with the smaller cell's conformers
+inside the larger's. Differences between cells therefore come from diversity, not from which
+molecules were drawn. Validation conformers come from the same molecules (the next conformers
+in each molecule's order), never from a test set.
+
+Selection: molecules `random` or `maxmin` (RDKit MaxMinPicker on Morgan fingerprints);
+conformers `random` or `farthest` (scikit-matter FPS on sorted inverse interatomic distances).
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel
+
+from mlipdiv.data.store import ConformerStore
+from mlipdiv.design.splits import ByMolecule, Splits, load_splits
+from mlipdiv.diversity.conformational import RMSD_PAIR_CAP, ConformerGeometry
+from mlipdiv.diversity.entropy import EnvironmentReservoir
+from mlipdiv.diversity.profile import quartiles
+from mlipdiv.diversity.structural import maxmin_order, mean_tanimoto_distance, morgan_fingerprint
+from mlipdiv.errors import MlipdivError
+
+EXPERIMENTS = ("fixed-budget", "fixed-molecules")
+MOLECULE_SELECTIONS = ("random", "maxmin")
+CONFORMER_SELECTIONS = ("random", "farthest")
+CELL_RMSD_MOLECULES = 200  # molecules per cell whose RMSD / entropy enter its diversity figures
+CELL_ENVIRONMENTS = 2000
+
+
+class Cell(BaseModel):
+    """One training set of a design."""
+
+    id: str
+    experiment: Literal["fixed-budget", "fixed-molecules"]
+    n_molecules: int
+    conformers_per_molecule: int
+    n_train: int
+    replicate: int
+    molecule_selection: str
+    conformer_selection: str
+    train: list[tuple[str, int]]
+    valid: list[tuple[str, int]]
+    diversity: dict[str, float | int | None]
+    short: bool = False
+    remainder: int = 0  # molecules holding one conformer more than C (fixed-budget)
+    note: str = ""
+
+
+class Design(BaseModel):
+    """A design file: its options, the SPLITS it draws from, and its cells."""
+
+    format: str = "mlipdiv-design"
+    experiment: str
+    splits_path: Path
+    options: dict
+    cells: list[Cell]
+
+    def cell(self, cell_id: str) -> Cell:
+        """The cell with this id (MlipdivError naming it if absent)."""
+        for cell in self.cells:
+            if cell.id == cell_id:
+                return cell
+        raise MlipdivError(f"design: no cell '{cell_id}' (cells: "
+                           f"{', '.join(c.id for c in self.cells[:5])}...)")
+
+
+def load_design(path: str | os.PathLike) -> Design:
+    """Read a DESIGN file written by `write_design`."""
+    path = Path(path)
+    if not path.is_file():
+        raise MlipdivError(f"{path}: no such design file")
+    try:
+        return Design.model_validate_json(path.read_text())
+    except ValueError as exc:
+        raise MlipdivError(f"{path}: not a design file ({str(exc).splitlines()[0]})") from None
+
+
+def write_design(design: Design, path: str | os.PathLike) -> None:
+    """Write the design as JSON atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(design.model_dump_json())
+    os.replace(tmp, path)
+
+
+@dataclass(frozen=True)
+class DesignOptions:
+    """`grid` holds M values (fixed-budget) or C values (fixed-molecules); None = automatic."""
+
+    experiment: str
+    budget: int | None = None
+    molecules: int | None = None
+    grid: tuple[int, ...] | None = None
+    grid_points: int = 5
+    replicates: int = 1
+    valid_fraction: float = 0.1
+    molecule_selection: str = "random"
+    conformer_selection: str = "random"
+    allow_short: bool = False
+    seed: int = 0
+
+
+def make_design(splits_path: str | os.PathLike, options: DesignOptions) -> Design:
+    """Draw every cell of the design (all replicates) from the SPLITS training pool."""
+    _check_options(options)
+    splits = load_splits(splits_path)
+    pool = splits.pool_set.by_molecule
+    if not pool:
+        raise MlipdivError(f"{splits_path}: the training pool is empty")
+    planner = _Planner(splits, options)
+    cells = [cell for replicate in range(options.replicates)
+             for cell in planner.replicate_cells(replicate)]
+    return Design(experiment=options.experiment, splits_path=Path(splits_path).resolve(),
+                  options={**options.__dict__, "grid": list(planner.grid)}, cells=cells)
+
+
+def spread(total: int, parts: int) -> np.ndarray:
+    """`total` split into `parts` whole numbers differing by at most one, larger ones first."""
+    counts = np.full(parts, total // parts, dtype=np.int64)
+    counts[: total % parts] += 1
+    return counts
+
+
+def inverse_distance_descriptor(positions: np.ndarray) -> np.ndarray:
+    """Sorted inverse interatomic distances per conformer, (n_conf, n_pairs): invariant to
+    rotation, translation and atom permutation."""
+    i, j = np.triu_indices(positions.shape[1], k=1)
+    distances = np.linalg.norm(positions[:, i] - positions[:, j], axis=-1)
+    return np.sort(1.0 / distances, axis=1)
+
+
+def farthest_point_order(positions: np.ndarray, n_select: int, first: int) -> np.ndarray:
+    """Indices of `n_select` conformers in farthest-point order (scikit-matter FPS) in the
+    inverse-distance descriptor, starting from conformer `first`."""
+    from skmatter.sample_selection import FPS
+
+    if n_select <= 1 or len(positions) == 1:
+        return np.array([first])[:n_select]
+    selector = FPS(n_to_select=n_select, initialize=int(first))
+    selector.fit(inverse_distance_descriptor(positions))
+    return np.asarray(selector.selected_idx_, dtype=np.int64)
+
+
+def _check_options(options: DesignOptions) -> None:
+    if options.experiment not in EXPERIMENTS:
+        raise MlipdivError(f"design: unknown experiment '{options.experiment}'")
+    if options.molecule_selection not in MOLECULE_SELECTIONS:
+        raise MlipdivError(f"--molecule-selection {options.molecule_selection}: choose from "
+                           f"{', '.join(MOLECULE_SELECTIONS)}")
+    if options.conformer_selection not in CONFORMER_SELECTIONS:
+        raise MlipdivError(f"--conformer-selection {options.conformer_selection}: choose from "
+                           f"{', '.join(CONFORMER_SELECTIONS)}")
+    if options.replicates < 1:
+        raise MlipdivError(f"--replicates {options.replicates}: must be at least 1")
+    if not 0 <= options.valid_fraction < 1:
+        raise MlipdivError(f"--valid-fraction {options.valid_fraction}: must be in [0, 1)")
+    if options.grid_points < 1:
+        raise MlipdivError(f"--grid-points {options.grid_points}: must be at least 1")
+    if options.experiment == "fixed-budget" and (options.budget is None or options.budget < 1):
+        raise MlipdivError(f"--budget {options.budget}: fixed-budget needs a budget >= 1")
+    if options.experiment == "fixed-molecules" and (options.molecules is None
+                                                    or options.molecules < 1):
+        raise MlipdivError(f"--molecules {options.molecules}: fixed-molecules needs M >= 1")
+    if options.grid is not None:
+        option = "--molecules-grid" if options.experiment == "fixed-budget" else "--conformers-grid"
+        name = "M" if options.experiment == "fixed-budget" else "C"
+        if not options.grid or min(options.grid) < 1:
+            raise MlipdivError(f"{option}: every {name} must be at least 1 (got "
+                               f"{','.join(map(str, options.grid))})")
+        if len(set(options.grid)) != len(options.grid):
+            raise MlipdivError(f"{option}: repeats a value ({','.join(map(str, options.grid))})")
+
+
+class _Planner:
+    """Draws the molecule and conformer orders of each replicate and the cells from them."""
+
+    def __init__(self, splits: Splits, options: DesignOptions):
+        self.splits = splits
+        self.options = options
+        self.pool: ByMolecule = splits.pool_set.by_molecule
+        self.keys = sorted(self.pool)
+        self.available = np.array([len(self.pool[k]) for k in self.keys])
+        table = splits.molecules.set_index("inchikey")
+        self.scaffold = table["scaffold"].to_dict()
+        self.smiles = table["smiles"].to_dict()
+        self._fingerprints: dict[str, object] = {}
+        self._check_sizes()
+        self.orders = [self.molecule_order(r, self._largest_m()) for r in
+                       range(options.replicates)]
+        self.grid = options.grid or self._automatic_grid()
+
+    # ------------------------------------------------------------ grid and cell sizes
+    def _n_valid(self, n_train: int) -> int:
+        fraction = self.options.valid_fraction
+        return 0 if fraction == 0 else max(1, round(fraction * n_train))
+
+    def _check_sizes(self) -> None:
+        options, n_pool = self.options, len(self.keys)
+        if options.experiment == "fixed-molecules":
+            if options.molecules > n_pool:
+                raise MlipdivError(f"--molecules {options.molecules}: the pool has only "
+                                   f"{n_pool} molecules")
+            return
+        budget, total = options.budget, int(self.available.sum())
+        if budget + self._n_valid(budget) > total:
+            raise MlipdivError(
+                f"--budget {budget}: with {self._n_valid(budget)} validation conformers it "
+                f"exceeds the pool's {total} conformers")
+        for m in options.grid or ():
+            if m > budget:
+                raise MlipdivError(f"--molecules-grid M={m}: larger than --budget {budget} "
+                                   "gives C = 0 conformers per molecule")
+            if m > n_pool:
+                raise MlipdivError(f"--molecules-grid M={m}: the pool has only {n_pool} "
+                                   "molecules")
+
+    def _largest_m(self) -> int:
+        if self.options.experiment == "fixed-molecules":
+            return self.options.molecules
+        return max(self.options.grid or [min(self.options.budget, len(self.keys))])
+
+    def _capacity(self) -> np.ndarray:
+        """capacity[p]: conformers every replicate's first p+1 molecules each hold at least
+        (with --allow-short: the (p+1)-th largest molecule's count)."""
+        if self.options.allow_short:
+            return np.sort(self.available)[::-1]
+        position = {k: i for i, k in enumerate(self.keys)}
+        return np.min([np.minimum.accumulate(self.available[[position[k] for k in order]])
+                       for order in self.orders], axis=0)
+
+    def _automatic_grid(self) -> tuple[int, ...]:
+        """Log-spaced values between the smallest and largest cell the pool can fill."""
+        options, capacity = self.options, self._capacity()
+        if options.experiment == "fixed-budget":
+            budget, n_valid = options.budget, self._n_valid(options.budget)
+            ms = np.arange(1, min(budget, len(self.keys)) + 1)
+            fits = capacity[ms - 1] >= -(-budget // ms) + -(-n_valid // ms)
+            if not fits.any():
+                raise MlipdivError(f"--budget {budget}: no molecule count M lets the pool's "
+                                   "molecules hold it; use --allow-short or a smaller budget")
+            return _log_grid(int(ms[fits][0]), int(ms[-1]), options.grid_points)
+        m = options.molecules
+        cs = np.arange(1, int(capacity[m - 1]) + 1)
+        n_valid = np.array([self._n_valid(m * c) for c in cs], dtype=np.int64)
+        fits = capacity[m - 1] >= cs + -(-n_valid // m)
+        if not fits.any():
+            raise MlipdivError(f"--molecules {m}: the first {m} molecules hold "
+                               f"{int(capacity[m - 1])} conformer(s), too few for C = 1 plus "
+                               "validation; use --allow-short or a smaller M")
+        return _log_grid(1, int(cs[fits][-1]), options.grid_points)
+
+    def _cell_sizes(self, value: int) -> tuple[int, np.ndarray, np.ndarray]:
+        """(M, train per molecule, validation per molecule) for one grid value."""
+        if self.options.experiment == "fixed-budget":
+            m, n_train = value, self.options.budget
+        else:
+            m, n_train = self.options.molecules, self.options.molecules * value
+        train = spread(n_train, m)
+        valid = spread(self._n_valid(n_train), m)[::-1]  # extras on molecules without them
+        return m, train, valid
+
+    # ------------------------------------------------------------ orders
+    def fingerprint(self, key: str):
+        if key not in self._fingerprints:
+            self._fingerprints[key] = morgan_fingerprint(self.smiles[key])
+        return self._fingerprints[key]
+
+    def molecule_order(self, replicate: int, n_needed: int) -> list[str]:
+        rng = np.random.default_rng([self.options.seed, replicate])
+        shuffled = [self.keys[i] for i in rng.permutation(len(self.keys))]
+        if self.options.molecule_selection == "random":
+            return shuffled
+        # MaxMin over the shuffled pool (the replicate's seed picks the start), then the rest
+        picked = maxmin_order([self.fingerprint(k) for k in shuffled], n_needed,
+                              seed=self.options.seed * 1000 + replicate)
+        chosen = [shuffled[i] for i in picked]
+        chosen_set = set(chosen)
+        return chosen + [k for k in shuffled if k not in chosen_set]
+
+    def conformer_order(self, store: ConformerStore, replicate: int, key: str,
+                        n_needed: int) -> np.ndarray:
+        available = self.pool[key]
+        rng = np.random.default_rng([self.options.seed, replicate, zlib.crc32(key.encode())])
+        if self.options.conformer_selection == "random":
+            return rng.permutation(available)
+        record = store.molecule(key, available)
+        order = farthest_point_order(record.positions, min(n_needed, len(available)),
+                                     int(rng.integers(len(available))))
+        rest = np.setdiff1d(np.arange(len(available)), order)
+        return available[np.concatenate([order, rng.permutation(rest)])]
+
+    # ------------------------------------------------------------ cells
+    def replicate_cells(self, replicate: int) -> list[Cell]:
+        sizes = {value: self._cell_sizes(value) for value in self.grid}
+        order = self.orders[replicate]
+        need = {}  # conformers each molecule position must provide, over all cells
+        for m, train, valid in sizes.values():
+            for position in range(m):
+                need[position] = max(need.get(position, 0), int(train[position] + valid[position]))
+        cells = []
+        orders: dict[str, np.ndarray] = {}
+        with ConformerStore(self.splits.store_path) as store:
+            for m, train, valid in sizes.values():
+                cell_id = self._cell_id(m, train, replicate)
+                molecules, short, note = self._fill(order, m, train + valid, cell_id)
+                for position, key in enumerate(molecules):
+                    if key not in orders:
+                        orders[key] = self.conformer_order(
+                            store, replicate, key, max(need.get(position, 0),
+                                                       int(train[position] + valid[position])))
+                train_pairs = [(k, int(i)) for k, c in zip(molecules, train, strict=True)
+                               for i in orders[k][:c]]
+                valid_pairs = [(k, int(i)) for k, c, v in zip(molecules, train, valid, strict=True)
+                               for i in orders[k][c:c + v]]
+                cells.append(self._cell(cell_id, m, train, replicate, train_pairs, valid_pairs,
+                                        short, note, store))
+        return cells
+
+    def _cell_id(self, m: int, train: np.ndarray, replicate: int) -> str:
+        c = int(train.min())
+        options = self.options
+        return (f"{options.experiment}/M{m}-C{c}/r{replicate}/"
+                f"{options.molecule_selection}-{options.conformer_selection}")
+
+    def _fill(self, order: list[str], m: int, needed: np.ndarray,
+              cell_id: str) -> tuple[list[str], bool, str]:
+        """The cell's molecules: the first M of the order, or (with --allow-short) those of
+        them holding enough conformers plus molecules further down the order, flagged short."""
+        prefix = order[:m]
+        lacking = [p for p, k in enumerate(prefix) if len(self.pool[k]) < needed[p]]
+        if not lacking:
+            return prefix, False, ""
+        first = prefix[lacking[0]]
+        if not self.options.allow_short:
+            raise MlipdivError(
+                f"cell {cell_id}: molecule {first} has {len(self.pool[first])} pool conformers, "
+                f"the cell needs {int(needed[lacking[0]])} (train + validation); use "
+                "--allow-short or a smaller C")
+        chosen, spares = list(prefix), iter(order[m:])
+        while (molecules := self._match(chosen, needed)) is None:
+            weakest = min(chosen, key=lambda k: len(self.pool[k]))
+            better = next((k for k in spares if len(self.pool[k]) > len(self.pool[weakest])),
+                          None)
+            if better is None:
+                raise MlipdivError(f"cell {cell_id}: the pool's molecules hold too few "
+                                   "conformers to fill it, even with --allow-short")
+            chosen[chosen.index(weakest)] = better
+        replaced = len(set(chosen) - set(prefix))
+        return molecules, True, (f"short: {replaced} molecule(s) replaced by ones further down "
+                                 "the order, conformer counts matched to molecule sizes")
+
+    def _match(self, keys: list[str], needed: np.ndarray) -> list[str] | None:
+        """Molecules per position, the largest on the positions needing the most conformers;
+        None when even that assignment cannot fill the cell."""
+        molecules = [""] * len(keys)
+        by_size = sorted(keys, key=lambda k: -len(self.pool[k]))
+        for position, key in zip(np.argsort(-needed, kind="stable"), by_size, strict=True):
+            if len(self.pool[key]) < needed[position]:
+                return None
+            molecules[position] = key
+        return molecules
+
+    def _cell(self, cell_id, m, train, replicate, train_pairs, valid_pairs, short, note,
+              store) -> Cell:
+        remainder = int((train > train.min()).sum())
+        if remainder:
+            note = "; ".join(filter(None, [note, f"{remainder} molecule(s) hold C+1 conformers "
+                                                  "so that M x C + remainder = N"]))
+        return Cell(
+            id=cell_id,
+            experiment=self.options.experiment, n_molecules=m,
+            conformers_per_molecule=int(train.min()), n_train=len(train_pairs),
+            replicate=replicate, molecule_selection=self.options.molecule_selection,
+            conformer_selection=self.options.conformer_selection,
+            train=train_pairs, valid=valid_pairs,
+            diversity=self.cell_diversity(train_pairs, store, replicate),
+            short=short, remainder=remainder, note=note,
+        )
+
+    def cell_diversity(self, train_pairs: list[tuple[str, int]], store: ConformerStore,
+                       replicate: int) -> dict:
+        """The profile's figures for one cell: structure over all its molecules, RMSD and
+        QUESTS entropy over up to CELL_RMSD_MOLECULES of them."""
+        by_molecule: dict[str, list[int]] = {}
+        for key, index in train_pairs:
+            by_molecule.setdefault(key, []).append(index)
+        keys = list(by_molecule)
+        tanimoto = mean_tanimoto_distance([self.fingerprint(k) for k in keys],
+                                          seed=self.options.seed + replicate)
+        rng = np.random.default_rng([self.options.seed, replicate, len(train_pairs)])
+        sampled = [keys[i] for i in np.sort(rng.choice(len(keys), min(len(keys),
+                                                                      CELL_RMSD_MOLECULES),
+                                                       replace=False))]
+        reservoir = EnvironmentReservoir(CELL_ENVIRONMENTS, seed=self.options.seed + replicate)
+        rmsds = []
+        for key in sampled:
+            record = store.molecule(key, by_molecule[key])
+            reservoir.add(record)
+            if record.n_conformers > 1:
+                rmsds.append(ConformerGeometry(record).mean_pairwise_rmsd(rng, RMSD_PAIR_CAP)[0])
+        entropy, diversity = reservoir.entropy_and_diversity()
+        return {
+            "n_molecules": len(keys),
+            "n_conformers": len(train_pairs),
+            "n_scaffolds": len({self.scaffold[k] for k in keys} - {""}),
+            "mean_tanimoto_distance": tanimoto.value,
+            "tanimoto_pairs": tanimoto.n_pairs,
+            "median_rmsd_angstrom": quartiles(rmsds)["median"],
+            "rmsd_molecules": len(rmsds),
+            "quests_entropy_nats": entropy,
+            "quests_diversity_nats": diversity,
+            "quests_molecules": len(sampled),
+        }
+
+
+def _log_grid(low: int, high: int, points: int) -> tuple[int, ...]:
+    values = np.unique(np.round(np.geomspace(low, high, points)).astype(int))
+    return tuple(int(v) for v in values)

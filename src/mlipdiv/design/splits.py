@@ -1,0 +1,570 @@
+"""`mlipdiv split`: held-out test sets carved out of a store, the rest left as the training pool.
+
+Each test set is one small strategy object (as SchNetPack's splitting strategies):
+
+* CF (`ConformerSplit`): k conformers withheld from some pool molecules, which keep the rest;
+  pool conformers within 0.05 Angstrom RMSD of a withheld one are dropped (MD duplicates).
+* ST (`StructureSplit`): whole molecules withheld whose Murcko scaffold stays in the pool.
+* SF (`ScaffoldSplit`): whole ring-scaffold groups withheld (MoleculeNet / nablaDFT scaffold
+  split); an all-acyclic store has no scaffold groups and SF is skipped with a message.
+* OOD: a chosen shift (`SizeShift`, `ElementShift`, `ClusterShift`) or a second store
+  (`ExternalStore`).
+
+Whole-molecule sets move connectivity groups (molecules sharing the first InChIKey block, so
+stereoisomers travel together). Carving order: OOD, SF, ST, CF. A SPLITS directory holds the
+(inchikey, conformer) pairs of each set as Parquet, the per-molecule table, and a manifest with
+the options, seed, counts and the store's checksum; it is written only after the leak check
+passes, and loading it against a changed store is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from ase.data import atomic_numbers as symbol_to_number
+from ase.data import chemical_symbols
+
+from mlipdiv.data.store import ConformerStore, MoleculeRecord
+from mlipdiv.diversity.conformational import DUPLICATE_RMSD_ANGSTROM, ConformerGeometry
+from mlipdiv.diversity.structural import morgan_fingerprint, scaffolds
+from mlipdiv.errors import MlipdivError
+
+SPLITS_FORMAT = "mlipdiv-splits"
+TEST_SETS = ("cf", "st", "sf", "ood")
+MANIFEST = "manifest.json"
+MOLECULE_TABLE = "molecules.parquet"
+
+ByMolecule = dict[str, np.ndarray]  # inchikey -> conformer indices
+
+
+# ---------------------------------------------------------------- sets and their files
+@dataclass
+class SplitSet:
+    """One set of (inchikey, conformer index) pairs drawn from the store at `store_path`."""
+
+    name: str
+    store_path: Path
+    by_molecule: ByMolecule
+
+    @cached_property
+    def pairs(self) -> list[tuple[str, int]]:
+        return [(key, int(i)) for key, indices in self.by_molecule.items() for i in indices]
+
+    @property
+    def n_molecules(self) -> int:
+        return len(self.by_molecule)
+
+    @property
+    def n_conformers(self) -> int:
+        return int(sum(len(v) for v in self.by_molecule.values()))
+
+    def records(self) -> Iterator[MoleculeRecord]:
+        """The set's conformers, one molecule record at a time."""
+        with ConformerStore(self.store_path) as store:
+            for key, indices in self.by_molecule.items():
+                yield store.molecule(key, indices)
+
+
+@dataclass
+class Splits:
+    """A SPLITS directory: the training pool and the test sets ("cf", "st", "sf", "ood")."""
+
+    path: Path
+    store_path: Path
+    sets: dict[str, SplitSet]
+    molecules: pd.DataFrame
+    manifest: dict = field(default_factory=dict)
+
+    @property
+    def pool(self) -> list[tuple[str, int]]:
+        return self.sets["pool"].pairs
+
+    @property
+    def pool_set(self) -> SplitSet:
+        return self.sets["pool"]
+
+    @property
+    def test_sets(self) -> dict[str, SplitSet]:
+        return {name: s for name, s in self.sets.items() if name != "pool"}
+
+    def records(self, name: str) -> Iterator[MoleculeRecord]:
+        """Records of "pool" or a test set, read from the store that set comes from."""
+        if name not in self.sets:
+            raise MlipdivError(f"{self.path}: no set '{name}' (has {', '.join(self.sets)})")
+        return self.sets[name].records()
+
+
+def load_splits(path: str | os.PathLike, verify: bool = True) -> Splits:
+    """Read a SPLITS directory; with `verify`, refuse it if a store changed since the split."""
+    path = Path(path)
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise MlipdivError(f"{path}: not a SPLITS directory (no {MANIFEST})")
+    manifest = json.loads(manifest_path.read_text())
+    if manifest.get("format") != SPLITS_FORMAT:
+        raise MlipdivError(f"{manifest_path}: not an mlipdiv splits manifest")
+    store_path = _resolve_store(path, manifest["store"])
+    ood_store = manifest.get("ood_store")
+    ood_path = _resolve_store(path, ood_store) if ood_store else store_path
+    if verify:
+        _verify_checksum(store_path, manifest["store"]["checksum"])
+        if ood_store:
+            _verify_checksum(ood_path, ood_store["checksum"])
+    sets = {}
+    for name in ("pool", *TEST_SETS):
+        file = path / f"{name}.parquet"
+        if file.is_file():
+            sets[name] = SplitSet(name, ood_path if name == "ood" else store_path,
+                                  read_pairs(file))
+    molecules = pd.read_parquet(path / MOLECULE_TABLE)
+    return Splits(path, store_path, sets, molecules, manifest)
+
+
+def read_pairs(path: Path) -> ByMolecule:
+    """(inchikey, conformer) pairs of a Parquet file grouped by molecule (file order kept)."""
+    table = pq.read_table(path).to_pandas()
+    grouped: ByMolecule = {}
+    for key, frame in table.groupby("inchikey", sort=False):
+        grouped[str(key)] = frame["conformer"].to_numpy(dtype=np.int64)
+    return grouped
+
+
+def write_pairs(by_molecule: ByMolecule, path: Path) -> None:
+    keys = [k for k, v in by_molecule.items() for _ in range(len(v))]
+    indices = np.concatenate(list(by_molecule.values())) if by_molecule else np.empty(0, int)
+    table = pa.table({"inchikey": pa.array(keys, pa.string()).dictionary_encode(),
+                      "conformer": pa.array(indices.astype(np.int32))})
+    pq.write_table(table, path)
+
+
+def _resolve_store(splits_dir: Path, entry: dict) -> Path:
+    relative = splits_dir / entry["relative_path"]
+    return relative if relative.exists() else Path(entry["path"])
+
+
+def _verify_checksum(store_path: Path, expected: str) -> None:
+    with ConformerStore(store_path) as store:
+        if store.checksum() != expected:
+            raise MlipdivError(
+                f"{store_path}: the store changed since the split was made (checksum mismatch); "
+                "split it again"
+            )
+
+
+def _store_entry(store: ConformerStore, splits_dir: Path) -> dict:
+    absolute = store.path.resolve()
+    return {"path": str(absolute),
+            "relative_path": os.path.relpath(absolute, splits_dir.resolve()),
+            "checksum": store.checksum()}
+
+
+# ---------------------------------------------------------------- the molecule table
+def molecule_table(store: ConformerStore) -> pd.DataFrame:
+    """One row per molecule from group attributes and atomic numbers only (no positions):
+    inchikey, connectivity block, smiles, scaffolds, heavy atoms, elements, conformers."""
+    rows = []
+    for key, n_conformers in store.conformer_counts().items():
+        smiles = store.group_attrs(key).get("smiles", "")
+        numbers = store.atomic_numbers(key)
+        murcko, generic = scaffolds(smiles)
+        rows.append({
+            "inchikey": key, "connectivity": key[:14], "smiles": smiles,
+            "scaffold": murcko, "generic_scaffold": generic,
+            "n_heavy_atoms": int((numbers > 1).sum()),
+            "elements": ",".join(sorted({chemical_symbols[int(z)] for z in numbers})),
+            "n_conformers": n_conformers,
+        })
+    return pd.DataFrame(rows, columns=["inchikey", "connectivity", "smiles", "scaffold",
+                                       "generic_scaffold", "n_heavy_atoms", "elements",
+                                       "n_conformers"])
+
+
+def _close_over_connectivity(keys: set[str], table: pd.DataFrame, candidates: set[str]) -> set[str]:
+    """Add the candidate molecules that share a connectivity block with `keys`."""
+    blocks = {k[:14] for k in keys}
+    return keys | {k for k in candidates if k[:14] in blocks}
+
+
+def _units(candidates: set[str]) -> dict[str, list[str]]:
+    """Candidate molecules grouped by connectivity block (a block's molecules move together)."""
+    units: dict[str, list[str]] = {}
+    for key in sorted(candidates):
+        units.setdefault(key[:14], []).append(key)
+    return units
+
+
+# ---------------------------------------------------------------- sizes
+def resolve_size(value: float, total: int, option: str) -> int:
+    """A size given as a fraction (0 < value < 1) or a count (whole number >= 1) of `total`."""
+    if value < 0:
+        raise MlipdivError(f"{option} {value}: must be a fraction in (0, 1) or a count >= 1")
+    if value == 0:
+        return 0
+    if value < 1:
+        return max(1, round(value * total))
+    if value != int(value):
+        raise MlipdivError(f"{option} {value}: a count must be a whole number")
+    if value > total:
+        raise MlipdivError(f"{option} {int(value)}: exceeds the store's {total} molecules")
+    return int(value)
+
+
+# ---------------------------------------------------------------- strategies
+class MoleculeSplit(ABC):
+    """Withholds whole molecules: returns the keys taken out of the candidates."""
+
+    name: str
+
+    @abstractmethod
+    def withhold(self, table: pd.DataFrame, candidates: set[str],
+                 rng: np.random.Generator) -> set[str]:
+        """Keys of the molecules this set takes from `candidates`."""
+
+
+@dataclass
+class ScaffoldSplit(MoleculeSplit):
+    """SF: whole Murcko-scaffold groups, in random order, until `n_molecules` are reached; at
+    least one ring scaffold stays in the pool. Acyclic molecules are never an SF group."""
+
+    n_molecules: int
+    name: str = "sf"
+
+    def withhold(self, table, candidates, rng):
+        rows = table[table["inchikey"].isin(candidates) & (table["scaffold"] != "")]
+        groups = {s: set(f["inchikey"]) for s, f in rows.groupby("scaffold")}
+        if len(groups) < 2:
+            raise SplitSkipped(f"--sf: the pool has {len(groups)} ring scaffold(s); a scaffold "
+                               "split needs at least 2, so SF is skipped")
+        taken: set[str] = set()
+        for scaffold in rng.permutation(sorted(groups))[:-1]:
+            if len(taken) >= self.n_molecules:
+                break
+            taken |= _close_over_connectivity(groups[scaffold], table, candidates)
+        if len(taken) < self.n_molecules:
+            raise MlipdivError(f"--sf {self.n_molecules}: only {len(taken)} molecules can be "
+                               "withheld while one ring scaffold stays in the pool")
+        return taken
+
+
+@dataclass
+class StructureSplit(MoleculeSplit):
+    """ST: connectivity groups withheld only while another group with their scaffold (the empty
+    one for acyclic molecules) stays in the pool."""
+
+    n_molecules: int
+    name: str = "st"
+
+    def withhold(self, table, candidates, rng):
+        scaffold_of = dict(zip(table["inchikey"], table["scaffold"], strict=True))
+        units = _units(candidates)
+        remaining: dict[str, int] = {}
+        for members in units.values():
+            remaining[scaffold_of[members[0]]] = remaining.get(scaffold_of[members[0]], 0) + 1
+        taken: set[str] = set()
+        for block in rng.permutation(sorted(units)):
+            if len(taken) >= self.n_molecules:
+                break
+            scaffold = scaffold_of[units[block][0]]
+            if remaining[scaffold] > 1:
+                remaining[scaffold] -= 1
+                taken.update(units[block])
+        if len(taken) < self.n_molecules:
+            raise MlipdivError(f"--st {self.n_molecules}: only {len(taken)} molecules can be "
+                               "withheld with their scaffold still in the pool")
+        return taken
+
+
+@dataclass
+class SizeShift(MoleculeSplit):
+    """OOD `size:MIN_HEAVY`: molecules with at least MIN_HEAVY heavy atoms."""
+
+    min_heavy_atoms: int
+    name: str = "ood"
+
+    def withhold(self, table, candidates, rng):
+        rows = table[table["inchikey"].isin(candidates)]
+        return set(rows.loc[rows["n_heavy_atoms"] >= self.min_heavy_atoms, "inchikey"])
+
+
+@dataclass
+class ElementShift(MoleculeSplit):
+    """OOD `elements:S,Cl`: molecules containing any of the elements."""
+
+    elements: tuple[str, ...]
+    name: str = "ood"
+
+    def withhold(self, table, candidates, rng):
+        rows = table[table["inchikey"].isin(candidates)]
+        wanted = set(self.elements)
+        has = rows["elements"].map(lambda e: bool(wanted & set(e.split(","))))
+        return set(rows.loc[has, "inchikey"])
+
+
+@dataclass
+class ClusterShift(MoleculeSplit):
+    """OOD `cluster[:K]`: k-means (K clusters) on Morgan fingerprints; the cluster whose centroid
+    lies farthest from the centroid of all other molecules, among clusters holding at most half
+    of the molecules."""
+
+    n_clusters: int = 8
+    name: str = "ood"
+
+    def withhold(self, table, candidates, rng):
+        from scipy.sparse import csr_matrix
+        from sklearn.cluster import KMeans
+
+        rows = table[table["inchikey"].isin(candidates)].reset_index(drop=True)
+        n_clusters = min(self.n_clusters, len(rows))
+        if n_clusters < 2:
+            raise MlipdivError("--ood cluster: needs at least 2 molecules")
+        bits = [list(morgan_fingerprint(s).GetOnBits()) for s in rows["smiles"]]
+        matrix = csr_matrix(
+            (np.ones(sum(map(len, bits)), np.float32),
+             np.concatenate([np.asarray(b, np.int64) for b in bits]),
+             np.cumsum([0, *map(len, bits)])),
+            shape=(len(rows), 2048),
+        )
+        labels = KMeans(n_clusters, n_init=3, random_state=int(rng.integers(2**31))).fit_predict(
+            matrix)
+        total = np.asarray(matrix.sum(axis=0)).ravel()
+        best, best_distance = None, -1.0
+        for label in range(n_clusters):
+            members = labels == label
+            if not 0 < members.sum() <= len(rows) / 2:
+                continue
+            inside = np.asarray(matrix[members].sum(axis=0)).ravel()
+            distance = np.linalg.norm(inside / members.sum()
+                                      - (total - inside) / (len(rows) - members.sum()))
+            if distance > best_distance:
+                best, best_distance = label, distance
+        return set(rows.loc[labels == best, "inchikey"])
+
+
+@dataclass
+class ExternalStore:
+    """OOD `--ood-store FILE`: every molecule of a second store whose connectivity block does
+    not occur in the main store (the overlap is dropped from the OOD set and counted)."""
+
+    path: Path
+    name: str = "ood"
+
+    def pairs(self, main_table: pd.DataFrame) -> tuple[ByMolecule, int]:
+        blocks = set(main_table["connectivity"])
+        kept: ByMolecule = {}
+        dropped = 0
+        with ConformerStore(self.path) as store:
+            for key, n in store.conformer_counts().items():
+                if key[:14] in blocks:
+                    dropped += 1
+                else:
+                    kept[key] = np.arange(n)
+        if not kept:
+            raise MlipdivError(f"--ood-store {self.path}: every molecule also occurs in the "
+                               "main store (by connectivity); no OOD set is left")
+        return kept, dropped
+
+
+def parse_ood(spec: str) -> MoleculeSplit:
+    """`size:MIN_HEAVY`, `elements:S,Cl` or `cluster[:K]`."""
+    kind, _, argument = spec.partition(":")
+    try:
+        if kind == "size":
+            return SizeShift(int(argument))
+        if kind == "elements":
+            elements = tuple(e.strip() for e in argument.split(",") if e.strip())
+            unknown = [e for e in elements if e not in symbol_to_number]
+            if not elements or unknown:
+                raise ValueError
+            return ElementShift(elements)
+        if kind == "cluster":
+            return ClusterShift(int(argument) if argument else 8)
+    except ValueError:
+        pass
+    raise MlipdivError(f"--ood {spec}: expected size:MIN_HEAVY, elements:S,Cl or cluster[:K]")
+
+
+@dataclass
+class ConformerSplit:
+    """CF: `conformers` conformers withheld from each of `n_molecules` random pool molecules
+    with at least one more conformer; pool conformers within `duplicate_rmsd` of a withheld
+    conformer are dropped. A molecule left without pool conformers is not used."""
+
+    n_molecules: int
+    conformers: int = 2
+    duplicate_rmsd: float = DUPLICATE_RMSD_ANGSTROM
+    name: str = "cf"
+
+    def withhold(self, store: ConformerStore, pool: ByMolecule,
+                 rng: np.random.Generator) -> tuple[ByMolecule, ByMolecule, int]:
+        """(withheld, pool after withholding, number of near-duplicates dropped)."""
+        if self.conformers < 1:
+            raise MlipdivError(f"--cf-conformers {self.conformers}: must be at least 1")
+        eligible = [k for k in sorted(pool) if len(pool[k]) > self.conformers]
+        withheld: ByMolecule = {}
+        pool = dict(pool)
+        dropped = 0
+        for key in rng.permutation(eligible) if eligible else []:
+            if len(withheld) >= self.n_molecules:
+                break
+            available = pool[key]
+            chosen = np.sort(rng.choice(available, self.conformers, replace=False))
+            kept = np.setdiff1d(available, chosen)
+            duplicates = np.array(sorted({p for p, _, _ in near_duplicate_conformers(
+                store, key, chosen, kept, self.duplicate_rmsd)}), dtype=np.int64)
+            if len(duplicates) == len(kept):
+                continue
+            withheld[key] = chosen
+            pool[key] = np.setdiff1d(kept, duplicates)
+            dropped += len(duplicates)
+        if len(withheld) < self.n_molecules:
+            raise MlipdivError(
+                f"--cf {self.n_molecules}: only {len(withheld)} pool molecules have more than "
+                f"--cf-conformers {self.conformers} distinct conformers"
+            )
+        return withheld, pool, dropped
+
+
+def near_duplicate_conformers(
+    store: ConformerStore, key: str, withheld: np.ndarray, kept: np.ndarray,
+    threshold: float = DUPLICATE_RMSD_ANGSTROM,
+) -> list[tuple[int, int, float]]:
+    """(kept conformer, withheld conformer, rmsd) for each kept conformer of a molecule within
+    `threshold` Angstrom heavy-atom RMSD of a withheld one (store conformer indices)."""
+    if len(kept) == 0 or len(withheld) == 0:
+        return []
+    order = np.concatenate([withheld, kept])
+    geometry = ConformerGeometry(store.molecule(key, order))
+    found = geometry.near_duplicates(range(len(withheld)), range(len(withheld), len(order)),
+                                     threshold)
+    return [(int(order[c]), int(order[r]), rmsd) for c, r, rmsd in found]
+
+
+class SplitSkipped(MlipdivError):
+    """A requested test set cannot be made for this store (said, then skipped)."""
+
+
+# ---------------------------------------------------------------- making a split
+@dataclass(frozen=True)
+class SplitOptions:
+    """Sizes are fractions (0 < x < 1) or counts (>= 1) of the store's molecules; 0 = none."""
+
+    cf: float = 0.1
+    cf_conformers: int = 2
+    st: float = 0.1
+    sf: float = 0.1
+    ood: str | None = None
+    ood_store: Path | None = None
+    seed: int = 0
+
+    def check(self) -> None:
+        fractions = {name: v for name, v in
+                     (("--cf", self.cf), ("--st", self.st), ("--sf", self.sf)) if 0 < v < 1}
+        if sum(fractions.values()) > 1:
+            raise MlipdivError(f"{' + '.join(fractions)}: fractions sum to "
+                               f"{sum(fractions.values()):.3g}, above the limit 1")
+        if self.ood and self.ood_store:
+            raise MlipdivError("--ood and --ood-store: give one OOD shift, not both")
+
+
+def make_splits(store_path: str | os.PathLike, out: str | os.PathLike,
+                options: SplitOptions = SplitOptions()) -> tuple[Splits, list[str]]:
+    """Carve the test sets, run the leak check, and write SPLITS only if it passes.
+    Returns the splits and the messages about skipped sets."""
+    from mlipdiv.design.leaks import assert_no_leaks
+
+    options.check()
+    out = Path(out)
+    store_path = Path(store_path)
+    rng = np.random.default_rng(options.seed)
+    messages: list[str] = []
+    with ConformerStore(store_path) as store:
+        if len(store) == 0:
+            raise MlipdivError(f"{store_path}: the store holds no molecules")
+        table = molecule_table(store)
+        n_total = len(table)
+        candidates = set(table["inchikey"])
+        withheld: dict[str, set[str]] = {}
+        extra: dict[str, object] = {}
+        sets: dict[str, SplitSet] = {}
+        if options.ood_store:
+            ood_pairs, extra["ood_overlap_dropped"] = ExternalStore(
+                Path(options.ood_store)).pairs(table)
+            sets["ood"] = SplitSet("ood", Path(options.ood_store), ood_pairs)
+        elif options.ood:
+            withheld["ood"] = _close_over_connectivity(
+                parse_ood(options.ood).withhold(table, candidates, rng), table, candidates)
+            if not withheld["ood"] or withheld["ood"] == candidates:
+                raise MlipdivError(f"--ood {options.ood}: selects {len(withheld['ood'])} of "
+                                   f"{n_total} molecules; it must leave some in the pool")
+            candidates -= withheld["ood"]
+        strategies = (ScaffoldSplit(resolve_size(options.sf, n_total, "--sf")),
+                      StructureSplit(resolve_size(options.st, n_total, "--st")))
+        for strategy in strategies:
+            if strategy.n_molecules == 0:
+                continue
+            try:
+                withheld[strategy.name] = strategy.withhold(table, candidates, rng)
+            except SplitSkipped as skipped:
+                messages.append(str(skipped))
+                continue
+            candidates -= withheld[strategy.name]
+        if not candidates:
+            raise MlipdivError("--st/--sf/--ood: no molecule is left for the training pool")
+        counts = store.conformer_counts()
+        pool = {k: np.arange(counts[k]) for k in sorted(candidates)}
+        n_cf = resolve_size(options.cf, n_total, "--cf")
+        if n_cf:
+            cf, pool, extra["cf_near_duplicates_dropped"] = ConformerSplit(
+                n_cf, options.cf_conformers).withhold(store, pool, rng)
+            sets["cf"] = SplitSet("cf", store_path, cf)
+        sets["pool"] = SplitSet("pool", store_path, pool)
+        for name, keys in withheld.items():
+            sets[name] = SplitSet(name, store_path, {k: np.arange(counts[k]) for k in sorted(keys)})
+        manifest = {
+            "format": SPLITS_FORMAT, "version": 1,
+            "store": _store_entry(store, out),
+            "ood_store": None,
+            "options": {**options.__dict__, "ood_store": str(options.ood_store or "") or None},
+            "seed": options.seed,
+            "skipped": messages,
+            **extra,
+        }
+    if options.ood_store:
+        with ConformerStore(options.ood_store) as ood:
+            manifest["ood_store"] = _store_entry(ood, out)
+    ordered = {name: sets[name] for name in ("pool", *TEST_SETS) if name in sets}
+    manifest["counts"] = {name: {"molecules": s.n_molecules, "conformers": s.n_conformers}
+                          for name, s in ordered.items()}
+    splits = Splits(out, store_path, ordered, table, manifest)
+    assert_no_leaks(splits)
+    write_splits(splits)
+    return splits, messages
+
+
+def write_splits(splits: Splits) -> None:
+    """Write the directory next to its target and move it into place."""
+    out = splits.path
+    if out.exists() and not (out / MANIFEST).is_file() and any(out.iterdir()):
+        raise MlipdivError(f"{out}: exists and is not a SPLITS directory; not overwriting it")
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name, split_set in splits.sets.items():
+        write_pairs(split_set.by_molecule, tmp / f"{name}.parquet")
+    splits.molecules.to_parquet(tmp / MOLECULE_TABLE, index=False)
+    (tmp / MANIFEST).write_text(json.dumps(splits.manifest, indent=1, default=str))
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+

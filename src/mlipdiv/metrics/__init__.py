@@ -1,0 +1,33 @@
+"""Generalisation metrics per test split, with cluster-bootstrap (over molecules) 95 % CIs."""
+
+from mlipdiv.metrics.evaluate import (
+    ResultRecord,
+    SplitMetrics,
+    evaluate_file,
+    evaluate_run,
+    evaluate_split,
+    result_record,
+)
+from mlipdiv.metrics.stats import (
+    METRICS,
+    Estimate,
+    MoleculeErrors,
+    cluster_bootstrap,
+    molecule_spearman,
+    split_estimates,
+)
+
+__all__ = [
+    "METRICS",
+    "Estimate",
+    "MoleculeErrors",
+    "ResultRecord",
+    "SplitMetrics",
+    "cluster_bootstrap",
+    "evaluate_file",
+    "evaluate_run",
+    "evaluate_split",
+    "molecule_spearman",
+    "result_record",
+    "split_estimates",
+]

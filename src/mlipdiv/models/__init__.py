@@ -1,0 +1,34 @@
+"""Real MLIPs (MACE via mace-torch, ANI via TorchANI) behind one interface: train on conformers
+or a design cell, load a run, predict energies/forces/features, hand out an ASE calculator."""
+
+from mlipdiv.models.base import EnsembleCalculator, Potential
+from mlipdiv.models.e0 import E0Fit, fit_e0
+from mlipdiv.models.run import (
+    Prediction,
+    TrainedRun,
+    load_run,
+    potential_class,
+    read_records,
+    train,
+    train_cell,
+)
+from mlipdiv.models.sizes import BACKENDS, SIZES, RunSize, TrainingSettings, run_size
+
+__all__ = [
+    "BACKENDS",
+    "SIZES",
+    "E0Fit",
+    "EnsembleCalculator",
+    "Potential",
+    "Prediction",
+    "RunSize",
+    "TrainedRun",
+    "TrainingSettings",
+    "fit_e0",
+    "load_run",
+    "potential_class",
+    "read_records",
+    "run_size",
+    "train",
+    "train_cell",
+]

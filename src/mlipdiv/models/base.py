@@ -1,0 +1,234 @@
+"""The `Potential` interface every backend implements, and its ASE calculator.
+
+A backend (MACE, ANI) only says how to turn conformers into its own precomputed inputs
+(`prepare`), how to batch them (`collate`), and how its library's model gives energies, forces
+and per-atom invariant features. Fitting, prediction, save/load and the ASE calculator are
+shared here and in `training.py`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from ase.calculators.calculator import Calculator, all_changes
+from ase.data import chemical_symbols
+
+from mlipdiv.data.store import MoleculeRecord
+from mlipdiv.errors import MlipdivError
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+CHECKPOINT_FORMAT = 1
+PREDICT_BATCH = 64
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """Libraries build buffers and graphs in torch's default dtype; set it for a block."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+@dataclass
+class Batch:
+    """Backend inputs plus reference labels: energy (n_graphs,), forces (n_atoms_total, 3),
+    atoms per graph (n_graphs,). Unlabelled conformers carry zeros."""
+
+    inputs: Any
+    energy: torch.Tensor
+    forces: torch.Tensor
+    n_atoms: torch.Tensor
+
+
+@dataclass
+class Conformer:
+    """One conformer in mlipdiv units, the unit every backend prepares from."""
+
+    numbers: np.ndarray
+    positions: np.ndarray
+    energy: float = 0.0
+    forces: np.ndarray | None = None
+
+
+def conformers(records: Sequence[MoleculeRecord]) -> list[Conformer]:
+    """Flatten records into conformers (labels kept when present)."""
+    out = []
+    for record in records:
+        for i in range(record.n_conformers):
+            out.append(Conformer(
+                record.atomic_numbers, record.positions[i],
+                float(record.energy[i]) if record.labelled else 0.0,
+                record.forces[i] if record.labelled else None,
+            ))
+    return out
+
+
+class Potential(ABC):
+    """One trained (or trainable) model of one backend.
+
+    `config` holds everything needed to rebuild the module: elements, E0s (eV, in element
+    order), the size's model hyperparameters, training-set statistics and the dtype.
+    """
+
+    backend: ClassVar[str]
+
+    def __init__(self, config: dict, device: str | torch.device = "cpu"):
+        self.config = config
+        self.elements: list[int] = [int(z) for z in config["elements"]]
+        self.dtype = DTYPES[config["dtype"]]
+        self.device = torch.device(device)
+        with default_dtype(self.dtype):
+            self.module = self.build_module().to(self.device)
+
+    # ---- what a backend provides
+    @abstractmethod
+    def build_module(self) -> torch.nn.Module:
+        """The library's model, untrained, from `self.config`."""
+
+    @abstractmethod
+    def prepare(self, conformer: Conformer) -> Any:
+        """Precomputed inputs of one conformer (graph, neighbour list...), kept on the CPU."""
+
+    @abstractmethod
+    def collate(self, items: Sequence[Any]) -> Batch:
+        """A batch of prepared conformers on `self.device`."""
+
+    @abstractmethod
+    def energy_forces(self, batch: Batch, training: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Energies (n_graphs,) in eV and forces (n_atoms_total, 3) in eV/A; with
+        `training` the graph is kept for a backward pass through the forces."""
+
+    @abstractmethod
+    def invariant_features(self, batch: Batch) -> torch.Tensor:
+        """Per-atom invariant latent features (n_atoms_total, n_features)."""
+
+    # ---- shared
+    def prepare_all(self, items: Sequence[Conformer]) -> list[Any]:
+        """Precompute every conformer once (graphs are not rebuilt per epoch)."""
+        with default_dtype(self.dtype):
+            return [self.prepare(c) for c in items]
+
+    def batches(self, items: Sequence[Any], batch_size: int,
+                order: Sequence[int] | None = None) -> Iterator[Batch]:
+        """Batches of prepared items in `order` (default: as given)."""
+        order = range(len(items)) if order is None else order
+        order = list(order)
+        for start in range(0, len(order), batch_size):
+            yield self.collate([items[i] for i in order[start:start + batch_size]])
+
+    def check_elements(self, numbers: np.ndarray) -> None:
+        """MlipdivError naming the elements this model was not trained on."""
+        unknown = sorted({int(z) for z in numbers} - set(self.elements))
+        if unknown:
+            names = ", ".join(chemical_symbols[z] for z in unknown)
+            known = ", ".join(chemical_symbols[z] for z in self.elements)
+            raise MlipdivError(
+                f"element(s) {names} absent from the training set (model knows {known})"
+            )
+
+    def predict_conformers(self, items: Sequence[Conformer]) -> tuple[np.ndarray, list]:
+        """Energies (n,) in eV and one (n_atoms, 3) force array (eV/A) per conformer; any
+        molecules, batched together."""
+        if not items:
+            return np.zeros(0), []
+        for numbers in {c.numbers.tobytes(): c.numbers for c in items}.values():
+            self.check_elements(numbers)
+        prepared = self.prepare_all(items)
+        energies, forces = [], []
+        self.module.eval()
+        for batch in self.batches(prepared, PREDICT_BATCH):
+            energy, force = self.energy_forces(batch, training=False)
+            energies.append(energy.detach().cpu().double().numpy())
+            sizes = batch.n_atoms.cpu().tolist()
+            forces += np.split(force.detach().cpu().double().numpy(), np.cumsum(sizes)[:-1])
+        return np.concatenate(energies), forces
+
+    def predict_arrays(self, numbers: np.ndarray,
+                       positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Energies (n_conf,) in eV and forces (n_conf, n_atoms, 3) in eV/A of conformers of
+        one molecule given as atomic numbers and (n_conf, n_atoms, 3) positions."""
+        energies, forces = self.predict_conformers([Conformer(numbers, p) for p in positions])
+        return energies, np.stack(forces)
+
+    def features_arrays(self, numbers: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """Invariant per-atom features (n_conf, n_atoms, n_features) of one molecule."""
+        self.check_elements(numbers)
+        items = self.prepare_all([Conformer(numbers, xyz) for xyz in positions])
+        self.module.eval()
+        blocks = [self.invariant_features(batch).detach().cpu().double().numpy()
+                  for batch in self.batches(items, PREDICT_BATCH)]
+        return np.concatenate(blocks).reshape(len(positions), len(numbers), -1)
+
+    def calculator(self, **kwargs) -> Calculator:
+        """An ASE calculator with this model alone."""
+        return EnsembleCalculator([self], **kwargs)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write config + weights atomically."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save({"format": CHECKPOINT_FORMAT, "backend": self.backend,
+                    "config": self.config, "state_dict": self.module.state_dict()}, tmp)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> Potential:
+        """Rebuild a saved model; MlipdivError if the file is not a compatible checkpoint."""
+        payload = read_checkpoint(path)
+        if payload.get("format") != CHECKPOINT_FORMAT or payload.get("backend") != cls.backend:
+            raise MlipdivError(
+                f"{path}: incompatible checkpoint (backend {payload.get('backend')!r}, format "
+                f"{payload.get('format')!r}; expected {cls.backend!r}, {CHECKPOINT_FORMAT})"
+            )
+        potential = cls(payload["config"], device)
+        try:
+            potential.module.load_state_dict(payload["state_dict"])
+        except RuntimeError as exc:
+            raise MlipdivError(f"{path}: incompatible checkpoint ({str(exc).splitlines()[0]})"
+                               ) from None
+        return potential
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """torch.load a checkpoint onto the CPU, with a one-line error when it is unreadable."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise MlipdivError(f"{path}: no such checkpoint") from None
+    except Exception as exc:  # torch raises many exception types for a corrupt file
+        raise MlipdivError(f"{path}: unreadable checkpoint ({type(exc).__name__})") from None
+    if not isinstance(payload, dict):
+        raise MlipdivError(f"{path}: incompatible checkpoint (not an mlipdiv model)")
+    return payload
+
+
+class EnsembleCalculator(Calculator):
+    """ASE calculator over one or more trained members: the mean energy and forces, and the
+    committee's energy spread (`energy_std`, eV) and force spread (`forces_std`, eV/A)."""
+
+    implemented_properties = ["energy", "free_energy", "forces", "energy_std", "forces_std"]
+
+    def __init__(self, members: Sequence[Potential], **kwargs):
+        super().__init__(**kwargs)
+        self.members = list(members)
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
+        super().calculate(atoms, properties, system_changes)
+        numbers, positions = self.atoms.numbers, self.atoms.positions[None]
+        results = [m.predict_arrays(numbers, positions) for m in self.members]
+        energies = np.array([e[0] for e, _ in results])
+        forces = np.stack([f[0] for _, f in results])
+        energy = float(energies.mean())
+        self.results = {"energy": energy, "free_energy": energy, "forces": forces.mean(axis=0),
+                        "energy_std": float(energies.std()), "forces_std": forces.std(axis=0)}

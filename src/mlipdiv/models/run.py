@@ -1,0 +1,459 @@
+"""Runs: train one model (or an ensemble) on conformers or a design cell, and load it back.
+
+A run directory holds `run.json` (status, spec, hyperparameters, E0s, meta), `train.log`,
+and per member `member-K/checkpoint.pt` (written every epoch) and `member-K/model.pt`
+(the best validation weights, written when the member finishes). Rerunning the same command
+resumes where it stopped; `run.json` says "complete" only when every member is saved.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mlipdiv.data.store import ConformerStore, MoleculeRecord
+from mlipdiv.errors import MlipdivError
+from mlipdiv.models.base import DTYPES, Conformer, EnsembleCalculator, Potential, conformers
+from mlipdiv.models.e0 import fit_e0
+from mlipdiv.models.sizes import RunSize, run_size
+from mlipdiv.models.training import EpochStats, fit
+
+RUN_FILE = "run.json"
+LOG_FILE = "train.log"
+
+
+def potential_class(backend: str) -> type[Potential]:
+    """The Potential subclass of a backend name."""
+    if backend == "mace":
+        from mlipdiv.models.mace_backend import MacePotential
+        return MacePotential
+    if backend == "ani":
+        from mlipdiv.models.ani_backend import AniPotential
+        return AniPotential
+    raise MlipdivError(f"--model {backend!r}: choose from mace, ani")
+
+
+def resolve_device(device: str | None) -> str:
+    """CUDA when present, CPU otherwise, unless a device is named."""
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def training_statistics(records: Sequence[MoleculeRecord], cutoff: float) -> dict:
+    """RMS force component (the models' output scale, as MACE's rms_forces_scaling) and the
+    mean number of neighbours within `cutoff` (MACE's avg_num_neighbors)."""
+    forces = np.concatenate([r.forces.reshape(-1) for r in records])
+    neighbours = atoms = 0
+    for record in records:
+        diff = record.positions[:, :, None, :] - record.positions[:, None, :, :]
+        distance = np.linalg.norm(diff, axis=-1)
+        neighbours += int(((distance < cutoff) & (distance > 0)).sum())
+        atoms += record.n_conformers * record.n_atoms
+    return {"force_rms": float(np.sqrt(np.mean(forces ** 2))),
+            "avg_num_neighbors": neighbours / atoms}
+
+
+def data_fingerprint(records: Sequence[MoleculeRecord]) -> str:
+    """Content hash of conformers (identity, positions, labels) to recognise a run's data."""
+    digest = hashlib.sha256()
+    for record in records:
+        digest.update(record.inchikey.encode())
+        for array in (record.atomic_numbers, record.positions, record.energy, record.forces):
+            digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+class RunLog:
+    """Appends timestamped lines to the run's log file."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __call__(self, message: str) -> None:
+        stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        with self.path.open("a") as handle:
+            handle.write(f"{stamp} {message}\n")
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def _check_training_data(train: Sequence[MoleculeRecord],
+                         valid: Sequence[MoleculeRecord]) -> None:
+    n_train = sum(r.n_conformers for r in train)
+    if n_train < 2:
+        raise MlipdivError(f"training set has {n_train} conformer(s); at least 2 are needed")
+    if not valid or sum(r.n_conformers for r in valid) == 0:
+        raise MlipdivError("validation set is empty; give --valid or a cell with valid pairs")
+    unlabelled = [r.inchikey for r in (*train, *valid) if not r.labelled]
+    if unlabelled:
+        raise MlipdivError(f"molecule {unlabelled[0]}: no energy/force labels to train on")
+
+
+def _open_run(out: Path, spec: dict) -> dict | None:
+    """Existing run.json of `out` (None if new); MlipdivError when it is another run."""
+    path = out / RUN_FILE
+    if not path.exists():
+        return None
+    try:
+        existing = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        raise MlipdivError(f"{path}: unreadable run file; delete {out} to start over") from None
+    if existing.get("spec") != spec:
+        raise MlipdivError(
+            f"{out}: holds a different run (model {existing.get('spec', {}).get('model')}, "
+            f"size {existing.get('spec', {}).get('size')}); choose another --out or delete it"
+        )
+    return existing
+
+
+def train(
+    train: list[MoleculeRecord],
+    valid: list[MoleculeRecord],
+    *,
+    model: str,
+    size: str,
+    out: str | os.PathLike,
+    ensemble: int = 1,
+    seed: int = 0,
+    dtype: str = "float32",
+    device: str | None = None,
+    meta: dict | None = None,
+    progress: bool = True,
+    max_epochs: int | None = None,
+    on_epoch: Callable[[int, EpochStats], None] | None = None,
+) -> Path:
+    """Train `ensemble` members (seeds seed, seed+1, ...) of `model` at `size`, resuming
+    from checkpoints in `out`; returns the run directory. `meta` is stored in the run;
+    `max_epochs` overrides the size's epoch cap; `on_epoch(member, stats)` is called after
+    every epoch's checkpoint."""
+    started = time.perf_counter()
+    chosen = run_size(model, size)
+    if max_epochs is not None:
+        if max_epochs < 1:
+            raise MlipdivError(f"--epochs {max_epochs}: must be at least 1")
+        chosen = replace(chosen, training=replace(chosen.training, max_epochs=max_epochs))
+    if dtype not in DTYPES:
+        raise MlipdivError(f"dtype {dtype!r}: choose from {', '.join(DTYPES)}")
+    if ensemble < 1:
+        raise MlipdivError(f"--ensemble {ensemble}: must be at least 1")
+    _check_training_data(train, valid)
+    out = Path(out)
+    spec = {"model": model, "size": size, "ensemble": ensemble, "seed": seed, "dtype": dtype,
+            "hyperparameters": chosen.as_dict(),
+            "data": data_fingerprint(train) + data_fingerprint(valid)}
+    existing = _open_run(out, spec)
+    if existing is not None and existing.get("status") == "complete":
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / RUN_FILE, {"status": "training", "spec": spec})
+    log = RunLog(out / LOG_FILE)
+    device = resolve_device(device)
+    log(f"run {out}: model={model} size={size} ensemble={ensemble} seed={seed} dtype={dtype} "
+        f"device={device}")
+    log("hyperparameters " + json.dumps(chosen.as_dict()))
+    e0 = fit_e0(train)
+    log(f"E0 fit: {e0.note}: " + json.dumps(e0.as_dict()["energies_ev"]))
+    if e0.regularised:
+        _warn(f"warning: {e0.note}")
+    elements = sorted(e0.energies)
+    config = {"elements": elements, "e0": [e0.energies[z] for z in elements],
+              "model": chosen.model, "dtype": dtype,
+              "stats": training_statistics(train, chosen.model.get(
+                  "r_max", chosen.model.get("radial_cutoff")))}
+    members = _train_members(train, valid, config, chosen, out, spec, device, progress, log,
+                             on_epoch)
+    n_train = sum(r.n_conformers for r in train)
+    run_meta = {
+        "status": "complete", "spec": spec, "model": model, "size": size,
+        "hyperparameters": chosen.as_dict(), "seed": seed, "member_seeds": members["seeds"],
+        "ensemble": ensemble, "dtype": dtype, "device": device,
+        "device_name": _device_name(device), "elements": elements,
+        "e0": e0.as_dict(), "n_train": n_train, "n_train_molecules": len(train),
+        "n_valid": sum(r.n_conformers for r in valid), "members": members["summaries"],
+        "wall_time_s": members["seconds"] + (time.perf_counter() - started
+                                             - members["session_seconds"]),
+        "versions": _versions(model), "meta": meta or {},
+    }
+    write_json_atomic(out / RUN_FILE, run_meta)
+    log(f"run complete: {json.dumps(members['summaries'])}")
+    return out
+
+
+def _train_members(train, valid, config, chosen: RunSize, out: Path, spec: dict, device: str,
+                   progress: bool, log: RunLog, on_epoch) -> dict:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    cls = potential_class(chosen.backend)
+    settings = chosen.training
+    prepared: tuple[list, list] | None = None
+    seeds, summaries, seconds, session_seconds = [], [], 0.0, 0.0
+    columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True), disable=not progress) as bar:
+        for member in range(spec["ensemble"]):
+            member_seed = spec["seed"] + member
+            seeds.append(member_seed)
+            member_dir = out / f"member-{member}"
+            member_dir.mkdir(exist_ok=True)
+            torch.manual_seed(member_seed)
+            potential = cls(config, device)
+            if prepared is None:  # graphs / neighbour lists once per run, shared by members
+                prepared = (potential.prepare_all(conformers(train)),
+                            potential.prepare_all(conformers(valid)))
+            task = bar.add_task(f"member {member}", total=settings.max_epochs)
+
+            def report(stats: EpochStats, member=member, task=task) -> None:
+                bar.update(task, completed=stats.epoch, description=(
+                    f"m{member} loss {stats.train_loss:.3g} val E "
+                    f"{stats.valid_energy_mae_mev_per_atom:.3g} meV/at F "
+                    f"{stats.valid_forces_mae_mev_per_angstrom:.3g} meV/Å"))
+                log(f"member {member} epoch {stats.epoch} loss {stats.train_loss:.4g} "
+                    f"val E MAE {stats.valid_energy_mae_mev_per_atom:.3g} meV/atom "
+                    f"F MAE {stats.valid_forces_mae_mev_per_angstrom:.4g} meV/A "
+                    f"lr {stats.learning_rate:.3g} ({stats.seconds:.2f} s)")
+                if on_epoch is not None:
+                    on_epoch(member, stats)
+
+            tic = time.perf_counter()
+            state = fit(potential, prepared[0], prepared[1], settings,
+                        member_dir / "checkpoint.pt", member_seed,
+                        hashlib.sha256(json.dumps([spec, member_seed]).encode()).hexdigest(),
+                        report)
+            session_seconds += time.perf_counter() - tic
+            potential.save(member_dir / "model.pt")
+            bar.update(task, completed=settings.max_epochs)
+            seconds += state.seconds
+            summaries.append({"member": member, "seed": member_seed, "epochs": state.epochs_done,
+                              "best_epoch": state.best_epoch, "best_valid_loss": state.best_loss,
+                              "training_seconds": state.seconds, "history": state.history})
+    return {"seeds": seeds, "summaries": summaries, "seconds": seconds,
+            "session_seconds": session_seconds}
+
+
+def _warn(message: str) -> None:
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[yellow]{message}[/yellow]")
+
+
+def _device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def _versions(model: str) -> dict:
+    from importlib.metadata import version
+
+    library = {"mace": "mace-torch", "ani": "torchani"}[model]
+    return {"torch": torch.__version__, library: version(library)}
+
+
+def train_cell(design_path: str | os.PathLike, cell_id: str, *, model: str, size: str,
+               out: str | os.PathLike, ensemble: int = 1, seed: int = 0,
+               dtype: str = "float32", device: str | None = None,
+               progress: bool = True, max_epochs: int | None = None) -> Path:
+    """Train on a design cell's training/validation pairs; the cell's figures go into meta."""
+    from mlipdiv.design import load_design, load_splits
+
+    design = load_design(design_path)
+    cell = design.cell(cell_id)
+    splits = load_splits(design.splits_path)
+    with ConformerStore(splits.store_path) as store:
+        train_records = list(store.select(cell.train))
+        valid_records = list(store.select(cell.valid))
+    meta = {"cell": cell.id, "design": str(design_path), "splits": str(design.splits_path),
+            **cell.model_dump(exclude={"id", "train", "valid"})}
+    return train(train_records, valid_records, model=model, size=size, out=out,
+                 ensemble=ensemble, seed=seed, dtype=dtype, device=device, meta=meta,
+                 progress=progress, max_epochs=max_epochs)
+
+
+@dataclass
+class Prediction:
+    """All members' predictions for one record's conformers: energy (n_members, n_conf) in
+    eV, forces (n_members, n_conf, n_atoms, 3) in eV/A. Out-of-domain records (elements
+    absent from training) carry NaN and `out_of_domain=True`."""
+
+    energy: np.ndarray
+    forces: np.ndarray
+    out_of_domain: bool = False
+
+    @property
+    def mean_energy(self) -> np.ndarray:
+        return self.energy.mean(axis=0)
+
+    @property
+    def mean_forces(self) -> np.ndarray:
+        return self.forces.mean(axis=0)
+
+
+class TrainedRun:
+    """A finished run: its meta and its members, loaded for prediction."""
+
+    def __init__(self, path: Path, meta: dict, members: list[Potential]):
+        self.path = path
+        self.meta = meta
+        self.members = members
+
+    @property
+    def n_members(self) -> int:
+        return len(self.members)
+
+    @property
+    def elements(self) -> set[int]:
+        return set(self.members[0].elements)
+
+    def out_of_domain(self, record: MoleculeRecord) -> bool:
+        """True when the record has an element absent from the training set."""
+        return not {int(z) for z in record.atomic_numbers} <= self.elements
+
+    def predict(self, records: Sequence[MoleculeRecord],
+                member: int | None = None) -> list[Prediction]:
+        """One Prediction per record, from all members (or only `member`)."""
+        chosen = self.members if member is None else [self._member(member)]
+        inside = [r for r in records if not self.out_of_domain(r)]
+        results = iter(_stack_per_record(inside, [m.predict_conformers(conformers(inside))
+                                                   for m in chosen]))
+        out = []
+        for record in records:
+            if self.out_of_domain(record):
+                shape = (len(chosen), record.n_conformers)
+                out.append(Prediction(np.full(shape, np.nan),
+                                      np.full((*shape, record.n_atoms, 3), np.nan), True))
+            else:
+                out.append(Prediction(*next(results)))
+        return out
+
+    def atom_features(self, records: Sequence[MoleculeRecord]) -> list[np.ndarray]:
+        """Member 0's invariant per-atom features, (n_conf, n_atoms, n_features) per record."""
+        return [self.members[0].features_arrays(r.atomic_numbers, r.positions)
+                for r in records]
+
+    def calculator(self, **kwargs) -> EnsembleCalculator:
+        """ASE calculator: ensemble-mean energy and forces, with the committee spread."""
+        return EnsembleCalculator(self.members, **kwargs)
+
+    def _member(self, member: int) -> Potential:
+        if not 0 <= member < self.n_members:
+            raise MlipdivError(f"{self.path}: member {member} asked, run has {self.n_members}")
+        return self.members[member]
+
+
+def _stack_per_record(records: Sequence[MoleculeRecord],
+                      per_member: list[tuple[np.ndarray, list]]) -> list[tuple]:
+    """Members' flat per-conformer predictions regrouped as (energy (K, n_conf), forces
+    (K, n_conf, n_atoms, 3)) per record."""
+    out, start = [], 0
+    for record in records:
+        stop = start + record.n_conformers
+        out.append((np.stack([e[start:stop] for e, _ in per_member]),
+                    np.stack([np.stack(f[start:stop]) for _, f in per_member])))
+        start = stop
+    return out
+
+
+def load_run(path: str | os.PathLike, device: str | None = None) -> TrainedRun:
+    """Load a complete run directory; MlipdivError if it is missing, unfinished or
+    incompatible."""
+    path = Path(path)
+    run_file = path / RUN_FILE
+    if not run_file.exists():
+        raise MlipdivError(f"{path}: not a run directory (no {RUN_FILE})")
+    try:
+        meta = json.loads(run_file.read_text())
+    except json.JSONDecodeError:
+        raise MlipdivError(f"{run_file}: unreadable run file") from None
+    if meta.get("status") != "complete":
+        raise MlipdivError(f"{path}: training is not finished; rerun the same train command")
+    cls = potential_class(meta["model"])
+    device = resolve_device(device)
+    members = [cls.load(path / f"member-{k}" / "model.pt", device)
+               for k in range(meta["ensemble"])]
+    return TrainedRun(path, meta, members)
+
+
+def read_records(path: str | os.PathLike) -> list[MoleculeRecord]:
+    """Labelled conformers of a store (.h5), or of any file `mlipdiv import` reads (extxyz,
+    ASE db, ...), imported through a temporary store, as one record per molecule."""
+    import tempfile
+
+    from mlipdiv.data.importer import import_dataset
+
+    path = Path(path)
+    if not path.exists():
+        raise MlipdivError(f"{path}: no such file")
+    if path.suffix in (".h5", ".hdf5"):
+        with ConformerStore(path) as store:
+            return list(store.molecules())
+    with tempfile.TemporaryDirectory() as tmp:
+        import_dataset(path, Path(tmp) / "imported.h5")
+        with ConformerStore(Path(tmp) / "imported.h5") as store:
+            return list(store.molecules())
+
+
+def read_frames(path: str | os.PathLike) -> list:
+    """`ase.Atoms` frames of a store (.h5) or any file ASE reads, in file order."""
+    from ase.io import read
+
+    path = Path(path)
+    if not path.exists():
+        raise MlipdivError(f"{path}: no such file")
+    if path.suffix in (".h5", ".hdf5"):
+        with ConformerStore(path) as store:
+            return store.to_atoms()
+    try:
+        return read(path, index=":")
+    except Exception as exc:  # ase raises many types for a malformed file
+        raise MlipdivError(f"{path}: not a readable structure file ({exc})") from None
+
+
+def predict_frames(run: TrainedRun, frames: Sequence) -> list:
+    """Frames with the run's ensemble-mean energy/forces attached as calculator results,
+    `energy_std` (committee spread, eV) in info, any reference energy kept as
+    `reference_energy`; frames with elements absent from training get `out_of_domain=True`
+    and no prediction."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    out = [atoms.copy() for atoms in frames]
+    inside = []
+    for atoms, copy in zip(frames, out, strict=True):
+        if atoms.calc is not None and "energy" in atoms.calc.results:
+            copy.info["reference_energy"] = atoms.calc.results["energy"]
+        copy.info["out_of_domain"] = not set(atoms.numbers.tolist()) <= run.elements
+        if not copy.info["out_of_domain"]:
+            inside.append(copy)
+    if not inside:
+        return out
+    items = [Conformer(atoms.numbers, atoms.positions) for atoms in inside]
+    results = [m.predict_conformers(items) for m in run.members]
+    energies = np.stack([e for e, _ in results])
+    for k, atoms in enumerate(inside):
+        forces = np.mean([f[k] for _, f in results], axis=0)
+        atoms.info["energy_std"] = float(energies[:, k].std())
+        atoms.calc = SinglePointCalculator(atoms, energy=float(energies[:, k].mean()),
+                                           forces=forces)
+    return out
+
+
+def write_frames(frames: Sequence, path: str | os.PathLike) -> None:
+    """Write frames to extended XYZ atomically."""
+    from ase.io import write
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp, list(frames), format="extxyz")
+    os.replace(tmp, path)

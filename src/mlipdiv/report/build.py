@@ -1,0 +1,323 @@
+"""`mlipdiv report STUDY`: one self-contained HTML file (figures embedded as base64 PNG, no
+network needed) plus each figure as a PNG beside it, built only from the study directory."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from mlipdiv.errors import MlipdivError
+from mlipdiv.report import figures
+from mlipdiv.report.findings import (
+    advice_findings,
+    experiment_findings,
+    selection_findings,
+    surface_findings,
+)
+from mlipdiv.report.sections import Section, optional_sections
+from mlipdiv.report.tables import cell_summary, load_public_datasets
+from mlipdiv.study.advise import Advice
+from mlipdiv.study.config import StudyConfig, load_config
+from mlipdiv.study.fit import load_fits
+from mlipdiv.study.io import write_bytes_atomic, write_text_atomic
+from mlipdiv.study.layout import StudyPaths
+
+METRIC_LABELS = {
+    "energy_mae_mev_per_atom": "energy MAE (meV/atom)",
+    "energy_rmse_mev_per_atom": "energy RMSE (meV/atom)",
+    "energy_mae_mev": "energy MAE (meV/molecule)",
+    "forces_mae_mev_per_angstrom": "force MAE (meV/Å)",
+    "forces_rmse_mev_per_angstrom": "force RMSE (meV/Å)",
+    "conformational_energy_mae_mev": "conformational energy MAE (meV)",
+}
+PARITY_MOLECULES_PER_SPLIT = 20
+
+# Runs first in <head>: records script and resource errors, marks figures that fail to decode,
+# and leaves the counts on <body> (read by the headless-browser test).
+CHECK_SCRIPT = """<script>
+window.reportErrors = [];
+window.addEventListener('error', function (e) {
+  window.reportErrors.push(String(e.message || (e.target && e.target.alt) || e.type));
+}, true);
+window.addEventListener('load', function () {
+  var images = Array.prototype.slice.call(document.images), decoded = 0;
+  images.forEach(function (img) {
+    if (img.complete && img.naturalWidth > 0) { decoded += 1; return; }
+    img.classList.add('broken');
+    img.insertAdjacentText('afterend', 'figure failed to load: ' + img.alt);
+  });
+  document.body.setAttribute('data-images-decoded', decoded + '/' + images.length);
+  document.body.setAttribute('data-errors', String(window.reportErrors.length));
+});
+</script>"""
+
+STYLE = """<style>
+body { font-family: sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }
+h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; margin-top: 2em; }
+figure { margin: 1em 0; } figure img { max-width: 100%; }
+figcaption { font-size: 0.9em; color: #555; }
+table { border-collapse: collapse; font-size: 0.85em; } td, th { border: 1px solid #ccc;
+padding: 2px 6px; } .warning { color: #a40; } img.broken { outline: 3px solid red; }
+</style>"""
+
+
+def metric_label(metric: str) -> str:
+    return METRIC_LABELS.get(metric, metric)
+
+
+class StudyView:
+    """Everything the report reads from a study directory."""
+
+    def __init__(self, root: Path):
+        self.paths = StudyPaths(root)
+        if not self.paths.results_parquet.exists():
+            raise MlipdivError(f"{root}: no results.parquet; run `mlipdiv study` first")
+        self.config: StudyConfig = load_config(self.paths.config)
+        self.results = pd.read_parquet(self.paths.results_parquet)
+        self.metric = self.config.advice.metric
+        self.fits, self.skipped = (load_fits(self.paths.fit) if self.paths.fit.exists()
+                                   else ([], ["the study has no fit step output"]))
+        self.advice = ([Advice.model_validate(a) for a in
+                        json.loads(self.paths.advice.read_text())["advice"]]
+                       if self.paths.advice.exists() else [])
+        self.profile = (json.loads(self.paths.profile.read_text())
+                        if self.paths.profile.exists() else None)
+        self.cells = cell_summary(self.results, self.metric)
+
+    def dataset_point(self) -> tuple[float, float] | None:
+        """This dataset on the molecules × conformers plane (from its profile)."""
+        if not self.profile or "plane" not in self.profile:
+            return None
+        plane = self.profile["plane"]
+        return float(plane["n_molecules"]), float(plane["mean_conformers_per_molecule"])
+
+
+def _figure_html(name: str, caption: str, figure: Figure | bytes, figure_dir: Path) -> str:
+    """Save one figure as PNG beside the report and return its embedded <figure>."""
+    if isinstance(figure, Figure):
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=110)
+        import matplotlib.pyplot as plt
+
+        plt.close(figure)
+        data = buffer.getvalue()
+    else:
+        data = figure
+    write_bytes_atomic(figure_dir / f"{name}.png", data)
+    encoded = base64.b64encode(data).decode("ascii")
+    return (f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{encoded}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+def _list(lines: list[str]) -> str:
+    if not lines:
+        return "<p>Nothing to state: the study has too few cells for this.</p>"
+    return "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>"
+
+
+def setup_sentences(view: StudyView) -> list[str]:
+    """The question and the setup in three sentences, generated from the config and results."""
+    config, results = view.config, view.results
+    data = config.data
+    source = (f"{data.n_molecules} molecules from '{data.molecules}' × {data.conformers} "
+              f"conformers labelled with {data.method}" if data.source == "generate"
+              else f"the store {data.store}")
+    test_sets = results.drop_duplicates("split").set_index("split")
+    split_text = ", ".join(
+        f"{s.upper()} ({int(row.n_molecules)} molecules, {int(row.n_conformers)} conformers)"
+        for s, row in test_sets.iterrows())
+    experiments = []
+    if config.fixed_budget:
+        grid = sorted(results[results.experiment == "fixed-budget"].M.unique())
+        experiments.append(f"fixed-budget: N = {config.fixed_budget.budget} conformers split as "
+                           f"M ∈ {{{', '.join(str(int(m)) for m in grid)}}}")
+    if config.fixed_molecules:
+        grid = sorted(config.fixed_molecules.conformers)
+        experiments.append(f"fixed-molecules: M = {config.fixed_molecules.molecules}, "
+                           f"C ∈ {{{', '.join(map(str, grid))}}}")
+    models = ", ".join(f"{m} ({config.models.size})" for m in config.models.architectures)
+    n_runs = results.drop_duplicates(["cell", "model"]).shape[0]
+    return [
+        "Question: for a fixed QM budget, does an MLIP generalise better to unseen conformers "
+        "(CF), molecules (ST), scaffolds (SF) and shifted data (OOD) when the budget buys more "
+        "molecules (structural diversity) or more conformers per molecule (conformational "
+        "diversity)?",
+        f"Data: {source}; test sets {split_text}.",
+        f"Setup: {'; '.join(experiments)}; {config.design.replicates} replicate(s) per cell, "
+        f"selection {', '.join(sorted(results.selection.unique()))}; models {models}; "
+        f"{n_runs} trainings, {results.drop_duplicates(['cell', 'model']).wall_time_s.sum():.0f}"
+        " s of training in total.",
+    ]
+
+
+def _parity_data(view: StudyView, cell: str, model: str):
+    from mlipdiv.design import load_splits
+    from mlipdiv.models import load_run
+
+    row = view.results[(view.results.cell == cell) & (view.results.model == model)].iloc[0]
+    run = load_run(row.run)
+    splits = load_splits(view.paths.splits)
+    energy_ref, energy_pred, energy_split = [], [], []
+    force_ref, force_pred, force_split = [], [], []
+    for name in splits.test_sets:
+        records = list(islice(splits.records(name), PARITY_MOLECULES_PER_SPLIT))
+        for record, prediction in zip(records, run.predict(records), strict=True):
+            if prediction.out_of_domain:
+                continue
+            energy_ref.append(record.energy / record.n_atoms)
+            energy_pred.append(prediction.mean_energy / record.n_atoms)
+            energy_split += [name] * record.n_conformers
+            force_ref.append(record.forces.ravel())
+            force_pred.append(prediction.mean_forces.ravel())
+            force_split += [name] * record.forces.size
+    if not energy_ref:
+        return None
+    return (np.concatenate(energy_ref), np.concatenate(energy_pred),
+            np.concatenate(force_ref), np.concatenate(force_pred),
+            np.array(energy_split), np.array(force_split))
+
+
+def parity_section(view: StudyView) -> Section:
+    """Parity plots for the best and worst cells (weighted error of the first model)."""
+    weights = view.config.advice.weights
+    model = view.config.models.architectures[0]
+    rows = view.results[(view.results.model == model) & view.results.split.isin(list(weights))]
+    if rows.empty:
+        return Section("Parity: best and worst cells", "<p>No scored cells to show.</p>")
+    score = (rows.assign(weighted=rows[view.metric] * rows.split.map(weights))
+             .groupby("cell").weighted.sum())
+    section = Section("Parity: best and worst cells",
+                      f"<p>Cells ranked by the weighted {html.escape(metric_label(view.metric))}"
+                      f" of {model} (weights {weights}); up to {PARITY_MOLECULES_PER_SPLIT} "
+                      "molecules per test split.</p>")
+    for label, cell in (("best", score.idxmin()), ("worst", score.idxmax())):
+        data = _parity_data(view, cell, model)
+        if data is None:
+            continue
+        e_ref, e_pred, f_ref, f_pred, e_split, f_split = data
+        title = f"{label} cell: {cell} ({model}), weighted error {score[cell]:.3g}"
+        section.figures.append((f"parity_{label}", title,
+                                figures.parity(title, e_ref, e_pred, f_ref, f_pred, e_split,
+                                               f_split)))
+    return section
+
+
+def _experiment_section(view: StudyView) -> Section:
+    metrics = [view.metric] + [m for m in ("forces_mae_mev_per_angstrom",)
+                               if m != view.metric and m in view.results]
+    cells = {metric: view.cells if metric == view.metric else cell_summary(view.results, metric)
+             for metric in metrics}
+    section = Section("Both experiments", _list(
+        [line for metric in metrics
+         for line in experiment_findings(cells[metric], metric_label(metric))
+         + selection_findings(cells[metric], metric_label(metric))]))
+    for experiment in ("fixed-budget", "fixed-molecules"):
+        for metric in metrics:
+            figure = figures.experiment_curves(cells[metric], experiment, metric_label(metric))
+            if figure is not None:
+                axis = "M (log axis)" if experiment == "fixed-budget" else "C (log axis)"
+                section.figures.append((f"{experiment}_{metric}",
+                                        f"{experiment}: {metric_label(metric)} vs {axis}, "
+                                        "geometric mean over replicates with 95 % CI",
+                                        figure))
+    return section
+
+
+def _advice_table(advice: list[Advice]) -> str:
+    """The advised (M, C) and the predicted errors there against measured neighbouring cells."""
+    rows = []
+    for item in advice:
+        predicted = ", ".join(f"{s.upper()} {e.value:.3g} [{e.ci_low:.3g}, {e.ci_high:.3g}]"
+                              for s, e in item.predicted.items())
+        rows.append(f"<tr><td>{html.escape(item.model)} ({html.escape(item.selection)})</td>"
+                    f"<td>M = {item.n_molecules}, C = {item.conformers_per_molecule}</td>"
+                    f"<td>optimum (predicted)</td><td>{html.escape(predicted)}</td></tr>")
+        for cell in item.neighbours:
+            measured = ", ".join(f"{s.upper()} {v:.3g} (fit {cell.predicted[s]:.3g})"
+                                 for s, v in cell.measured.items())
+            rows.append(f"<tr><td></td><td>M = {cell.n_molecules}, C = "
+                        f"{cell.conformers_per_molecule:g}</td><td>measured neighbour</td>"
+                        f"<td>{html.escape(measured)}</td></tr>")
+    if not rows:
+        return ""
+    return ("<table><tr><th>model</th><th>cell</th><th></th><th>error (95 % CI)</th></tr>"
+            + "".join(rows) + "</table>")
+
+
+def _surface_section(view: StudyView) -> Section:
+    lines = surface_findings(view.fits, view.skipped) + advice_findings(view.advice)
+    section = Section("Error surface and budget advice",
+                      _list(lines) + _advice_table(view.advice))
+    advice_by_model = {a.model: a for a in view.advice}
+    for (model, selection), group in _group_fits(view.fits).items():
+        figure = figures.surface_map(group, view.cells, advice_by_model.get(model),
+                                     view.config.advice.weights, view.dataset_point(),
+                                     metric_label(view.metric))
+        section.figures.append((f"surface_{model}_{selection}",
+                                f"fitted {metric_label(view.metric)} over (M, C) for {model} "
+                                f"({selection}): iso-budget lines (dotted), optimum path (red), "
+                                "measured cells, this dataset and the advised optimum",
+                                figure))
+    first = view.advice[0] if view.advice else None
+    section.figures.append(("datasets_map", "public QM datasets, this study and the advised "
+                            "optimum on the molecules × conformers plane",
+                            figures.datasets_map(load_public_datasets(), view.cells,
+                                                 view.dataset_point(), first)))
+    return section
+
+
+def _group_fits(fits) -> dict:
+    grouped: dict = {}
+    for fit in fits:
+        grouped.setdefault((fit.model, fit.selection), []).append(fit)
+    return grouped
+
+
+def _diversity_section(view: StudyView) -> Section:
+    summary = view.profile or {}
+    keys = ("n_molecules", "n_conformers", "n_scaffolds", "mean_tanimoto_distance",
+            "median_conformers_per_molecule", "median_rmsd_angstrom")
+    table = "".join(f"<tr><th>{key}</th><td>{html.escape(_format(summary.get(key)))}</td></tr>"
+                    for key in keys if key in summary)
+    section = Section("Diversity of the data and of each cell",
+                      f"<table>{table}</table>" if table else "<p>No profile was written.</p>")
+    if view.paths.profile_plot.exists():
+        section.figures.append(("profile", "per-molecule diversity of the whole dataset",
+                                view.paths.profile_plot.read_bytes()))
+    figure = figures.cell_diversity(view.results)
+    if figure is not None:
+        section.figures.append(("cell_diversity", "each training cell's own diversity figures",
+                                figure))
+    return section
+
+
+def _format(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def write_report(study_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Build the report of a finished study; returns the HTML path (figures beside it)."""
+    view = StudyView(Path(study_dir))
+    out = Path(out) if out is not None else view.paths.report
+    figure_dir = out.parent / "figures"
+    sections = [_experiment_section(view), _surface_section(view), _diversity_section(view),
+                *optional_sections(view.paths.root), parity_section(view)]
+    body = [f"<h1>mlipdiv study: {html.escape(view.config.name)}</h1>",
+            "".join(f"<p>{html.escape(s)}</p>" for s in setup_sentences(view))]
+    for section in sections:
+        body.append(f"<h2>{html.escape(section.title)}</h2>{section.html}")
+        body += [_figure_html(name, caption, figure, figure_dir)
+                 for name, caption, figure in section.figures]
+    document = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+                f"<title>mlipdiv study {html.escape(view.config.name)}</title>{CHECK_SCRIPT}"
+                f"{STYLE}</head><body>{''.join(body)}</body></html>")
+    write_text_atomic(out, document)
+    return out

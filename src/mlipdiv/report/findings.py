@@ -1,0 +1,116 @@
+"""Findings stated as numbers computed from a study's results; where an interval does not
+exclude "no effect", the finding says the data do not support a trend."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from mlipdiv.report.tables import Z95, ratio
+from mlipdiv.study.advise import Advice
+from mlipdiv.study.fit import NULL_FORM, SurfaceFit
+
+MIN_TEST_MOLECULES = 3  # below this the cluster bootstrap's interval means nothing
+SPLIT_WORDS = {"cf": "CF", "st": "ST", "sf": "SF", "ood": "OOD"}
+
+
+def _split(name: str) -> str:
+    return SPLIT_WORDS.get(name, name)
+
+
+def experiment_findings(cells: pd.DataFrame, metric_label: str) -> list[str]:
+    """Per experiment, model, selection and split: the error at the smallest value of the
+    varied axis relative to the largest, with its 95 % interval."""
+    lines = []
+    for (experiment, model, selection, split), group in cells.groupby(
+            ["experiment", "model", "selection", "split"], sort=True):
+        axis = "M" if experiment == "fixed-budget" else "C"
+        group = group.sort_values(axis)
+        if len(group) < 2:
+            continue
+        low, high = group.iloc[0], group.iloc[-1]
+        n_test = int(group.n_test_molecules.min())
+        if n_test < MIN_TEST_MOLECULES:
+            lines.append(f"{experiment}, {model}, {selection}: the {_split(split)} set has "
+                         f"{n_test} molecule(s), too few for an interval over molecules; no "
+                         f"trend with {axis} is claimed.")
+            continue
+        value, ci_low, ci_high = ratio(low, high)
+        where = (f"{experiment}, {model}, {selection}: {_split(split)} {metric_label} at "
+                 f"{axis} = {low[axis]:g} is {value:.2f}× that at {axis} = {high[axis]:g} "
+                 f"(95 % CI {ci_low:.2f}–{ci_high:.2f}; {low.value:.3g} vs {high.value:.3g})")
+        if ci_low > 1:
+            lines.append(f"{where}: error falls as {axis} grows.")
+        elif ci_high < 1:
+            lines.append(f"{where}: error rises as {axis} grows.")
+        else:
+            lines.append(f"{where}: the interval includes 1, so these data do not support a "
+                         f"trend of {_split(split)} error with {axis}.")
+    return lines
+
+
+def _exponent(fit: SurfaceFit, name: str) -> str:
+    low, high = fit.params_ci[name]
+    return f"{fit.params[name]:.2f} (95 % CI {low:.2f}–{high:.2f})"
+
+
+def surface_findings(fits: list[SurfaceFit], skipped: list[str]) -> list[str]:
+    """The chosen surface form per split, with its exponents and the cross-validation scores."""
+    lines = []
+    for fit in fits:
+        scores = ", ".join(f"{name} {score:.3f}" for name, score in fit.cv_rmse_log.items()
+                           if score is not None)
+        head = (f"{fit.model} ({fit.selection}), {_split(fit.split)}: leave-one-cell-out "
+                f"cross-validation over {fit.n_cells} cells chose {fit.form} "
+                f"(RMSE of log error: {scores})")
+        if fit.form == NULL_FORM:
+            lines.append(f"{head}; error depends on the total N only, with exponent "
+                         f"{_exponent(fit, 'gamma')}: these data do not show that splitting N "
+                         "between molecules and conformers matters for this split.")
+        elif fit.form == "molecules+conformers":
+            lines.append(f"{head}; error ∝ M^-{_exponent(fit, 'alpha')} + "
+                         f"C^-{_exponent(fit, 'beta')} (intervals by {fit.uncertainty}).")
+        else:
+            lines.append(f"{head}; error ∝ M^-{_exponent(fit, 'alpha')} + "
+                         f"N^-{_exponent(fit, 'gamma')} (intervals by {fit.uncertainty}).")
+    lines += [f"No surface: {reason}." for reason in skipped]
+    return lines
+
+
+def advice_findings(advice: list[Advice]) -> list[str]:
+    """The advised (M, C) per model with predicted errors and any warnings."""
+    lines = []
+    for item in advice:
+        predicted = "; ".join(f"{_split(s)} {e.value:.3g} (95 % CI {e.ci_low:.3g}–"
+                              f"{e.ci_high:.3g})" for s, e in item.predicted.items())
+        lines.append(
+            f"{item.model} ({item.selection}), budget {item.budget:g}: M = {item.n_molecules} "
+            f"molecules × C = {item.conformers_per_molecule} conformers (M interval "
+            f"{item.molecules_interval[0]}–{item.molecules_interval[1]}, C interval "
+            f"{item.conformers_interval[0]}–{item.conformers_interval[1]}); predicted "
+            f"{predicted}.")
+        lines += [f"Warning ({item.model}): {warning}." for warning in item.warnings]
+    return lines
+
+
+def selection_findings(cells: pd.DataFrame, metric_label: str,
+                       baseline: str = "random-random") -> list[str]:
+    """Each diversity-aware selection against random draws of the same cells: the geometric
+    mean error ratio over matched (experiment, M, C) cells per model and split."""
+    keys = ["experiment", "model", "split", "M", "C"]
+    base = cells[cells.selection == baseline].set_index(keys)
+    lines = []
+    for selection in sorted(set(cells.selection) - {baseline}):
+        other = cells[cells.selection == selection].set_index(keys)
+        matched = other.merge(base, left_index=True, right_index=True, suffixes=("_s", "_b"))
+        for (model, split), group in matched.groupby(level=["model", "split"]):
+            difference = group.log_value_s - group.log_value_b
+            se = float(np.sqrt((group.log_se_s ** 2 + group.log_se_b ** 2).sum())) / len(group)
+            value = float(np.exp(difference.mean()))
+            low, high = (float(np.exp(difference.mean() + sign * Z95 * se)) for sign in (-1, 1))
+            verdict = ("lower error than random" if high < 1 else "higher error than random"
+                       if low > 1 else "no difference these data support")
+            lines.append(f"{model}, {_split(split)} {metric_label}: {selection} vs {baseline} "
+                         f"over {len(group)} matched cells, error ratio {value:.2f} (95 % CI "
+                         f"{low:.2f}–{high:.2f}): {verdict}.")
+    return lines

@@ -1,0 +1,276 @@
+"""The study configuration: one TOML file, validated by pydantic.
+
+Unknown keys, wrong types and impossible combinations are rejected with the key's dotted name
+and the reason, in one line. Presets (`quick`, `standard`) are TOML files shipped in
+`mlipdiv/resources/` and can be printed as a starting file (`mlipdiv study --print-config`).
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import tomllib
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from mlipdiv.errors import MlipdivError
+
+PRESETS = ("quick", "standard")
+SPLITS = ("cf", "st", "sf", "ood")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Strict):
+    """Where the molecules × conformers come from: generated with real QM, or a store."""
+
+    source: Literal["generate", "store"] = "generate"
+    molecules: str = "nci"  # generate: named molecule set or a .smi/.csv file
+    n_molecules: int = Field(24, ge=2)
+    conformers: int = Field(12, ge=1)
+    method: Literal["gfn2-xtb", "gfn1-xtb", "dft"] = "gfn2-xtb"
+    sampler: str | None = None  # None = the generator's default
+    temperature: float | None = Field(None, gt=0)
+    min_heavy_atoms: int | None = Field(None, ge=1)
+    max_heavy_atoms: int | None = Field(None, ge=1)
+    store: Path | None = None  # source = "store": an existing conformer store
+
+    @model_validator(mode="after")
+    def _source_fields(self) -> DataConfig:
+        if self.source == "store" and self.store is None:
+            raise ValueError("source = 'store' needs data.store (a conformer store path)")
+        if self.source == "generate" and self.store is not None:
+            raise ValueError("data.store is only read with source = 'store'")
+        if (self.min_heavy_atoms and self.max_heavy_atoms
+                and self.min_heavy_atoms > self.max_heavy_atoms):
+            raise ValueError("min_heavy_atoms is larger than max_heavy_atoms")
+        return self
+
+
+class SplitConfig(_Strict):
+    """Held-out test sets carved from the data (counts of molecules unless a fraction < 1)."""
+
+    cf_molecules: float = Field(0.25, gt=0)  # molecules that lose conformers to CF
+    cf_conformers: int = Field(2, ge=1)  # conformers withheld per CF molecule
+    st: float = Field(0.15, ge=0)  # unseen molecules (scaffold still in the pool)
+    sf: float = Field(0.15, ge=0)  # unseen scaffolds
+    ood: str | None = None  # e.g. "size:9", "elements:S,Cl", "cluster"
+
+    @model_validator(mode="after")
+    def _fractions(self) -> SplitConfig:
+        fractions = [v for v in (self.st, self.sf) if v < 1]
+        if sum(fractions) >= 1:
+            raise ValueError("split fractions st + sf leave no training pool")
+        return self
+
+
+class FixedBudgetConfig(_Strict):
+    """N training conformers split as M molecules × C conformers per molecule."""
+
+    budget: int = Field(..., ge=2)
+    molecules: list[int] | None = None  # the M grid; None = automatic log-spaced grid
+
+    @model_validator(mode="after")
+    def _grid(self) -> FixedBudgetConfig:
+        if self.molecules is not None:
+            _check_grid(self.molecules, "molecules")
+            if max(self.molecules) > self.budget:
+                raise ValueError(f"M = {max(self.molecules)} exceeds the budget "
+                                 f"{self.budget} (C would be below 1)")
+        return self
+
+
+class FixedMoleculesConfig(_Strict):
+    """M fixed molecules, C conformers per molecule varied."""
+
+    molecules: int = Field(..., ge=1)
+    conformers: list[int]
+
+    @model_validator(mode="after")
+    def _grid(self) -> FixedMoleculesConfig:
+        _check_grid(self.conformers, "conformers")
+        return self
+
+
+class DesignConfig(_Strict):
+    """Draws per cell and how molecules and conformers are selected."""
+
+    replicates: int = Field(1, ge=1)
+    molecule_selection: list[Literal["random", "maxmin"]] = ["random"]
+    conformer_selection: list[Literal["random", "farthest"]] = ["random"]
+    validation_fraction: float = Field(0.1, gt=0, lt=1)
+    allow_short: bool = False
+
+    @model_validator(mode="after")
+    def _selections(self) -> DesignConfig:
+        for name in ("molecule_selection", "conformer_selection"):
+            values = getattr(self, name)
+            if not values or len(set(values)) != len(values):
+                raise ValueError(f"{name} must list distinct strategies")
+        return self
+
+
+class ModelsConfig(_Strict):
+    """Architectures trained on every cell, at one run size."""
+
+    architectures: list[Literal["mace", "ani"]] = ["mace"]
+    size: Literal["dev", "fast", "standard"] = "fast"
+    ensemble: int = Field(1, ge=1)
+    dtype: Literal["float32", "float64"] = "float32"
+    device: str | None = None
+
+    @model_validator(mode="after")
+    def _distinct(self) -> ModelsConfig:
+        if not self.architectures or len(set(self.architectures)) != len(self.architectures):
+            raise ValueError("architectures must list distinct models")
+        return self
+
+
+class ExecutorConfig(_Strict):
+    """How cells run: a local process pool, or Ray tasks (a local instance or a cluster)."""
+
+    kind: Literal["local", "ray"] = "local"
+    workers: int = Field(0, ge=0)  # 0 = one per core (local) / cluster CPUs (ray)
+    threads_per_worker: int = Field(0, ge=0)  # 0 = cores // workers
+    address: str | None = None  # ray: cluster address; None = start a local instance
+    max_retries: int = Field(2, ge=0)  # ray: retries of a cell on worker failure
+
+    @model_validator(mode="after")
+    def _address(self) -> ExecutorConfig:
+        if self.address is not None and self.kind != "ray":
+            raise ValueError("address is only used with kind = 'ray'")
+        return self
+
+
+class AdviceConfig(_Strict):
+    """Defaults for the budget advice written with the study."""
+
+    weights: dict[Literal["cf", "st", "sf", "ood"], float] = {"cf": 1.0, "st": 1.0, "sf": 1.0}
+    metric: str = "energy_mae_mev_per_atom"
+    cost_per_molecule: float = Field(0.0, ge=0)
+    cost_per_conformer: float = Field(1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _weights(self) -> AdviceConfig:
+        if any(w < 0 for w in self.weights.values()) or not any(self.weights.values()):
+            raise ValueError("weights must be non-negative with at least one positive")
+        return self
+
+
+class StudyConfig(_Strict):
+    """A whole study: data, splits, both experiment designs, models, executor, advice."""
+
+    name: str = "study"
+    seed: int = 0
+    out: Path = Path("study-output")
+    data: DataConfig = DataConfig()
+    split: SplitConfig = SplitConfig()
+    fixed_budget: FixedBudgetConfig | None = None
+    fixed_molecules: FixedMoleculesConfig | None = None
+    design: DesignConfig = DesignConfig()
+    models: ModelsConfig = ModelsConfig()
+    executor: ExecutorConfig = ExecutorConfig()
+    advice: AdviceConfig = AdviceConfig()
+
+    @model_validator(mode="after")
+    def _combinations(self) -> StudyConfig:
+        if self.fixed_budget is None and self.fixed_molecules is None:
+            raise ValueError("give at least one experiment: [fixed_budget] or [fixed_molecules]")
+        if self.split.ood is None and "ood" in self.advice.weights:
+            raise ValueError("advice.weights names 'ood' but split.ood makes no OOD set")
+        if self.data.source == "generate":
+            self._fits_generated_data()
+        return self
+
+    def _fits_generated_data(self) -> None:
+        total = self.data.n_molecules * self.data.conformers
+        budget = self.fixed_budget.budget if self.fixed_budget else 0
+        if budget > total:
+            raise ValueError(f"fixed_budget.budget = {budget} exceeds the generated data "
+                             f"({self.data.n_molecules} molecules × {self.data.conformers} "
+                             f"conformers = {total})")
+        fixed = self.fixed_molecules
+        if fixed and fixed.molecules > self.data.n_molecules:
+            raise ValueError(f"fixed_molecules.molecules = {fixed.molecules} exceeds "
+                             f"data.n_molecules = {self.data.n_molecules}")
+        if fixed and max(fixed.conformers) > self.data.conformers:
+            raise ValueError(f"fixed_molecules.conformers up to {max(fixed.conformers)} "
+                             f"exceeds data.conformers = {self.data.conformers}")
+
+    def experiments(self) -> list[str]:
+        """The experiments this study runs, in report order."""
+        return [name for name, part in (("fixed-budget", self.fixed_budget),
+                                        ("fixed-molecules", self.fixed_molecules)) if part]
+
+    def comparable(self) -> dict:
+        """The settings that define the study's results (not where or how it runs)."""
+        return self.model_dump(mode="json", exclude={"out": True, "executor": True})
+
+
+def _check_grid(values: list[int], name: str) -> None:
+    if not values:
+        raise ValueError(f"{name} grid is empty")
+    if min(values) < 1:
+        raise ValueError(f"{name} grid has a value below 1 ({min(values)})")
+    if len(set(values)) != len(values):
+        raise ValueError(f"{name} grid repeats a value")
+
+
+def parse_config(text: str, origin: str = "config") -> StudyConfig:
+    """Validate TOML text into a StudyConfig; MlipdivError names the key and the reason."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise MlipdivError(f"{origin}: not valid TOML ({exc})") from None
+    try:
+        return StudyConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise MlipdivError(f"{origin}: {_first_error(exc)}") from None
+
+
+def _first_error(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        return f"unknown key {key}"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"key {key}: {message}"
+
+
+def load_config(path: str | Path) -> StudyConfig:
+    """Read and validate a study TOML file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise MlipdivError(f"{path}: cannot read the config ({exc.strerror})") from None
+    return parse_config(text, str(path))
+
+
+def preset_text(name: str) -> str:
+    """The TOML text of a shipped preset (`quick` or `standard`)."""
+    if name not in PRESETS:
+        raise MlipdivError(f"--preset {name!r}: choose from {', '.join(PRESETS)}")
+    return resources.files("mlipdiv").joinpath("resources", f"study_{name}.toml").read_text()
+
+
+def load_preset(name: str) -> StudyConfig:
+    """A shipped preset as a validated StudyConfig."""
+    return parse_config(preset_text(name), f"preset {name}")
+
+
+def config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two `comparable()` dicts."""
+    keys = sorted(set(old) | set(new))
+    differing = []
+    for key in keys:
+        dotted = f"{prefix}{key}"
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            differing += config_differences(a, b, f"{dotted}.")
+        elif a != b:
+            differing.append(dotted)
+    return differing

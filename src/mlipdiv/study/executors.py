@@ -1,0 +1,125 @@
+"""Executors run cell tasks: a local process pool (default) or Ray tasks (a local instance or a
+cluster). Each task writes its own result file into the shared study directory, so the
+executor only reports completions; a failed cell is reported, never fatal to the others."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+
+from mlipdiv.errors import MlipdivError
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One finished task: its key, what the task returned, or the one-line error."""
+
+    key: str
+    value: object = None
+    error: str | None = None
+
+
+def plan_parallelism(n_tasks: int, workers: int = 0, threads: int = 0,
+                     cores: int | None = None) -> tuple[int, int]:
+    """(worker processes, threads per worker) so that workers × threads <= cores."""
+    cores = cores or os.cpu_count() or 1
+    workers = max(1, min(workers or cores, n_tasks or 1))
+    threads = threads or max(1, cores // workers)
+    return workers, threads
+
+
+def limit_threads(threads: int) -> None:
+    """Pin BLAS/OpenMP and torch to `threads` in this process."""
+    for name in THREAD_VARIABLES:
+        os.environ[name] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _init_worker(threads: int) -> None:
+    limit_threads(threads)
+    _die_with_parent()
+
+
+def _die_with_parent() -> None:
+    """Linux: a worker gets SIGKILL when the study process dies (kill -9 included), so that
+    no orphan keeps training into a run directory the rerun will use."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def run_local(function: Callable, tasks: Sequence[tuple[str, tuple]], workers: int,
+              threads: int) -> Iterator[Completion]:
+    """Run `function(*args)` for each (key, args) in a spawn-context process pool."""
+    if workers == 1:
+        limit_threads(threads)
+        for key, args in tasks:
+            try:
+                yield Completion(key, function(*args))
+            except Exception as exc:  # noqa: BLE001 - reported per cell, the others go on
+                yield Completion(key, error=_first_line(exc))
+        return
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                             initargs=(threads,)) as pool:
+        futures = {pool.submit(function, *args): key for key, args in tasks}
+        for future in as_completed(futures):
+            try:
+                yield Completion(futures[future], future.result())
+            except Exception as exc:  # noqa: BLE001 - reported per cell, the others go on
+                yield Completion(futures[future], error=_first_line(exc))
+
+
+def run_ray(function: Callable, tasks: Sequence[tuple[str, tuple]], workers: int,
+            threads: int, address: str | None, max_retries: int) -> Iterator[Completion]:
+    """Each task a Ray task (retried `max_retries` times when its worker dies). Without an
+    address a local Ray instance with `workers × threads` CPUs is started and stopped."""
+    import ray
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        try:
+            if address:
+                ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            else:
+                ray.init(num_cpus=workers * threads, include_dashboard=False,
+                         log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise MlipdivError(f"--executor ray: cannot start or reach Ray at "
+                               f"{address or 'a local instance'} ({_first_line(exc)})") from None
+    remote = ray.remote(num_cpus=threads, max_retries=max_retries)(_ray_task)
+    try:
+        pending = {remote.remote(function, threads, *args): key for key, args in tasks}
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                key = pending.pop(ref)
+                try:
+                    yield Completion(key, ray.get(ref))
+                except Exception as exc:  # noqa: BLE001 - reported per cell, the others go on
+                    yield Completion(key, error=_first_line(getattr(exc, "cause", None) or exc))
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _ray_task(function: Callable, threads: int, *args):
+    limit_threads(threads)
+    return function(*args)

@@ -1,0 +1,99 @@
+"""Where each step of a study writes, under names a person can guess."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class StudyPaths:
+    """The files and folders of one study directory."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        """The study's config as run (TOML, the user's text)."""
+        return self.root / "config.toml"
+
+    @property
+    def settings(self) -> Path:
+        """The validated settings that define the results (JSON; compared on rerun)."""
+        return self.root / "study.json"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data.h5"
+
+    @property
+    def profile(self) -> Path:
+        return self.root / "profile.json"
+
+    @property
+    def profile_molecules(self) -> Path:
+        return self.root / "profile_molecules.csv"
+
+    @property
+    def profile_plot(self) -> Path:
+        return self.root / "profile.png"
+
+    @property
+    def splits(self) -> Path:
+        return self.root / "splits"
+
+    def design(self, experiment: str, selection: str) -> Path:
+        """Design file of one experiment drawn with one "<molecule>-<conformer>" selection."""
+        return self.root / "designs" / f"{experiment}_{selection}.json"
+
+    @property
+    def data_summary(self) -> Path:
+        return self.root / "data.json"
+
+    def run(self, cell_id: str, model: str) -> Path:
+        """Training run directory of one cell and model (checkpoints live there)."""
+        return self.root / "runs" / slug(cell_id) / model
+
+    def cell_result(self, cell_id: str, model: str) -> Path:
+        """The finished cell's result rows; its presence marks the cell as done."""
+        return self.root / "cells" / f"{slug(cell_id)}__{model}.json"
+
+    @property
+    def results_parquet(self) -> Path:
+        return self.root / "results.parquet"
+
+    @property
+    def results_csv(self) -> Path:
+        return self.root / "results.csv"
+
+    @property
+    def fit(self) -> Path:
+        return self.root / "fit.json"
+
+    @property
+    def advice(self) -> Path:
+        return self.root / "advice.json"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "study.log"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.html"
+
+    @property
+    def figures(self) -> Path:
+        return self.root / "figures"
+
+    @property
+    def domain(self) -> Path:
+        """Applicability-domain outputs (written by the domain step; read by the report)."""
+        return self.root / "domain"
+
+
+def slug(cell_id: str) -> str:
+    """A cell id as one file-name component ("fixed-budget/M16-C8/r0/random-random" ->
+    "fixed-budget_M16-C8_r0_random-random")."""
+    return re.sub(r"[^A-Za-z0-9.-]+", "_", cell_id).strip("_")

@@ -1,0 +1,438 @@
+"""`mlipdiv study`: data → profile → split → design (both experiments) → train and evaluate
+every cell × replicate × model → results table → error-surface fit → advice → report.
+
+Every step skips what is already in the study directory, so the same command after a crash
+(kill -9 included) redoes only what is missing: a cell counts as done when its result file
+exists (written atomically after training and evaluation), and an interrupted training resumes
+from its checkpoints. A changed config against an existing directory is refused with the keys
+that differ; with `force` the outputs of the changed steps and all later ones are removed.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from mlipdiv.errors import MlipdivError
+from mlipdiv.study.config import StudyConfig, config_differences
+from mlipdiv.study.executors import plan_parallelism, run_local, run_ray
+from mlipdiv.study.io import write_bytes_atomic, write_json_atomic, write_text_atomic
+from mlipdiv.study.layout import StudyPaths
+
+MIN_FREE_BYTES = 50 * 1024**2
+STEP_ORDER = ("data", "split", "design", "models", "advice")
+# Which step a changed top-level config key invalidates (with every later step).
+# Steps other packages add after the results (module:function taking the study directory);
+# the applicability-domain step writes STUDY/domain/, which its report section then reads.
+OPTIONAL_STEPS = [
+    "mlipdiv.domain.study:study_step",
+]
+FIRST_STALE_STEP = {"name": "advice", "seed": "data", "data": "data", "split": "split",
+                    "fixed_budget": "design", "fixed_molecules": "design", "design": "design",
+                    "models": "models", "advice": "advice"}
+
+log = logging.getLogger("mlipdiv.study")
+
+
+@dataclass(frozen=True)
+class CellTask:
+    """One training + evaluation: a design cell and a model."""
+
+    design: str
+    cell_id: str
+    model: str
+    run_dir: str
+    result_path: str
+    splits: str
+    size: str
+    ensemble: int
+    seed: int
+    dtype: str
+    device: str | None
+
+
+# ---------------------------------------------------------------- preparing the directory
+def check_writable(root: Path) -> None:
+    """Fail before any work when the study directory cannot be written or the disk is full."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / ".write-probe"
+        probe.write_bytes(b"0" * 4096)
+        probe.unlink()
+    except OSError as exc:
+        raise MlipdivError(f"{root}: cannot write the study directory ({exc.strerror})") from None
+    free = shutil.disk_usage(root).free
+    if free < MIN_FREE_BYTES:
+        raise MlipdivError(f"{root}: only {free / 1024**2:.0f} MiB free on its disk; the study "
+                           f"needs at least {MIN_FREE_BYTES / 1024**2:.0f} MiB")
+
+
+def prepare_directory(config: StudyConfig, config_text: str, paths: StudyPaths,
+                      force: bool) -> None:
+    """Record the config, or compare it with the one already there."""
+    check_writable(paths.root)
+    settings = config.comparable()
+    if not paths.settings.exists() and any(paths.root.iterdir()):
+        if not force:
+            raise MlipdivError(f"{paths.root}: holds files but no study; use another --out, or "
+                               "--force to clear it")
+        _remove_stale(paths, "data")
+    elif paths.settings.exists():
+        old = json.loads(paths.settings.read_text())
+        differing = config_differences(old, settings)
+        if differing and not force:
+            raise MlipdivError(f"{paths.root}: holds a study with a different config (keys "
+                               f"{', '.join(differing)}); use another --out, or --force to "
+                               "redo the changed steps")
+        if differing:
+            _remove_stale(paths, min((FIRST_STALE_STEP[key.split(".")[0]] for key in differing),
+                                     key=STEP_ORDER.index))
+    write_text_atomic(paths.config, config_text)
+    write_json_atomic(paths.settings, settings)
+
+
+def _remove_stale(paths: StudyPaths, first_step: str) -> None:
+    """Delete the outputs of `first_step` and of every later step."""
+    outputs = {
+        "data": [paths.data, paths.data_summary, paths.profile, paths.profile_molecules,
+                 paths.profile_plot, Path(f"{paths.data}.parts")],
+        "split": [paths.splits],
+        "design": [paths.root / "designs"],
+        "models": [paths.root / "runs", paths.root / "cells"],
+        "advice": [],
+    }
+    for step in STEP_ORDER[STEP_ORDER.index(first_step):]:
+        for path in outputs[step]:
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+    log.info("config changed: redoing from the %s step", first_step)
+
+
+# ---------------------------------------------------------------- data, profile, split, design
+def data_step(config: StudyConfig, paths: StudyPaths, workers: int, progress: bool) -> Path:
+    """The conformer store: generated into the study (resumable), or the configured store."""
+    if config.data.source == "store":
+        store = config.data.store.resolve()
+        if not store.exists():
+            raise MlipdivError(f"data.store {store}: no such store")
+        return store
+    if paths.data.exists():
+        return paths.data
+    from mlipdiv.data.generate import GenerateOptions, generate
+    from mlipdiv.data.qm import QMMethod
+    from mlipdiv.data.sources import MoleculeFilter
+
+    data = config.data
+    options = {"n_conformers": data.conformers, "method": QMMethod(data.method),
+               "seed": config.seed}
+    if data.sampler is not None:
+        options["sampler"] = data.sampler
+    if data.temperature is not None:
+        options["temperature"] = data.temperature
+    bounds = {key: value for key, value in (("min_heavy_atoms", data.min_heavy_atoms),
+                                            ("max_heavy_atoms", data.max_heavy_atoms)) if value}
+    summary = generate(data.molecules, paths.data, data.n_molecules, GenerateOptions(**options),
+                       MoleculeFilter(**bounds), workers=workers, progress=progress)
+    write_json_atomic(paths.data_summary, summary.as_dict())
+    log.info("data: %s", summary.text().replace("\n", "; "))
+    return paths.data
+
+
+def profile_step(store: Path, paths: StudyPaths) -> None:
+    """The dataset's diversity profile (JSON summary, per-molecule CSV, plot)."""
+    if paths.profile.exists():
+        return
+    from mlipdiv.diversity import plot_profile, profile_store
+
+    profile = profile_store(store)
+    write_text_atomic(paths.profile_molecules, profile.per_molecule.to_csv(index=False))
+    plot_profile(profile, paths.profile_plot)
+    write_json_atomic(paths.profile, profile.summary)
+
+
+def split_step(config: StudyConfig, store: Path, paths: StudyPaths) -> None:
+    """CF/ST/SF(/OOD) test sets and the training pool."""
+    if (paths.splits / "manifest.json").exists():
+        return
+    from mlipdiv.design import SplitOptions, make_splits
+
+    split = config.split
+    _, messages = make_splits(store, paths.splits, SplitOptions(
+        cf=split.cf_molecules, cf_conformers=split.cf_conformers, st=split.st, sf=split.sf,
+        ood=split.ood, seed=config.seed))
+    for message in messages:
+        log.warning("split: %s", message)
+
+
+def _design_options(config: StudyConfig, experiment: str, molecule_selection: str,
+                    conformer_selection: str, grid: tuple[int, ...] | None = None):
+    from mlipdiv.design import DesignOptions
+
+    design = config.design
+    common = dict(replicates=design.replicates, valid_fraction=design.validation_fraction,
+                  molecule_selection=molecule_selection,
+                  conformer_selection=conformer_selection, allow_short=design.allow_short,
+                  seed=config.seed)
+    if experiment == "fixed-budget":
+        budget = config.fixed_budget
+        return DesignOptions(experiment, budget=budget.budget,
+                             grid=grid or (tuple(budget.molecules) if budget.molecules else None),
+                             **common)
+    fixed = config.fixed_molecules
+    return DesignOptions(experiment, molecules=fixed.molecules,
+                         grid=grid or tuple(fixed.conformers), **common)
+
+
+def selections(config: StudyConfig) -> list[tuple[str, str]]:
+    """Every (molecule selection, conformer selection) pair the study compares."""
+    return [(m, c) for m in config.design.molecule_selection
+            for c in config.design.conformer_selection]
+
+
+def design_step(config: StudyConfig, paths: StudyPaths) -> list[Path]:
+    """One design file per experiment and selection pair. When the pool cannot fill the grid,
+    every cell that cannot be filled is named before any training starts."""
+    from mlipdiv.design import make_design, write_design
+
+    designs, problems = [], []
+    for experiment in config.experiments():
+        for molecule_selection, conformer_selection in selections(config):
+            path = paths.design(experiment, f"{molecule_selection}-{conformer_selection}")
+            designs.append(path)
+            if path.exists():
+                continue
+            options = _design_options(config, experiment, molecule_selection,
+                                      conformer_selection)
+            try:
+                write_design(make_design(paths.splits, options), path)
+            except MlipdivError as exc:
+                problems += _unfillable_cells(config, paths, experiment, options, exc)
+    if problems:
+        raise MlipdivError("the data cannot fill the requested grid: " + "; ".join(problems))
+    return designs
+
+
+def _unfillable_cells(config: StudyConfig, paths: StudyPaths, experiment: str, options,
+                      error: MlipdivError) -> list[str]:
+    """Try each grid value alone to name every cell that cannot be filled."""
+    from mlipdiv.design import make_design
+
+    grid = options.grid or ()
+    found = []
+    for value in grid:
+        single = _design_options(config, experiment, options.molecule_selection,
+                                 options.conformer_selection, grid=(value,))
+        try:
+            make_design(paths.splits, single)
+        except MlipdivError as exc:
+            axis = "M" if experiment == "fixed-budget" else "C"
+            found.append(f"{experiment} {axis}={value}: {exc}")
+    return found or [f"{experiment}: {error}"]
+
+
+# ---------------------------------------------------------------- cells
+def cell_tasks(config: StudyConfig, paths: StudyPaths, designs: list[Path]) -> list[CellTask]:
+    """Every (cell, model) of every design, in design order."""
+    from mlipdiv.design import load_design
+
+    tasks = []
+    for design_path in designs:
+        for cell in load_design(design_path).cells:
+            for model in config.models.architectures:
+                tasks.append(CellTask(
+                    design=str(design_path.resolve()), cell_id=cell.id, model=model,
+                    run_dir=str(paths.run(cell.id, model).resolve()),
+                    result_path=str(paths.cell_result(cell.id, model).resolve()),
+                    splits=str(paths.splits.resolve()), size=config.models.size,
+                    ensemble=config.models.ensemble, seed=config.seed + cell.replicate,
+                    dtype=config.models.dtype, device=config.models.device))
+    return tasks
+
+
+def run_cell(task: CellTask) -> dict:
+    """Train (resuming) and evaluate one cell with one model; write its result rows
+    atomically. Returns a short summary for the log."""
+    from mlipdiv.design import load_design
+    from mlipdiv.metrics import evaluate_run
+    from mlipdiv.models import train_cell
+
+    started = time.perf_counter()
+    run_dir = train_cell(task.design, task.cell_id, model=task.model, size=task.size,
+                         out=task.run_dir, ensemble=task.ensemble, seed=task.seed,
+                         dtype=task.dtype, device=task.device, progress=False)
+    cell = load_design(task.design).cell(task.cell_id)
+    cell_columns = {
+        "experiment": cell.experiment, "cell": cell.id, "M": cell.n_molecules,
+        "C": cell.n_train / cell.n_molecules, "C_nominal": cell.conformers_per_molecule,
+        "N": cell.n_train, "replicate": cell.replicate,
+        "selection": f"{cell.molecule_selection}-{cell.conformer_selection}",
+        "molecule_selection": cell.molecule_selection,
+        "conformer_selection": cell.conformer_selection, "short": cell.short,
+        **{f"div_{key}": value for key, value in cell.diversity.items()},
+    }
+    rows = [{**record.model_dump(), **cell_columns}
+            for record in evaluate_run(run_dir, task.splits, task.device)]
+    write_json_atomic(Path(task.result_path), rows)
+    return {"seconds": time.perf_counter() - started,
+            "errors": {row["split"]: row["energy_mae_mev_per_atom"] for row in rows}}
+
+
+def _execute(config: StudyConfig, tasks: list[CellTask], paths: StudyPaths,
+             progress: bool) -> list[str]:
+    """Run the unfinished tasks on the configured executor; returns the failures."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    todo = [t for t in tasks if not Path(t.result_path).exists()]
+    executor = config.executor
+    workers, threads = plan_parallelism(len(todo), executor.workers, executor.threads_per_worker)
+    log.info("cells: %d of %d to run (%s executor, %d workers × %d threads)", len(todo),
+             len(tasks), executor.kind, workers, threads)
+    keyed = [(f"{t.cell_id} [{t.model}]", (t,)) for t in todo]
+    if executor.kind == "ray":
+        completions = run_ray(run_cell, keyed, workers, threads, executor.address,
+                              executor.max_retries)
+    else:
+        completions = run_local(run_cell, keyed, workers, threads)
+    failures = []
+    with Progress(TextColumn("cells"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("ETA"), TimeRemainingColumn(), disable=not progress) as bar:
+        task_bar = bar.add_task("cells", total=len(tasks), completed=len(tasks) - len(todo))
+        for completion in completions:
+            bar.advance(task_bar)
+            if completion.error:
+                failures.append(f"{completion.key}: {completion.error}")
+                log.error("cell %s failed: %s", completion.key, completion.error)
+            else:
+                errors = ", ".join(f"{s} {v:.3g}" for s, v in completion.value["errors"].items()
+                                   if v is not None)
+                log.info("cell %s done in %.1f s (energy MAE meV/atom: %s)", completion.key,
+                         completion.value["seconds"], errors)
+    return failures
+
+
+def collect_results(tasks: list[CellTask], paths: StudyPaths) -> pd.DataFrame:
+    """results.parquet and results.csv: one row per (cell, replicate, model, split)."""
+    rows = [row for t in tasks if Path(t.result_path).exists()
+            for row in json.loads(Path(t.result_path).read_text())]
+    if not rows:
+        raise MlipdivError(f"{paths.root}: no cell finished; see {paths.log}")
+    table = pd.DataFrame(rows)
+    buffer = io.BytesIO()
+    table.to_parquet(buffer, index=False)
+    write_bytes_atomic(paths.results_parquet, buffer.getvalue())
+    write_text_atomic(paths.results_csv, table.to_csv(index=False))
+    return table
+
+
+# ---------------------------------------------------------------- fit and advice
+def study_budget(config: StudyConfig) -> float:
+    """The budget (cost units) of the study's own advice: what its fixed-budget N cost at the
+    smallest M of the grid, else the largest fixed-molecules cell."""
+    if config.fixed_budget:
+        n_conformers = config.fixed_budget.budget
+        n_molecules = min(config.fixed_budget.molecules or [1])
+    else:
+        fixed = config.fixed_molecules
+        n_conformers, n_molecules = fixed.molecules * max(fixed.conformers), fixed.molecules
+    advice = config.advice
+    return advice.cost_per_conformer * n_conformers + advice.cost_per_molecule * n_molecules
+
+
+def fit_and_advise(config: StudyConfig, results: pd.DataFrame, paths: StudyPaths) -> None:
+    """fit.json (a surface per model, selection and split) and advice.json (per model)."""
+    from mlipdiv.study.advise import advise
+    from mlipdiv.study.fit import fit_results, write_fits
+
+    fits, skipped = fit_results(results, config.advice.metric, seed=config.seed)
+    write_fits(fits, skipped, paths.fit)
+    for reason in skipped:
+        log.warning("fit: %s", reason)
+    advice, notes = [], []
+    fitted = {f.split for f in fits}
+    weights = {s: w for s, w in config.advice.weights.items() if s in fitted}
+    dropped = sorted(set(config.advice.weights) - set(weights))
+    if dropped:
+        notes.append(f"splits without a fitted surface left out of the weights: "
+                     f"{', '.join(dropped)}")
+    for model in sorted({f.model for f in fits}):
+        for selection in sorted({f.selection for f in fits if f.model == model}):
+            try:
+                advice.append(advise(
+                    fits, study_budget(config), model=model, selection=selection,
+                    weights=weights, cost_per_molecule=config.advice.cost_per_molecule,
+                    cost_per_conformer=config.advice.cost_per_conformer, results=results))
+            except MlipdivError as exc:
+                notes.append(str(exc))
+    write_json_atomic(paths.advice, {"advice": [a.model_dump(mode="json") for a in advice],
+                                     "notes": notes})
+
+
+def optional_steps(paths: StudyPaths) -> None:
+    """Run each installed optional step; a failing one is logged, never fatal."""
+    from mlipdiv.report.sections import load_contributor
+
+    for target in OPTIONAL_STEPS:
+        step = load_contributor(target)
+        if step is None:
+            continue
+        try:
+            step(paths.root)
+        except Exception as exc:  # noqa: BLE001 - an optional step must not stop the study
+            log.error("optional step %s failed: %s", target, exc)
+
+
+# ---------------------------------------------------------------- the whole study
+def _attach_log(paths: StudyPaths) -> logging.Handler:
+    handler = logging.FileHandler(paths.log)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    return handler
+
+
+def run_study(config: StudyConfig, config_text: str, out: Path | None = None, *,
+              force: bool = False, progress: bool = True, report: bool = True) -> Path:
+    """Run (or resume) a whole study; returns the report's path (the study directory when
+    `report` is False: `mlipdiv report` writes it later)."""
+    from mlipdiv.report import write_report
+
+    paths = StudyPaths(Path(out or config.out))
+    prepare_directory(config, config_text, paths, force)
+    handler = _attach_log(paths)
+    try:
+        started = time.perf_counter()
+        workers, _ = plan_parallelism(config.data.n_molecules, config.executor.workers)
+        store = data_step(config, paths, workers, progress)
+        profile_step(store, paths)
+        split_step(config, store, paths)
+        tasks = cell_tasks(config, paths, design_step(config, paths))
+        failures = _execute(config, tasks, paths, progress)
+        results = collect_results(tasks, paths)
+        fit_and_advise(config, results, paths)
+        optional_steps(paths)
+        written = write_report(paths.root) if report else paths.root
+        log.info("study finished in %.1f s: %s", time.perf_counter() - started, written)
+        if failures:
+            raise MlipdivError(f"{len(failures)} cell(s) failed (rerun to retry them; "
+                               f"details in {paths.log}): {failures[0]}")
+        return written
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+

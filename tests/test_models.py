@@ -1,0 +1,247 @@
+"""Real MACE and ANI training on ~50 GFN2-xTB conformers at the dev size."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from ase import units
+from ase.io import read
+from ase.md.verlet import VelocityVerlet
+from conftest import embed, labelled_record
+from typer.testing import CliRunner
+
+from mlipdiv.cli import app
+from mlipdiv.data import MoleculeRecord, write_store
+from mlipdiv.errors import MlipdivError
+from mlipdiv.models import fit_e0, load_run, train
+
+BACKENDS = ("mace", "ani")
+SMILES = ["CCO", "CC(=O)N", "c1ccccc1O", "CCN", "OC=O"]
+
+
+@pytest.fixture(scope="session")
+def conformer_sets() -> tuple[list[MoleculeRecord], list[MoleculeRecord]]:
+    """Five molecules x ten labelled conformers: eight for training, two for validation."""
+    records = [labelled_record(s, 10, seed=i) for i, s in enumerate(SMILES)]
+    return [r.subset(range(8)) for r in records], [r.subset(range(8, 10)) for r in records]
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def trained(request, conformer_sets, tmp_path_factory):
+    """A float64 dev-size run of each backend."""
+    train_set, valid_set = conformer_sets
+    out = tmp_path_factory.mktemp(request.param) / "run"
+    train(train_set, valid_set, model=request.param, size="dev", out=out, dtype="float64",
+          progress=False, meta={"cell": "test-cell"})
+    return load_run(out)
+
+
+def test_training_loss_falls(trained):
+    history = trained.meta["members"][0]["history"]
+    assert len(history) >= 5
+    assert history[-1]["train_loss"] < 0.7 * history[0]["train_loss"]
+    assert history[-1]["valid_forces_mae_mev_per_angstrom"] < \
+        history[0]["valid_forces_mae_mev_per_angstrom"]
+    assert trained.meta["meta"]["cell"] == "test-cell"
+    assert trained.meta["hyperparameters"]["size"] == "dev"
+    assert "hyperparameters" in (trained.path / "train.log").read_text()
+
+
+def test_forces_are_minus_the_energy_gradient(trained, conformer_sets):
+    record = conformer_sets[1][0]
+    member = trained.members[0]
+    positions, step = record.positions[0], 1e-4
+    displaced = []
+    for atom in range(record.n_atoms):
+        for axis in range(3):
+            for sign in (1, -1):
+                moved = positions.copy()
+                moved[atom, axis] += sign * step
+                displaced.append(moved)
+    energies, _ = member.predict_arrays(record.atomic_numbers, np.array(displaced))
+    numeric = -(energies[0::2] - energies[1::2]) / (2 * step)
+    _, forces = member.predict_arrays(record.atomic_numbers, positions[None])
+    np.testing.assert_allclose(forces[0].reshape(-1), numeric, atol=1e-6, rtol=1e-5)
+    assert np.abs(forces).max() > 1e-3  # a real, non-zero force field
+
+
+def test_save_load_predict_identical(trained, conformer_sets):
+    valid = conformer_sets[1]
+    again = load_run(trained.path)
+    first, second = trained.predict(valid), again.predict(valid)
+    for a, b in zip(first, second, strict=True):
+        np.testing.assert_array_equal(a.energy, b.energy)
+        np.testing.assert_array_equal(a.forces, b.forces)
+    assert first[0].energy.shape == (1, 2) and first[0].forces.shape == (1, 2, 9, 3)
+    features = trained.atom_features(valid[:1])[0]
+    assert features.shape[:2] == (2, 9) and np.isfinite(features).all()
+
+
+def test_ase_calculator_runs_md(trained, conformer_sets):
+    atoms = conformer_sets[1][2].to_atoms()[0]
+    atoms.calc = trained.calculator()
+    start = atoms.positions.copy()
+    VelocityVerlet(atoms, timestep=0.5 * units.fs).run(10)
+    assert np.isfinite(atoms.get_potential_energy())
+    assert not np.allclose(atoms.positions, start)
+    assert atoms.calc.results["energy_std"] == 0.0  # one member: no committee spread
+
+
+def test_resume_after_interruption_matches_uninterrupted(trained, conformer_sets, tmp_path):
+    train_set, valid_set = conformer_sets
+
+    def interrupt(member, stats):
+        if stats.epoch == 4:
+            raise KeyboardInterrupt  # as if killed right after epoch 4's checkpoint
+
+    options = dict(model=trained.meta["model"], size="dev", dtype="float64", progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        train(train_set, valid_set, out=tmp_path / "killed", on_epoch=interrupt, **options)
+    with pytest.raises(MlipdivError, match="not finished"):
+        load_run(tmp_path / "killed")
+    epochs_seen = []
+    train(train_set, valid_set, out=tmp_path / "killed",
+          on_epoch=lambda m, s: epochs_seen.append(s.epoch), **options)
+    assert epochs_seen[0] == 5  # resumed after the last checkpoint, not from scratch
+    resumed = load_run(tmp_path / "killed").predict(valid_set)
+    for a, b in zip(resumed, trained.predict(valid_set), strict=True):  # uninterrupted run
+        np.testing.assert_allclose(a.energy, b.energy, rtol=0, atol=1e-8)
+        np.testing.assert_allclose(a.forces, b.forces, rtol=0, atol=1e-8)
+
+
+def test_rerun_with_other_settings_is_refused(trained, conformer_sets):
+    with pytest.raises(MlipdivError, match="different run"):
+        train(*conformer_sets, model=trained.meta["model"], size="fast", out=trained.path,
+              progress=False)
+
+
+def test_e0_fit_recovers_known_energies():
+    true_e0 = {1: -13.6, 6: -1029.8, 7: -1485.3, 8: -2041.2}
+    records = []
+    rng = np.random.default_rng(0)
+    for smiles in ["C", "N", "O", "CC", "CO", "CN", "NO", "C=O"]:
+        numbers, positions = embed(smiles, 3)
+        energy = sum(true_e0[int(z)] for z in numbers) + rng.normal(0, 1e-3, 3)
+        records.append(MoleculeRecord(smiles, smiles, smiles, numbers, positions, energy,
+                                      np.zeros_like(positions)))
+    fit = fit_e0(records)
+    assert not fit.regularised
+    for z, value in true_e0.items():
+        assert fit.energies[z] == pytest.approx(value, abs=5e-3)
+
+
+def test_e0_fit_regularised_when_compositions_cannot_separate(conformer_sets):
+    ethanol = conformer_sets[0][0]
+    fit = fit_e0([ethanol])
+    assert fit.regularised and "cannot separate" in fit.note
+    counts = {z: np.count_nonzero(ethanol.atomic_numbers == z) for z in fit.energies}
+    total = sum(counts[z] * e for z, e in fit.energies.items())
+    assert total == pytest.approx(ethanol.energy.mean(), abs=1e-3)
+    assert all(e < -1.0 for e in fit.energies.values())  # never zeros
+
+
+def test_bad_training_input_is_one_line_error(conformer_sets, tmp_path):
+    single = [conformer_sets[0][0].subset([0])]
+    with pytest.raises(MlipdivError, match="at least 2"):
+        train(single, conformer_sets[1], model="ani", size="dev", out=tmp_path / "r")
+    with pytest.raises(MlipdivError, match="--size"):
+        train(*conformer_sets, model="ani", size="huge", out=tmp_path / "r")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "run.json").write_text(json.dumps({"status": "complete",
+                                                           "model": "ani", "ensemble": 1}))
+    with pytest.raises(MlipdivError, match="no such checkpoint"):
+        load_run(tmp_path / "bad")
+
+
+def test_cli_train_evaluate_predict(conformer_sets, tmp_path):
+    train_set, valid_set = conformer_sets
+    write_store(tmp_path / "train.h5", train_set, "GFN2-xTB (tblite)")
+    write_store(tmp_path / "valid.h5", valid_set, "GFN2-xTB (tblite)")
+    test_set = [*valid_set, labelled_record("CS", 3)]  # sulfur: absent from training
+    write_store(tmp_path / "test.h5", test_set, "GFN2-xTB (tblite)")
+    runner = CliRunner()
+    result = runner.invoke(app, ["train", "--train", str(tmp_path / "train.h5"), "--valid",
+                                 str(tmp_path / "valid.h5"), "--model", "ani", "--size", "dev",
+                                 "--ensemble", "2", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["evaluate", str(tmp_path / "run"), "--data",
+                                 str(tmp_path / "test.h5"), "--json"])
+    assert result.exit_code == 0, result.output
+    row = json.loads(result.stdout.strip().splitlines()[-1])[0]
+    assert row["split"] == "test" and row["model"] == "ani" and row["ensemble"] == 2
+    assert row["out_of_domain_conformers"] == 3 and row["n_conformers"] == 13
+    assert row["energy_mae_mev_per_atom_ci_low"] <= row["energy_mae_mev_per_atom"]
+    result = runner.invoke(app, ["predict", str(tmp_path / "run"), str(tmp_path / "test.h5"),
+                                 "--out", str(tmp_path / "pred.extxyz")])
+    assert result.exit_code == 0, result.output
+    frames = read(tmp_path / "pred.extxyz", index=":")
+    run = load_run(tmp_path / "run")
+    expected = run.predict(valid_set[:1])[0]
+    first = next(f for f in frames if f.info["inchikey"] == valid_set[0].inchikey)
+    assert first.get_potential_energy() == pytest.approx(expected.mean_energy[0], abs=1e-4)
+    assert first.info["energy_std"] > 0  # two members disagree somewhat
+    assert sum(bool(f.info["out_of_domain"]) for f in frames) == 3
+
+
+def test_cli_design_cell_train_and_evaluate_splits(tmp_path):
+    from mlipdiv.design import DesignOptions, SplitOptions, make_design, make_splits, write_design
+
+    flexible = ["CCCO", "CC(=O)NC", "OCCN", "CCOC=O", "c1ccccc1O", "CCCN"]
+    records = [labelled_record(s, 10, seed=i) for i, s in enumerate(flexible)]
+    write_store(tmp_path / "store.h5", records, "GFN2-xTB (tblite)")
+    make_splits(tmp_path / "store.h5", tmp_path / "splits",
+                SplitOptions(cf=2, cf_conformers=1, st=1, sf=0))
+    design = make_design(tmp_path / "splits", DesignOptions(
+        experiment="fixed-budget", budget=16, grid=(4,), valid_fraction=0.2, allow_short=True))
+    write_design(design, tmp_path / "design.json")
+    cell = design.cells[0]
+    runner = CliRunner()
+    result = runner.invoke(app, ["train", "--design", str(tmp_path / "design.json"), "--cell",
+                                 cell.id, "--model", "ani", "--size", "dev", "--out",
+                                 str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert load_run(tmp_path / "run").meta["n_train"] == cell.n_train
+    result = runner.invoke(app, ["evaluate", str(tmp_path / "run"), "--splits",
+                                 str(tmp_path / "splits"), "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout.strip().splitlines()[-1])
+    assert {r["split"] for r in rows} == {"cf", "st"}
+    assert all(r["cell"] == cell.id and r["n_train"] == cell.n_train for r in rows)
+    result = runner.invoke(app, ["train", "--design", str(tmp_path / "design.json"), "--cell",
+                                 "no/such/cell", "--model", "ani", "--out", str(tmp_path / "x")])
+    assert result.exit_code != 0 and "no cell 'no/such/cell'" in str(result.exception)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(conformer_sets, tmp_path):
+    from dataclasses import replace
+
+    import torch
+
+    from mlipdiv.models import potential_class, run_size
+    from mlipdiv.models.base import conformers, read_checkpoint
+    from mlipdiv.models.training import fit
+
+    train_set, valid_set = conformer_sets
+    e0 = fit_e0(train_set)
+    size = run_size("ani", "dev")
+    config = {"elements": sorted(e0.energies), "e0": [e0.energies[z] for z in sorted(e0.energies)],
+              "model": size.model, "dtype": "float32",
+              "stats": {"force_rms": 1.0, "avg_num_neighbors": 10.0}}
+    potential = potential_class("ani")(config)
+    items = potential.prepare_all(conformers(train_set)), potential.prepare_all(
+        conformers(valid_set))
+    checkpoint = tmp_path / "checkpoint.pt"
+
+    def diverge(stats):
+        if stats.epoch == 2:  # a diverged weight, as a too-large step would leave
+            with torch.no_grad():
+                next(potential.module.parameters()).fill_(float("nan"))
+
+    with pytest.raises(MlipdivError, match="last good checkpoint .epoch 2"):
+        fit(potential, *items, replace(size.training, max_epochs=4), checkpoint, 0, "fp",
+            diverge)
+    good = read_checkpoint(checkpoint)
+    assert good["state"]["epochs_done"] == 2
+    assert all(torch.isfinite(v).all() for v in good["module"].values() if v.is_floating_point())

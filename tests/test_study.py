@@ -1,0 +1,268 @@
+"""The one-command study: config validation, error-surface fit, budget advice, and a dev-size
+study end to end (local process pool, resume after kill -9, Ray on a local instance)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import STUDY_TOML
+
+from mlipdiv import cli
+from mlipdiv.errors import MlipdivError
+from mlipdiv.study import (
+    PRESETS,
+    advise,
+    fit_surface,
+    load_preset,
+    parse_config,
+    parse_weights,
+    run_study,
+)
+from mlipdiv.study.layout import StudyPaths
+from mlipdiv.study.runner import check_writable
+
+N_CELLS = 6  # 3 fixed-budget + 3 fixed-molecules cells, one model
+MLIPDIV = str(Path(sys.executable).with_name("mlipdiv"))
+
+
+# ---------------------------------------------------------------- config
+@pytest.mark.parametrize("name", PRESETS)
+def test_presets_validate(name):
+    config = load_preset(name)
+    assert config.experiments() == ["fixed-budget", "fixed-molecules"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("colour = 1\n[fixed_budget]\nbudget = 8", "unknown key colour"),
+    ("[fixed_budget]\nbudget = 8\nspeed = 2", "unknown key fixed_budget.speed"),
+    ("[fixed_budget]\nbudget = 'many'", "key fixed_budget.budget"),
+    ("[fixed_budget]\nbudget = 10000", "exceeds the generated data"),
+    ("[fixed_budget]\nbudget = 8\nmolecules = [2, 2]", "repeats"),
+    ("[fixed_budget]\nbudget = 8\nmolecules = [16]", "exceeds the budget"),
+    ("[fixed_budget]\nbudget = 8\n[advice]\nweights = {ood = 1.0}", "no OOD set"),
+    ("[data]\nsource = 'store'\n[fixed_budget]\nbudget = 8", "needs data.store"),
+    ("[executor]\naddress = 'x:1'\n[fixed_budget]\nbudget = 8", "only used with kind = 'ray'"),
+    ("name = 'x'", "at least one experiment"),
+    ("[fixed_budget\n", "not valid TOML"),
+])
+def test_bad_config_names_key_and_reason(text, message):
+    with pytest.raises(MlipdivError, match=message):
+        parse_config(text, "bad.toml")
+
+
+def test_cli_prints_preset_and_rejects_bad_config(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["mlipdiv", "study", "--print-config", "quick"])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
+    assert parse_config(printed) == load_preset("quick")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[fixed_budget]\nbudget = 8\nwho = 1\n")
+    monkeypatch.setattr(sys, "argv", ["mlipdiv", "study", str(bad)])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == f"mlipdiv: error: {bad}: unknown key fixed_budget.who"
+
+
+def test_unwritable_study_directory_fails_first(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(MlipdivError, match="cannot write the study directory"):
+        check_writable(blocker / "study")
+
+
+def test_data_too_small_names_every_unfillable_cell(diverse_store, tmp_path):
+    text = (STUDY_TOML.format(store=diverse_store)
+            .replace("budget = 12\nmolecules = [2, 4, 6]", "budget = 13\nmolecules = [3, 13]")
+            .replace("conformers = [1, 2, 4]", "conformers = [1, 9]"))
+    with pytest.raises(MlipdivError) as error:
+        run_study(parse_config(text), text, tmp_path / "small", progress=False)
+    message = str(error.value)
+    assert "fixed-budget M=13" in message and "fixed-molecules C=9" in message
+    assert "M=3:" not in message and "C=1:" not in message
+    assert not (tmp_path / "small" / "runs").exists()
+
+
+# ---------------------------------------------------------------- fit and advice
+def synthetic_errors(alpha=0.7, beta=0.4, replicates=3, noise=0.03, seed=0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    rows = [dict(M=m, C=c, replicate=r,
+                 error=(0.5 + 20 * m ** -alpha + 10 * c ** -beta) * np.exp(rng.normal(0, noise)))
+            for m in (2, 4, 8, 16, 32, 64) for c in (1, 2, 4, 8, 16) for r in range(replicates)]
+    return pd.DataFrame(rows)
+
+
+def test_surface_fit_recovers_known_exponents():
+    fit = fit_surface(synthetic_errors(), model="m", split="st", metric="e")
+    assert fit.form == "molecules+conformers"
+    assert fit.uncertainty == "bootstrap over replicates"
+    for name, true in (("alpha", 0.7), ("beta", 0.4)):
+        low, high = fit.params_ci[name]
+        assert abs(fit.params[name] - true) < 0.1
+        assert low - 0.02 <= true <= high + 0.02
+    assert fit.cv_rmse_log["molecules+conformers"] < fit.cv_rmse_log["total-only"]
+
+
+def test_surface_fit_needs_enough_cells():
+    table = synthetic_errors().query("M == 2 and C <= 4")
+    with pytest.raises(MlipdivError, match="3 cells"):
+        fit_surface(table, model="m", split="st", metric="e")
+
+
+@functools.cache
+def known_fits(alpha=0.8, beta=0.3):
+    """Noise-free fits of E = 20 M^-alpha + 10 C^-beta for two splits."""
+    table = synthetic_errors(alpha, beta, replicates=1, noise=0.0)
+    table["error"] -= 0.5
+    return [fit_surface(table, model="m", split=split, metric="e") for split in ("cf", "st")]
+
+
+def test_advisor_finds_the_optimum_of_a_known_surface():
+    budget = 256
+    advice = advise(known_fits(), budget, weights={"cf": 1.0, "st": 1.0})
+    # d/dM [20 M^-a + 10 (N/M)^-b] = 0  =>  M* = (20 a N^b / (10 b))^(1 / (a + b))
+    expected = (20 * 0.8 * budget ** 0.3 / (10 * 0.3)) ** (1 / 1.1)
+    assert abs(advice.n_molecules - expected) / expected < 0.1
+    assert advice.n_molecules * advice.conformers_per_molecule <= budget
+    assert advice.molecules_interval[0] <= advice.n_molecules <= advice.molecules_interval[1]
+    assert advice.determined and not advice.warnings
+    predicted = advice.predicted["st"]
+    assert predicted.ci_low <= predicted.value <= predicted.ci_high
+
+
+def test_advisor_warns_when_extrapolating_and_prices_molecules():
+    fits = known_fits()
+    far = advise(fits, 1e6, weights={"cf": 1.0, "st": 1.0})
+    assert any("extrapolating" in w for w in far.warnings)
+    cheap = advise(fits, 256, weights={"st": 1.0})
+    dear = advise(fits, 256 * 20, weights={"st": 1.0}, cost_per_molecule=19.0)
+    assert dear.n_molecules < cheap.n_molecules * 20
+    assert dear.n_molecules * 19 + dear.n_molecules * dear.conformers_per_molecule <= 256 * 20
+
+
+def test_weights_parsing():
+    assert parse_weights("cf=1, st=2.5,sf=0") == {"cf": 1.0, "st": 2.5, "sf": 0.0}
+    for bad in ("cf", "xx=1", "cf=-1", "cf=0"):
+        with pytest.raises(MlipdivError, match="--weights"):
+            parse_weights(bad)
+
+
+# ---------------------------------------------------------------- the study end to end
+def _results(study: Path) -> pd.DataFrame:
+    return pd.read_parquet(StudyPaths(study).results_parquet)
+
+
+def test_study_end_to_end(finished_study):
+    paths = StudyPaths(finished_study)
+    results = _results(finished_study)
+    splits = sorted(results.split.unique())
+    assert {"cf", "st"} <= set(splits)
+    assert len(results) == N_CELLS * len(splits)
+    assert not results.duplicated(["cell", "model", "split"]).any()
+    assert set(results.experiment) == {"fixed-budget", "fixed-molecules"}
+    budget = results[results.experiment == "fixed-budget"]
+    assert (budget.N == 12).all() and sorted(budget.M.unique()) == [2, 4, 6]
+    assert np.allclose(results.M * results.C, results.N)
+    for column in ("selection", "div_n_scaffolds", "div_mean_tanimoto_distance",
+                   "energy_mae_mev_per_atom_ci_low", "forces_mae_mev_per_angstrom_ci_high"):
+        assert column in results
+    assert len(pd.read_csv(paths.results_csv)) == len(results)
+    fits = json.loads(paths.fit.read_text())["fits"]
+    assert {f["split"] for f in fits} >= {"cf", "st"}
+    advice = json.loads(paths.advice.read_text())["advice"]
+    assert advice and advice[0]["n_molecules"] * advice[0]["conformers_per_molecule"] <= 12
+    log = paths.log.read_text()
+    assert log.count(" done in ") == N_CELLS
+    for name in ("data", "profile", "splits", "report"):
+        assert (finished_study / {"data": "profile.json", "profile": "profile.png",
+                                  "splits": "splits/manifest.json",
+                                  "report": "report.html"}[name]).exists()
+
+
+def test_rerun_skips_finished_cells_and_changed_config_is_refused(finished_study):
+    paths = StudyPaths(finished_study)
+    config_text = paths.config.read_text()
+    run_study(parse_config(config_text), config_text, finished_study, progress=False,
+              report=False)
+    assert paths.log.read_text().count(" done in ") == N_CELLS
+    changed = config_text.replace('size = "dev"', 'size = "fast"')
+    with pytest.raises(MlipdivError, match=r"different config \(keys models.size\)"):
+        run_study(parse_config(changed), changed, finished_study, progress=False)
+
+
+def _copy_without_cells(study: Path, destination: Path, keep_cells: int = 0) -> list[Path]:
+    """A copy of a finished study whose trainings and results are gone except `keep_cells`."""
+    shutil.copytree(study, destination)
+    paths = StudyPaths(destination)
+    cell_files = sorted((destination / "cells").glob("*.json"))
+    for cell_file in cell_files[keep_cells:]:
+        cell_file.unlink()
+        model_runs = destination / "runs" / cell_file.stem.split("__")[0]
+        shutil.rmtree(model_runs)
+    for path in (paths.results_parquet, paths.results_csv, paths.fit, paths.advice, paths.log):
+        path.unlink()
+    return cell_files[keep_cells:]
+
+
+def _training_in_progress(study: Path) -> bool:
+    """Some run has checkpointed an epoch and is not complete."""
+    for run_file in (study / "runs").glob("*/*/run.json"):
+        try:
+            status = json.loads(run_file.read_text()).get("status")
+        except (OSError, json.JSONDecodeError):
+            continue
+        if status == "training" and any(run_file.parent.rglob("checkpoint.pt")):
+            return True
+    return False
+
+
+def test_resume_after_kill_loses_and_duplicates_no_cell(finished_study, tmp_path):
+    study = tmp_path / "resumed"
+    kept = 3
+    _copy_without_cells(finished_study, study, keep_cells=kept)
+    command = [MLIPDIV, "study", str(study / "config.toml"), "--out", str(study), "--no-report"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 90
+    cells = study / "cells"
+    while time.monotonic() < deadline and process.poll() is None:
+        done = list(cells.glob("*.json")) if cells.exists() else []
+        if kept < len(done) < N_CELLS and _training_in_progress(study):
+            break
+        time.sleep(0.2)
+    assert process.poll() is None, "the study finished before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    finished_before = {p.name: p.stat().st_mtime_ns for p in cells.glob("*.json")}
+    assert kept < len(finished_before) < N_CELLS
+    subprocess.run(command, check=True, capture_output=True, timeout=120)
+    results = _results(study)
+    assert len(results) == N_CELLS * results.split.nunique()
+    assert not results.duplicated(["cell", "model", "split"]).any()
+    for name, mtime in finished_before.items():
+        assert (cells / name).stat().st_mtime_ns == mtime  # not redone
+
+
+def test_ray_executor_on_a_local_instance(finished_study, tmp_path):
+    pytest.importorskip("ray")
+    study = tmp_path / "ray"
+    redone = _copy_without_cells(finished_study, study, keep_cells=N_CELLS - 1)
+    text = StudyPaths(study).config.read_text().replace("workers = 2",
+                                                        'kind = "ray"\nworkers = 1')
+    run_study(parse_config(text), text, study, progress=False, report=False)
+    assert all(path.exists() for path in redone)
+    results = _results(study)
+    assert len(results) == N_CELLS * results.split.nunique()
+    assert "(ray executor" in StudyPaths(study).log.read_text()
