@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
+
+# Tiny models and single-point QM calls run fastest on one thread per process; the test suite
+# (and the CLI subprocesses it starts) must not oversubscribe CI's two cores.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from pathlib import Path  # noqa: E402
 
 import numpy as np
 import pytest

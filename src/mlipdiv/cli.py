@@ -405,11 +405,12 @@ def predict(
     device: str | None = typer.Option(None, "--device"),
 ) -> None:
     """Write the run's energies and forces (ensemble mean, spread in info) into extxyz."""
+    from mlipdiv.atomic import write_extxyz_atomic
     from mlipdiv.models import load_run
-    from mlipdiv.models.run import predict_frames, read_frames, write_frames
+    from mlipdiv.models.run import predict_frames, read_frames
 
     frames = predict_frames(load_run(run, device), read_frames(input_file))
-    write_frames(frames, out)
+    write_extxyz_atomic(out, frames)
     flagged = sum(bool(f.info["out_of_domain"]) for f in frames)
     console.print(f"{len(frames)} frames written to {out} ({flagged} out of domain)")
 

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 from rdkit import Chem
 
+from mlipdiv.atomic import atomic_path, write_json_atomic
 from mlipdiv.data.identity import PerceptionError, adjacency, identity_of
 from mlipdiv.data.importer import MISMATCH_FLAG
 from mlipdiv.data.qm import LabelError, QMMethod
@@ -243,7 +244,7 @@ def _checkpointed(job: _Job, make: Callable[[], MoleculeRecord]) -> MoleculeReco
     else:
         _save_part(Path(job.parts) / f"{job.index:06d}.npz", record)
         return record
-    _write_json(Path(job.parts) / f"{job.index:06d}.skip.json", {"name": job.name,
+    write_json_atomic(Path(job.parts) / f"{job.index:06d}.skip.json", {"name": job.name,
                                                                   "reason": reason})
     return reason
 
@@ -332,7 +333,7 @@ class _Checkpoints:
                     f"{', '.join(changed)}); rerun the same command or remove the directory"
                 )
         else:
-            _write_json(settings_path, settings)
+            write_json_atomic(settings_path, settings)
         for stale in self.directory.glob("*.tmp"):
             stale.unlink()
 
@@ -380,10 +381,8 @@ def _save_part(path: Path, record: MoleculeRecord) -> None:
         value = getattr(record, item.name)
         if value is not None:
             arrays[item.name] = np.asarray(value, dtype=str if _is_text(value) else None)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         np.savez(handle, **arrays)
-    os.replace(tmp, path)
 
 
 def _load_part(path: Path) -> MoleculeRecord:
@@ -397,12 +396,6 @@ def _load_part(path: Path) -> MoleculeRecord:
 
 def _is_text(value) -> bool:
     return isinstance(value, str) or (isinstance(value, np.ndarray) and value.dtype.kind == "O")
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
 
 
 def _molecule_seed(seed: int, index: int) -> int:

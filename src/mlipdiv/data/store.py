@@ -28,6 +28,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from mlipdiv.atomic import write_extxyz_atomic
 from mlipdiv.errors import MlipdivError
 
 FORMAT_VERSION = 1
@@ -431,13 +432,8 @@ def export_extxyz(
     pairs: Iterable[tuple[str, int]] | None = None,
 ) -> int:
     """Write (selected) conformers to extended XYZ, energy/forces as calculator results."""
-    from ase.io import write
-
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
     frames = store.to_atoms(pairs)
-    write(tmp, frames, format="extxyz")
-    os.replace(tmp, path)
+    write_extxyz_atomic(path, frames)
     return len(frames)
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel
 
+from mlipdiv.atomic import write_text_atomic
 from mlipdiv.data.store import MoleculeRecord
 from mlipdiv.domain.model import (
     Domain,
@@ -24,7 +25,6 @@ from mlipdiv.domain.model import (
     domain_directory,
     load_domain,
     sigma_and_errors,
-    write_text_atomic,
 )
 from mlipdiv.domain.reference import RecordScores
 from mlipdiv.domain.stats import (

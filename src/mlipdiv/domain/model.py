@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mlipdiv.atomic import write_extxyz_atomic, write_text_atomic
 from mlipdiv.data.store import ConformerStore, MoleculeRecord
 from mlipdiv.domain.reference import (
     COMMITTEE_SCORES,
@@ -113,13 +114,6 @@ class Domain:
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise MlipdivError(f"{path}: damaged domain file ({exc}); rerun "
                                "`mlipdiv domain fit`") from None
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write a text file through a temporary file, so it is never half-written."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def conformer_errors(record: MoleculeRecord, member_energy: np.ndarray,
@@ -277,7 +271,6 @@ def score_file(run_path: str | os.PathLike, input_path: str | os.PathLike,
     `domain_<score>` values, `in_domain`, the committee-mean `predicted_energy` and each
     member's `member_energies` (eV), and per atom `domain_<score>` arrays. Returns
     (conformers, conformers in domain)."""
-    from ase.io import write
 
     from mlipdiv.models import load_run, read_records
 
@@ -296,8 +289,5 @@ def score_file(run_path: str | os.PathLike, input_path: str | os.PathLike,
             for name, values in scored.atom_scores.items():
                 atoms.new_array(f"domain_{name}", values[i])
             frames.append(atoms)
-    out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    write(tmp, frames, format="extxyz")
-    os.replace(tmp, out)
+    write_extxyz_atomic(out, frames)
     return len(frames), inside

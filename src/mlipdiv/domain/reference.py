@@ -8,13 +8,13 @@ it works for any model that gives per-atom features, and is saved as FAISS index
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
+from mlipdiv.atomic import atomic_path
 from mlipdiv.domain.scores import (
     ElementNeighbours,
     LatentScaler,
@@ -181,9 +181,8 @@ class DomainReference:
             for z, index in self.latent.indexes.items():
                 index.save(directory / f"latent-{z}.faiss")
             arrays.update(_mixture_arrays(self.density))
-        tmp = directory / (REFERENCE_FILE + ".tmp.npz")
-        np.savez(tmp, **arrays)
-        os.replace(tmp, directory / REFERENCE_FILE)
+        with atomic_path(directory / REFERENCE_FILE) as tmp, open(tmp, "wb") as handle:
+            np.savez(handle, **arrays)
 
     @classmethod
     def load(cls, directory: Path) -> DomainReference:

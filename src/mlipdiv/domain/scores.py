@@ -13,13 +13,13 @@ pynndescent took 204 s to build.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import faiss
 import numpy as np
 from scipy.special import logsumexp
 
+from mlipdiv.atomic import atomic_path
 from mlipdiv.errors import MlipdivError
 
 EXACT_SEARCH_LIMIT = 100_000  # reference rows per index above which IVF replaces exact search
@@ -99,9 +99,8 @@ class NeighbourIndex:
         return np.sqrt(np.maximum(squared, 0.0))
 
     def save(self, path: Path) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        faiss.write_index(self.index, str(tmp))
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            faiss.write_index(self.index, str(tmp))
 
     @classmethod
     def load(cls, path: Path) -> NeighbourIndex:

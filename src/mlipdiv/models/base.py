@@ -13,7 +13,6 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -21,6 +20,7 @@ import torch
 from ase.calculators.calculator import Calculator, all_changes
 from ase.data import chemical_symbols
 
+from mlipdiv.atomic import atomic_path
 from mlipdiv.data.store import MoleculeRecord
 from mlipdiv.errors import MlipdivError
 
@@ -176,11 +176,9 @@ class Potential(ABC):
 
     def save(self, path: str | os.PathLike) -> None:
         """Write config + weights atomically."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save({"format": CHECKPOINT_FORMAT, "backend": self.backend,
-                    "config": self.config, "state_dict": self.module.state_dict()}, tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            torch.save({"format": CHECKPOINT_FORMAT, "backend": self.backend,
+                        "config": self.config, "state_dict": self.module.state_dict()}, tmp)
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> Potential:

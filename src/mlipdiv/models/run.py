@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mlipdiv.atomic import write_json_atomic
 from mlipdiv.data.store import ConformerStore, MoleculeRecord
 from mlipdiv.errors import MlipdivError
 from mlipdiv.models.base import DTYPES, Conformer, EnsembleCalculator, Potential, conformers
@@ -81,12 +82,6 @@ class RunLog:
         stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
         with self.path.open("a") as handle:
             handle.write(f"{stamp} {message}\n")
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
 
 
 def _check_training_data(train: Sequence[MoleculeRecord],
@@ -449,11 +444,3 @@ def predict_frames(run: TrainedRun, frames: Sequence) -> list:
     return out
 
 
-def write_frames(frames: Sequence, path: str | os.PathLike) -> None:
-    """Write frames to extended XYZ atomically."""
-    from ase.io import write
-
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp, list(frames), format="extxyz")
-    os.replace(tmp, path)

@@ -10,7 +10,6 @@ uninterrupted run would.
 from __future__ import annotations
 
 import copy
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mlipdiv.atomic import atomic_path
 from mlipdiv.errors import MlipdivError
 from mlipdiv.models.base import Batch, Potential, read_checkpoint
 from mlipdiv.models.sizes import TrainingSettings
@@ -159,8 +159,7 @@ def _resume(checkpoint: Path, fingerprint: str, potential: Potential,
 
 def _save(checkpoint: Path, fingerprint: str, state: FitState, module: torch.nn.Module,
           optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
-    tmp = checkpoint.with_name(checkpoint.name + ".tmp")
-    torch.save({"fingerprint": fingerprint, "module": module.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "state": asdict(state)}, tmp)
-    os.replace(tmp, checkpoint)
+    with atomic_path(checkpoint) as tmp:
+        torch.save({"fingerprint": fingerprint, "module": module.state_dict(),
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "state": asdict(state)}, tmp)

@@ -1,0 +1,48 @@
+"""Atomic file output: readers see the old file or the whole new one, never a half-written one."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path` (same suffix, so writers that look at the extension
+    still work); it replaces `path` when the block succeeds and is removed when it fails."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write a text file atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write a binary file atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_json_atomic(path: str | os.PathLike, data, indent: int | None = 1) -> None:
+    """Write JSON atomically (objects that json cannot encode are written as strings)."""
+    write_text_atomic(path, json.dumps(data, indent=indent, default=str))
+
+
+def write_extxyz_atomic(path: str | os.PathLike, frames: Sequence) -> None:
+    """Write `ase.Atoms` frames to extended XYZ atomically."""
+    from ase.io import write
+
+    with atomic_path(path) as tmp:
+        write(tmp, list(frames), format="extxyz")
