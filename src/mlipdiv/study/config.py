@@ -7,13 +7,14 @@ and the reason, in one line. Presets (`quick`, `standard`) are TOML files shippe
 
 from __future__ import annotations
 
+import tomllib
 from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from mlipdiv.data.sources import parse_elements
 from mlipdiv.errors import MlipdivError
 
 PRESETS = ("quick", "standard")
@@ -34,6 +35,7 @@ class DataConfig(_Strict):
     method: Literal["gfn2-xtb", "gfn1-xtb", "dft"] = "gfn2-xtb"
     sampler: str | None = None  # None = the generator's default
     temperature: float | None = Field(None, gt=0)
+    elements: str | None = None  # generate: allowed elements, e.g. "C,H,N,O" (None = all)
     min_heavy_atoms: int | None = Field(None, ge=1)
     max_heavy_atoms: int | None = Field(None, ge=1)
     store: Path | None = None  # source = "store": an existing conformer store
@@ -44,6 +46,10 @@ class DataConfig(_Strict):
             raise ValueError("source = 'store' needs data.store (a conformer store path)")
         if self.source == "generate" and self.store is not None:
             raise ValueError("data.store is only read with source = 'store'")
+        try:
+            parse_elements(self.elements)
+        except MlipdivError as exc:
+            raise ValueError(str(exc).replace("--elements", "data.elements")) from None
         if (self.min_heavy_atoms and self.max_heavy_atoms
                 and self.min_heavy_atoms > self.max_heavy_atoms):
             raise ValueError("min_heavy_atoms is larger than max_heavy_atoms")

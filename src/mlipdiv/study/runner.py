@@ -129,7 +129,7 @@ def data_step(config: StudyConfig, paths: StudyPaths, workers: int, progress: bo
         return paths.data
     from mlipdiv.data.generate import GenerateOptions, generate
     from mlipdiv.data.qm import QMMethod
-    from mlipdiv.data.sources import MoleculeFilter
+    from mlipdiv.data.sources import MoleculeFilter, parse_elements
 
     data = config.data
     options = {"n_conformers": data.conformers, "method": QMMethod(data.method),
@@ -140,6 +140,8 @@ def data_step(config: StudyConfig, paths: StudyPaths, workers: int, progress: bo
         options["temperature"] = data.temperature
     bounds = {key: value for key, value in (("min_heavy_atoms", data.min_heavy_atoms),
                                             ("max_heavy_atoms", data.max_heavy_atoms)) if value}
+    if data.elements:
+        bounds["elements"] = parse_elements(data.elements)
     summary = generate(data.molecules, paths.data, data.n_molecules, GenerateOptions(**options),
                        MoleculeFilter(**bounds), workers=workers, progress=progress)
     write_json_atomic(paths.data_summary, summary.as_dict())
