@@ -266,3 +266,46 @@ def test_ray_executor_on_a_local_instance(finished_study, tmp_path):
     results = _results(study)
     assert len(results) == N_CELLS * results.split.nunique()
     assert "(ray executor" in StudyPaths(study).log.read_text()
+
+
+def test_domain_step_resumes_and_feeds_the_report(finished_study, tmp_path):
+    from matplotlib import pyplot as plt
+
+    from mlipdiv.domain import DomainEvaluation
+    from mlipdiv.domain.report import study_section
+    from mlipdiv.domain.study import AUROC_CSV, study_runs, study_step
+
+    paths = StudyPaths(finished_study)
+    runs = study_runs(finished_study)
+    assert sorted(r.experiment for r in runs) == ["fixed-budget", "fixed-molecules"]
+    assert all(r.evaluation_path.exists() for r in runs)  # the study ran the step
+    stamps = [r.evaluation_path.stat().st_mtime_ns for r in runs]
+    study_step(finished_study)
+    assert [r.evaluation_path.stat().st_mtime_ns for r in runs] == stamps
+    later = runs[0].evaluation_path.stat().st_mtime + 5
+    os.utime(runs[0].result_path, (later, later))  # the cell was retrained: evaluate again
+    study_step(finished_study)
+    assert runs[0].evaluation_path.stat().st_mtime_ns != stamps[0]
+    assert runs[1].evaluation_path.stat().st_mtime_ns == stamps[1]
+
+    table = pd.read_csv(paths.domain / AUROC_CSV)
+    assert set(table.split) == set(_results(finished_study).split)
+    assert {"latent_distance_max", "density_nll_max", "tanimoto_distance",
+            "quests_dh_max"} <= set(table.score)
+    in_distribution = table.split == "cf"
+    assert table[in_distribution].auroc_vs_in_distribution.isna().all()
+    assert table[~in_distribution].auroc_vs_in_distribution.between(0, 1).all()
+    evaluation = DomainEvaluation.model_validate_json(runs[1].evaluation_path.read_text())
+    rows = table[table.cell == runs[1].cell].set_index(["split", "score"])
+    for row in evaluation.scores:
+        written = rows.at[(row.split, row.score), "spearman_energy"]
+        assert (pd.isna(written) and row.spearman_energy is None
+                or written == pytest.approx(row.spearman_energy))
+
+    section = study_section(finished_study)
+    assert section.html.count("<table>") == 1 and "latent_distance_max" in section.html
+    (name, _, figure), = section.figures
+    assert name.startswith("domain_retention_") and len(figure.axes) == table.split.nunique()
+    plt.close(figure)
+    assert "Applicability domain" in paths.report.read_text()
+    assert study_section(tmp_path) is None

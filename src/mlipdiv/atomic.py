@@ -18,6 +18,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
     try:
         yield tmp
+        with open(tmp, "rb") as handle:  # on disk before the rename, so a crash keeps either
+            os.fsync(handle.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -36,8 +38,8 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
 
 
 def write_json_atomic(path: str | os.PathLike, data, indent: int | None = 1) -> None:
-    """Write JSON atomically (objects that json cannot encode are written as strings)."""
-    write_text_atomic(path, json.dumps(data, indent=indent, default=str))
+    """Write JSON atomically; values and keys (tuples) that JSON cannot hold become text."""
+    write_text_atomic(path, json.dumps(_string_keys(data), indent=indent, default=str))
 
 
 def write_extxyz_atomic(path: str | os.PathLike, frames: Sequence) -> None:
@@ -46,3 +48,12 @@ def write_extxyz_atomic(path: str | os.PathLike, frames: Sequence) -> None:
 
     with atomic_path(path) as tmp:
         write(tmp, list(frames), format="extxyz")
+
+
+def _string_keys(data):
+    if isinstance(data, dict):
+        return {k if isinstance(k, str | int | float | bool) else str(k): _string_keys(v)
+                for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [_string_keys(v) for v in data]
+    return data

@@ -83,7 +83,9 @@ def evaluate_study_run(run: EvaluatedRun, splits: Path) -> DomainEvaluation:
         return DomainEvaluation.model_validate_json(run.evaluation_path.read_text())
     if not _is_current(domain_directory(run.run_dir) / DOMAIN_FILE, run.result_path):
         fit_run(run.run_dir)
-    return evaluate_run(run.run_dir, splits, out=run.evaluation_path)
+    evaluation = evaluate_run(run.run_dir, splits, out=run.evaluation_path)
+    log.info("domain: %s [%s] evaluated", run.cell, run.model)
+    return evaluation
 
 
 def auroc_table(evaluations: list[tuple[EvaluatedRun, DomainEvaluation]]) -> pd.DataFrame:
@@ -101,10 +103,6 @@ def study_step(study_dir: str | os.PathLike) -> None:
     runs = study_runs(paths.root)
     if not runs:
         return
-    evaluations = []
-    for run in runs:
-        evaluations.append((run, evaluate_study_run(run, paths.splits)))
-        log.info("domain: %s [%s] evaluated", run.cell, run.model)
-    table = auroc_table(evaluations)
+    table = auroc_table([(run, evaluate_study_run(run, paths.splits)) for run in runs])
     write_text_atomic(paths.domain / AUROC_CSV, table.to_csv(index=False))
     write_text_atomic(paths.domain / AUROC_JSON, table.to_json(orient="records", indent=1))

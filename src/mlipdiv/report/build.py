@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from mlipdiv.atomic import write_bytes_atomic, write_text_atomic
 from mlipdiv.errors import MlipdivError
 from mlipdiv.report import figures
 from mlipdiv.report.findings import (
@@ -27,7 +28,6 @@ from mlipdiv.report.tables import cell_summary, load_public_datasets
 from mlipdiv.study.advise import Advice
 from mlipdiv.study.config import StudyConfig, load_config
 from mlipdiv.study.fit import load_fits
-from mlipdiv.study.io import write_bytes_atomic, write_text_atomic
 from mlipdiv.study.layout import StudyPaths
 
 METRIC_LABELS = {

@@ -26,8 +26,8 @@ import pandas as pd
 from pydantic import BaseModel
 from scipy.optimize import least_squares
 
+from mlipdiv.atomic import write_text_atomic
 from mlipdiv.errors import MlipdivError
-from mlipdiv.study.io import write_text_atomic
 
 N_BOOTSTRAP = 200
 MAX_EXPONENT = 4.0

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from mlipdiv.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
 from mlipdiv.errors import MlipdivError
 from mlipdiv.study.config import StudyConfig, config_differences
 from mlipdiv.study.executors import plan_parallelism, run_local, run_ray
-from mlipdiv.study.io import write_bytes_atomic, write_json_atomic, write_text_atomic
 from mlipdiv.study.layout import StudyPaths
 
 MIN_FREE_BYTES = 50 * 1024**2
