@@ -41,12 +41,12 @@ from mlipdiv.data.sampling import SAMPLERS, SamplingError, prepare_molecule, sam
 from mlipdiv.data.sources import MoleculeEntry, MoleculeFilter, describe_source, select_molecules
 from mlipdiv.data.store import ConformerStore, MoleculeRecord, StoreWriter
 from mlipdiv.errors import MlipdivError
+from mlipdiv.threads import limit_threads
 
 log = logging.getLogger(__name__)
 
 SETTINGS_FILE = "settings.json"
 DUPLICATE = "same molecule as an earlier one"
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 @dataclass
@@ -307,11 +307,7 @@ def _execute(worker: Callable[[_Job], MoleculeRecord | str], jobs: Sequence[_Job
 
 def _one_thread_per_worker() -> None:
     """Worker initialiser: parallelism comes from processes, so each uses one thread."""
-    from threadpoolctl import threadpool_limits
-
-    for variable in THREAD_VARIABLES:
-        os.environ[variable] = "1"
-    threadpool_limits(1)
+    limit_threads(1)
 
 
 class _Checkpoints:

@@ -12,8 +12,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 
 from mlipdiv.errors import MlipdivError
-
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+from mlipdiv.threads import limit_threads
 
 
 @dataclass(frozen=True)
@@ -34,17 +33,8 @@ def plan_parallelism(n_tasks: int, workers: int = 0, threads: int = 0,
     return workers, threads
 
 
-def limit_threads(threads: int) -> None:
-    """Pin BLAS/OpenMP and torch to `threads` in this process."""
-    for name in THREAD_VARIABLES:
-        os.environ[name] = str(threads)
-    import torch
-
-    torch.set_num_threads(threads)
-
-
 def _init_worker(threads: int) -> None:
-    limit_threads(threads)
+    limit_threads(threads, torch=True)
     _die_with_parent()
 
 
@@ -69,7 +59,7 @@ def run_local(function: Callable, tasks: Sequence[tuple[str, tuple]], workers: i
               threads: int) -> Iterator[Completion]:
     """Run `function(*args)` for each (key, args) in a spawn-context process pool."""
     if workers == 1:
-        limit_threads(threads)
+        limit_threads(threads, torch=True)
         for key, args in tasks:
             try:
                 yield Completion(key, function(*args))
@@ -121,5 +111,5 @@ def run_ray(function: Callable, tasks: Sequence[tuple[str, tuple]], workers: int
 
 
 def _ray_task(function: Callable, threads: int, *args):
-    limit_threads(threads)
+    limit_threads(threads, torch=True)
     return function(*args)
