@@ -97,8 +97,10 @@ def study_section(study_dir: str | os.PathLike) -> Section | None:
         f"<p>Each trust score (higher = less trusted) of the largest trained cell, on every "
         f"test split: AUROC for telling the split from the in-distribution test split (vs ID), "
         f"AUROC for finding the conformers whose {quantity} error exceeds the validation 90th "
-        f"percentile (high error), and Spearman correlation of score and error. 0.5 is chance. "
-        f"Every evaluated cell is in {html.escape(str(table_path))}.</p>"))
+        f"percentile (high error), and Spearman correlation of score and error. 0.5 is chance; "
+        f"{EMPTY} is undefined (the in-distribution split itself, a split with all or none of "
+        f"its conformers above the error level, or a constant score). Every evaluated cell is "
+        f"in {html.escape(str(table_path.relative_to(paths.root)))}.</p>"))
     headline = (table.sort_values(["N", "M"], ascending=False)
                 .drop_duplicates(["model", "selection"]).sort_values(["model", "selection"]))
     for run in headline.itertuples():

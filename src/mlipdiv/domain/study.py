@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from mlipdiv.atomic import write_text_atomic
 from mlipdiv.domain.evaluate import EVALUATION_FILE, DomainEvaluation, evaluate_run
 from mlipdiv.domain.model import DOMAIN_FILE, domain_directory, fit_run
-from mlipdiv.study.io import write_text_atomic
 from mlipdiv.study.layout import StudyPaths, slug
 
 AUROC_CSV = "auroc.csv"
