@@ -78,8 +78,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="200 instead of 600 conformers")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--molecules", type=int, default=50, help="molecules in the store")
+    parser.add_argument("--conformers", type=int, default=12, help="conformers per molecule")
     args = parser.parse_args()
-    n_molecules, n_conformers = (20, 10) if args.quick else (50, 12)
+    n_molecules, n_conformers = (20, 10) if args.quick else (args.molecules, args.conformers)
     with tempfile.TemporaryDirectory() as tmp:
         store = Path(tmp) / "positions.h5"
         n_total = build_store(store, n_molecules, n_conformers)
