@@ -8,7 +8,7 @@ graphs are built once per conformer with MACE's own neighbour list and reused ev
 from __future__ import annotations
 
 import contextlib
-import sys
+import io
 import warnings
 from collections.abc import Sequence
 
@@ -20,7 +20,7 @@ from mlipdiv.models.base import Batch, Conformer, Potential
 # e3nn warns about TorchScript annotations and about the torch.load flag mace sets: not ours.
 warnings.filterwarnings("ignore", message="The TorchScript type system")
 warnings.filterwarnings("ignore", message="Environment variable TORCH_FORCE_NO_WEIGHTS_ONLY")
-with contextlib.redirect_stdout(sys.stderr):  # mace prints a cuequivariance notice on import
+with contextlib.redirect_stdout(io.StringIO()):  # mace prints a GPU-only notice on import
     import mace  # noqa: F401 - first: it lets e3nn torch.load its constants
     from e3nn import o3
     from mace import modules
