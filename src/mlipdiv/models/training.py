@@ -129,7 +129,7 @@ def _train_epoch(potential: Potential, items: Sequence[Any], settings: TrainingS
         loss = weighted_loss(energy, forces, batch, settings)
         if not torch.isfinite(loss):
             raise MlipdivError(
-                f"{checkpoint.parent}: training loss became {float(loss)} in epoch {epoch}; "
+                f"{checkpoint.parent}: training loss became {loss.item()} in epoch {epoch}; "
                 f"stopped, last good checkpoint (epoch {epoch - 1}) kept in {checkpoint.name} "
                 f"-- lower the learning rate or check the training labels"
             )
