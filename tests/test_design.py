@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from functools import cache
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -95,9 +97,11 @@ def test_splits_are_leak_free_and_a_planted_leak_is_caught(
     rng = np.random.default_rng(seed)
     smiles = [SYNTHETIC_SMILES[i] for i in sorted(rng.choice(16, n_molecules, replace=False))]
     records = [synthetic_record(s, n_conf, n_duplicates, rng) for s in smiles]
-    store = tmp_path / f"s{seed}.h5"
+    # hypothesis reuses tmp_path across examples: each example gets a folder of its own
+    example = Path(tempfile.mkdtemp(dir=tmp_path))
+    store = example / "s.h5"
     write_store(store, records, "synthetic")
-    out = tmp_path / f"splits{seed}"
+    out = example / "splits"
     try:
         make_splits(store, out, SplitOptions(cf=2, cf_conformers=1, st=1, sf=1, ood=ood,
                                              seed=seed))

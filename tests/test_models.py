@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from itertools import islice
 
 import numpy as np
 import pytest
@@ -111,6 +112,98 @@ def test_resume_after_interruption_matches_uninterrupted(trained, conformer_sets
         np.testing.assert_allclose(a.forces, b.forces, rtol=0, atol=1e-8)
 
 
+def test_epoch_policy_makes_one_round_one_epoch(trained):
+    member = trained.meta["members"][0]
+    per_epoch = 5  # 40 training conformers, batch size 8
+    assert trained.meta["schedule"] == {"max_steps": 12 * per_epoch,
+                                        "steps_per_round": per_epoch, "policy": "epochs"}
+    assert [h["step"] for h in member["history"]] == \
+        [per_epoch * (k + 1) for k in range(member["rounds"])]
+    assert member["steps"] == member["epochs"] * per_epoch
+    assert member["best_step"] == member["best_epoch"] * per_epoch
+
+
+def test_same_schedule_gives_every_training_set_size_the_same_steps(conformer_sets,
+                                                                     tmp_path):
+    train_set, valid_set = conformer_sets
+    small = [r.subset(range(3)) for r in train_set[:2]]  # 6 conformers: 1 batch per pass
+    steps = []
+    for name, data in (("small", small), ("large", train_set)):  # 40: 5 batches per pass
+        train(data, valid_set, model="ani", size="dev", out=tmp_path / name, progress=False,
+              steps=10, steps_per_round=4)
+        meta = json.loads((tmp_path / name / "run.json").read_text())
+        member = meta["members"][0]
+        assert [h["step"] for h in member["history"]] == [4, 8, 10]  # last round cut short
+        assert member["rounds"] == 3 and member["stopped_by"] == "step-budget"
+        assert meta["schedule"] == {"max_steps": 10, "steps_per_round": 4, "policy": "steps"}
+        steps.append(member["steps"])
+    assert steps == [10, 10]
+
+
+def test_resume_mid_pass_matches_uninterrupted(conformer_sets, tmp_path):
+    train_set, valid_set = conformer_sets
+    data = [r.subset(range(4)) for r in train_set[:3]]  # 12 conformers: 2 batches per pass
+    # rounds of 5 steps span 2.5 passes: round 1 ends one batch into pass 3
+    options = dict(model="ani", size="dev", dtype="float64", progress=False, steps=14,
+                   steps_per_round=5)
+
+    def interrupt(member, stats):
+        if stats.epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(data, valid_set, out=tmp_path / "killed", on_epoch=interrupt, **options)
+    steps_seen = []
+    train(data, valid_set, out=tmp_path / "killed",
+          on_epoch=lambda m, s: steps_seen.append(s.step), **options)
+    assert steps_seen == [10, 14]  # resumed after round 1's checkpoint
+    train(data, valid_set, out=tmp_path / "whole", **options)
+    resumed, whole = load_run(tmp_path / "killed"), load_run(tmp_path / "whole")
+    losses = [[h["train_loss"] for h in run.meta["members"][0]["history"]]
+              for run in (resumed, whole)]
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-12)
+    for a, b in zip(resumed.predict(valid_set), whole.predict(valid_set), strict=True):
+        np.testing.assert_allclose(a.energy, b.energy, rtol=0, atol=1e-8)
+        np.testing.assert_allclose(a.forces, b.forces, rtol=0, atol=1e-8)
+
+
+def test_batch_stream_resumes_from_the_step_count_alone():
+    from mlipdiv.models.training import batch_stream
+
+    class Orders:  # stands in for a Potential: a batch is its item indices
+        def batches(self, items, batch_size, order):
+            order = list(order)
+            return iter([order[i:i + batch_size] for i in range(0, len(order), batch_size)])
+
+    whole = list(islice(batch_stream(Orders(), range(12), 5, 3, 0), 10))  # 3 per pass
+    assert [len(b) for b in whole[:3]] == [5, 5, 2]
+    for start in range(0, 9, 3):  # every pass is a permutation, and a different one
+        assert sorted(sum(whole[start:start + 3], [])) == list(range(12))
+    assert sum(whole[0:3], []) != sum(whole[3:6], [])
+    for done in (1, 3, 4, 8):
+        assert list(islice(batch_stream(Orders(), range(12), 5, 3, done), 10 - done)) == \
+            whole[done:]
+
+
+def test_short_step_budget_is_not_converged(conformer_sets, tmp_path):
+    train(*conformer_sets, model="ani", size="dev", out=tmp_path / "short", progress=False,
+          steps=6, steps_per_round=2)
+    member = json.loads((tmp_path / "short" / "run.json").read_text())["members"][0]
+    losses = [h["valid_loss"] for h in member["history"]]
+    assert member["stopped_by"] == "step-budget" and member["steps"] == 6
+    assert losses[-1] == min(losses) < losses[0]  # validation loss still falling at the end
+    assert member["best_step"] == 6 and member["converged"] is False
+
+
+def test_convergence_rule():
+    from mlipdiv.models.training import is_converged
+
+    assert not is_converged("step-budget", 100, 100)
+    assert not is_converged("step-budget", 91, 100)  # best within the last 10 %
+    assert is_converged("step-budget", 90, 100)
+    assert is_converged("early-stopping", 60, 100)
+
+
 def test_rerun_with_other_settings_is_refused(trained, conformer_sets):
     with pytest.raises(MlipdivError, match="different run"):
         train(*conformer_sets, model=trained.meta["model"], size="fast", out=trained.path,
@@ -148,6 +241,14 @@ def test_bad_training_input_is_one_line_error(conformer_sets, tmp_path):
         train(single, conformer_sets[1], model="ani", size="dev", out=tmp_path / "r")
     with pytest.raises(MlipdivError, match="--size"):
         train(*conformer_sets, model="ani", size="huge", out=tmp_path / "r")
+    with pytest.raises(MlipdivError, match="both or neither"):
+        train(*conformer_sets, model="ani", size="dev", out=tmp_path / "r", steps=10)
+    with pytest.raises(MlipdivError, match="one of them"):
+        train(*conformer_sets, model="ani", size="dev", out=tmp_path / "r", steps=10,
+              steps_per_round=5, max_epochs=3)
+    with pytest.raises(MlipdivError, match="at least 1"):
+        train(*conformer_sets, model="ani", size="dev", out=tmp_path / "r", steps=0,
+              steps_per_round=5)
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "run.json").write_text(json.dumps({"status": "complete",
                                                            "model": "ani", "ensemble": 1}))
@@ -200,9 +301,12 @@ def test_cli_design_cell_train_and_evaluate_splits(tmp_path):
     runner = CliRunner()
     result = runner.invoke(app, ["train", "--design", str(tmp_path / "design.json"), "--cell",
                                  cell.id, "--model", "ani", "--size", "dev", "--out",
-                                 str(tmp_path / "run")])
+                                 str(tmp_path / "run"), "--steps", "9", "--steps-per-round",
+                                 "3"])
     assert result.exit_code == 0, result.output
-    assert load_run(tmp_path / "run").meta["n_train"] == cell.n_train
+    meta = load_run(tmp_path / "run").meta
+    assert meta["n_train"] == cell.n_train and meta["members"][0]["steps"] == 9
+    assert meta["schedule"] == {"max_steps": 9, "steps_per_round": 3, "policy": "steps"}
     result = runner.invoke(app, ["evaluate", str(tmp_path / "run"), "--splits",
                                  str(tmp_path / "splits"), "--json"])
     assert result.exit_code == 0, result.output
@@ -215,13 +319,11 @@ def test_cli_design_cell_train_and_evaluate_splits(tmp_path):
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(conformer_sets, tmp_path):
-    from dataclasses import replace
-
     import torch
 
     from mlipdiv.models import potential_class, run_size
     from mlipdiv.models.base import conformers, read_checkpoint
-    from mlipdiv.models.training import fit
+    from mlipdiv.models.training import Schedule, fit
 
     train_set, valid_set = conformer_sets
     e0 = fit_e0(train_set)
@@ -239,9 +341,9 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(conformer_sets, tmp_path)
             with torch.no_grad():
                 next(potential.module.parameters()).fill_(float("nan"))
 
-    with pytest.raises(MlipdivError, match="last good checkpoint .epoch 2"):
-        fit(potential, *items, replace(size.training, max_epochs=4), checkpoint, 0, "fp",
-            diverge)
+    schedule = Schedule.from_epochs(4, len(items[0]), size.training.batch_size)
+    with pytest.raises(MlipdivError, match="last good checkpoint .round 2, step 10"):
+        fit(potential, *items, size.training, schedule, checkpoint, 0, "fp", diverge)
     good = read_checkpoint(checkpoint)
-    assert good["state"]["epochs_done"] == 2
+    assert good["state"]["epochs_done"] == 2 and good["state"]["steps_done"] == 10
     assert all(torch.isfinite(v).all() for v in good["module"].values() if v.is_floating_point())

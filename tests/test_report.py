@@ -8,12 +8,14 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from mlipdiv.report import Section, cell_summary, load_public_datasets, optional_sections
 from mlipdiv.report import sections as report_sections
-from mlipdiv.report.findings import experiment_findings, selection_findings
+from mlipdiv.report.findings import selection_findings, trend_findings
+from mlipdiv.report.tables import metric_terms
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -30,30 +32,57 @@ def test_report_is_self_contained_with_both_experiments(finished_study):
         assert name in pngs
     assert any(name.startswith("surface_") for name in pngs)
     assert "Question:" in html and "fixed-budget: N = 12" in html
-    assert re.search(r"CF energy MAE \(meV/atom\) at M = 2 is [0-9.]+× that at M = 6", html)
+    assert re.search(r"CF energy MAE \(meV/atom\): (error (falls|rises) as M grows|slope of "
+                     r"log error on log M)", html)
+    assert "Training compute is held equal" in html
+    assert "scored per cell on the withheld conformers" in html
 
 
-def _cells(values_low, values_high, ci_factor):
-    rows = []
+def _study_tables(values_low, values_high, molecule_spread=0.05, seed=0):
+    """Results and per-molecule terms of a fixed-budget experiment: M = 4 and 64, one
+    replicate per pair of values, 10 ST molecules whose errors scatter by `molecule_spread`."""
+    rng = np.random.default_rng(seed)
+    rows, molecules = [], []
     for replicate, (low, high) in enumerate(zip(values_low, values_high, strict=True)):
         for m, value in ((4, low), (64, high)):
+            cell = f"fixed-budget/M{m}/r{replicate}"
             rows.append(dict(experiment="fixed-budget", model="ani", selection="random-random",
-                             split="st", M=m, C=64 / m, replicate=replicate, n_molecules=10,
-                             e=value, e_ci_low=value / ci_factor, e_ci_high=value * ci_factor))
-    return cell_summary(pd.DataFrame(rows), "e")
+                             split="st", M=m, C=64 / m, replicate=replicate, cell=cell,
+                             n_molecules=10, e=value))
+            for k in range(10):
+                error = value * np.exp(rng.normal(0, molecule_spread))
+                molecules.append(dict(cell=cell, model="ani", split="st", replicate=replicate,
+                                      inchikey=f"MOL{k}", num_e=error * 5, den_e=5.0))
+    return pd.DataFrame(rows), pd.DataFrame(molecules)
+
+
+def _cells(values_low, values_high, molecule_spread=0.05):
+    return cell_summary(*_study_tables(values_low, values_high, molecule_spread), "e")
 
 
 def test_findings_state_a_trend_only_when_the_interval_supports_it():
-    clear = experiment_findings(_cells([30, 31, 29], [10, 10.5, 9.5], 1.1), "E")
-    assert len(clear) == 1 and "falls as M grows" in clear[0] and "3.0" in clear[0]
-    unclear = experiment_findings(_cells([30, 12, 25], [20, 28, 14], 2.0), "E")
+    clear = trend_findings(metric_terms(*_study_tables([30, 31, 29], [10, 10.5, 9.5]), "e"),
+                           "E")
+    assert len(clear) == 1 and "error falls as M grows" in clear[0]
+    assert "slope of log error on log M -0.4" in clear[0] and "× 3 replicates" in clear[0]
+    # molecules agree within each replicate, but the replicates disagree: no trend
+    unclear = trend_findings(metric_terms(*_study_tables([30, 12, 25], [20, 28, 14]), "e"),
+                             "E")
     assert "do not support a trend" in unclear[0]
-    few = _cells([30], [10], 1.1).assign(n_test_molecules=1)
-    assert "too few for an interval" in experiment_findings(few, "E")[0]
+    one = trend_findings(metric_terms(*_study_tables([30], [10]), "e"), "E")
+    assert "one replicate, so the interval ignores training variability" in one[0]
+
+
+def test_cell_intervals_widen_when_replicates_disagree():
+    agree, disagree = _cells([20, 20, 20], [10, 10, 10]), _cells([10, 30, 20], [5, 15, 10])
+    width = {name: (t.ci_high / t.ci_low).iloc[0] for name, t in (("agree", agree),
+                                                                  ("disagree", disagree))}
+    assert width["disagree"] > 2 * width["agree"]
+    assert agree.training_variability.all()
 
 
 def test_selection_findings_compare_matched_cells():
-    random = _cells([30, 31, 29], [10, 10.5, 9.5], 1.1)
+    random = _cells([30, 31, 29], [10, 10.5, 9.5])
     maxmin = random.assign(selection="maxmin-random", log_value=random.log_value - 0.5)
     lines = selection_findings(pd.concat([random, maxmin]), "E")
     assert len(lines) == 1 and "maxmin-random vs random-random over 2 matched cells" in lines[0]

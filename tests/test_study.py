@@ -199,7 +199,7 @@ def test_rerun_skips_finished_cells_and_changed_config_is_refused(finished_study
               report=False)
     assert paths.log.read_text().count(" done in ") == N_CELLS
     changed = config_text.replace('size = "dev"', 'size = "fast"')
-    with pytest.raises(MlipdivError, match=r"different config \(keys models.size\)"):
+    with pytest.raises(MlipdivError, match=r"different config \(keys models.size[,)]"):
         run_study(parse_config(changed), changed, finished_study, progress=False)
 
 

@@ -4,6 +4,7 @@ section below; errors become one line on stderr and exit code 2."""
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -214,7 +215,8 @@ def profile(
 def split(
     store: Path = typer.Argument(..., help="Conformer store (.h5)."),
     out: Path = typer.Option(..., "--out", help="SPLITS directory to write."),
-    cf: float = typer.Option(0.1, "--cf", help="CF molecules: fraction (<1) or count; 0 = none."),
+    cf: str = typer.Option("all", "--cf", help="CF molecules: 'all' (every pool molecule with "
+                           "enough conformers), a fraction (<1) or a count; 0 = none."),
     cf_conformers: int = typer.Option(2, "--cf-conformers",
                                       help="Conformers withheld per CF molecule."),
     st: float = typer.Option(0.1, "--st", help="ST molecules: fraction or count; 0 = none."),
@@ -228,8 +230,8 @@ def split(
     """Carve leak-free CF/ST/SF/OOD test sets; the rest is the training pool."""
     from mlipdiv.design.splits import SplitOptions, make_splits
 
-    splits, messages = make_splits(store, out, SplitOptions(cf, cf_conformers, st, sf, ood,
-                                                            ood_store, seed))
+    splits, messages = make_splits(store, out, SplitOptions(_cf_size(cf), cf_conformers, st, sf,
+                                                            ood, ood_store, seed))
     for message in messages:
         console.print(f"mlipdiv: {message}")
     if as_json:
@@ -238,6 +240,16 @@ def split(
     for name, counts in splits.manifest["counts"].items():
         print(f"{name:5s} {counts['molecules']:8d} molecules {counts['conformers']:10d} conformers")
     print(f"leak check passed; written to {out}")
+
+
+def _cf_size(text: str) -> float | str:
+    """`--cf`: "all", or a fraction / count."""
+    if text.strip().lower() == "all":
+        return "all"
+    try:
+        return float(text)
+    except ValueError:
+        raise MlipdivError(f"--cf {text}: expected 'all', a fraction (<1) or a count") from None
 
 
 @app.command("check-leaks")
@@ -340,6 +352,10 @@ def train(
     float64: bool = typer.Option(False, "--float64", help="Train in float64."),
     device: str | None = typer.Option(None, "--device", help="Default: cuda if present."),
     epochs: int | None = typer.Option(None, "--epochs", help="Override the size's epoch cap."),
+    steps: int | None = typer.Option(None, "--steps",
+                                     help="Train N optimiser steps instead of epochs."),
+    steps_per_round: int | None = typer.Option(
+        None, "--steps-per-round", help="With --steps: validate / checkpoint every K steps."),
 ) -> None:
     """Train a MACE or ANI model (or an ensemble) on a design cell or on two files."""
     from mlipdiv.models import read_records, train_cell
@@ -347,7 +363,8 @@ def train(
 
     dtype = "float64" if float64 else "float32"
     options = dict(model=model, size=size, out=out, ensemble=ensemble, seed=seed,
-                   dtype=dtype, device=device, max_epochs=epochs)
+                   dtype=dtype, device=device, max_epochs=epochs, steps=steps,
+                   steps_per_round=steps_per_round)
     if design is not None and cell is not None and train_file is None and valid_file is None:
         path = train_cell(design, cell, **options)
     elif train_file is not None and valid_file is not None and design is None and cell is None:
@@ -576,22 +593,27 @@ def advise(
     """The (M, C) minimising the weighted predicted error under a budget, with intervals."""
     import pandas as pd
 
-    from mlipdiv.study import StudyPaths, advise, load_fits, parse_weights
+    from mlipdiv.study import StudyPaths, advise, load_config, load_fits, parse_weights
+    from mlipdiv.study.runner import pool_limits
 
+    if not math.isfinite(budget) or budget <= 0:
+        raise MlipdivError(f"--budget {budget}: must be a positive finite number")
     paths = StudyPaths(study_dir)
     fits, _ = load_fits(paths.fit)
     results = pd.read_parquet(paths.results_parquet) if paths.results_parquet.exists() else None
     chosen = (parse_weights(weights) if weights is not None else
               {split: 1.0 for split in ("cf", "st", "sf") if any(f.split == split for f in fits)})
+    limits = (pool_limits(load_config(paths.config), paths)
+              if (paths.splits / "manifest.json").exists() else None)
     advice = advise(fits, budget, model=model, selection=selection,
                     weights=chosen, cost_per_molecule=cost_per_molecule,
-                    cost_per_conformer=cost_per_conformer, results=results)
+                    cost_per_conformer=cost_per_conformer, results=results, limits=limits)
     if as_json:
         print_json(advice.model_dump(mode="json"))
         return
     table = Table(title=f"advice for {advice.model} ({advice.selection}), budget {budget:g}",
                   show_header=False)
-    table.add_row("molecules M", f"{advice.n_molecules}  (95 % interval "
+    table.add_row("molecules M", advice.direction or f"{advice.n_molecules}  (95 % interval "
                   f"{advice.molecules_interval[0]}-{advice.molecules_interval[1]})")
     table.add_row("conformers per molecule C", f"{advice.conformers_per_molecule}  (95 % "
                   f"interval {advice.conformers_interval[0]}-{advice.conformers_interval[1]})")
@@ -605,6 +627,41 @@ def advise(
     Console().print(table)
     for warning in advice.warnings:
         console.print(f"[yellow]warning:[/yellow] {warning}")
+
+
+@app.command()
+def verify(
+    study_dir: Path = typer.Argument(..., help="Study directory."),
+    budget: int = typer.Option(..., "--budget", help="Training conformers N of every design."),
+    replicates: int = typer.Option(3, "--replicates", help="Training draws per design."),
+    weights: str | None = typer.Option(None, "--weights",
+                                       help="Split weights (default: the study's advice)."),
+    model: str | None = typer.Option(None, "--model", help="Model (default: the first)."),
+    force: bool = typer.Option(False, "--force", help="Redo a verification of other settings."),
+    as_json: bool = typer.Option(False, "--json", help="Print verify.json."),
+) -> None:
+    """Train the advised (M*, C*) and both extremes of budget N anew and compare them."""
+    from mlipdiv.study import parse_weights
+    from mlipdiv.study.verify import run_verify, verify_directory
+
+    result = run_verify(study_dir, budget, replicates=replicates,
+                        weights=parse_weights(weights) if weights else None, model=model,
+                        force=force, progress=not as_json)
+    if as_json:
+        print_json(result.model_dump(mode="json"))
+        return
+    table = Table(title=f"verify {result.model}, N = {budget}, weighted {result.metric}")
+    for column in ("design", "M", "C", "weighted error (95 % CI)", "replicates"):
+        table.add_column(column)
+    by_label = {d.label: d for d in result.designs}
+    for value in result.comparison.designs:
+        design = by_label[value.label]
+        table.add_row(value.label, str(design.n_molecules), f"{design.conformers_per_molecule:g}",
+                      f"{value.value:.4g} [{value.ci_low:.4g}, {value.ci_high:.4g}]",
+                      str(value.n_replicates))
+    Console().print(table)
+    print(result.sentence)
+    print(f"written to {verify_directory(study_dir, budget) / 'verify.json'}")
 
 
 @app.command()

@@ -28,7 +28,12 @@ from pydantic import BaseModel
 
 from mlipdiv.data.store import ConformerStore
 from mlipdiv.design.splits import ByMolecule, Splits, load_splits
-from mlipdiv.diversity.conformational import RMSD_PAIR_CAP, ConformerGeometry
+from mlipdiv.diversity.conformational import (
+    DISTINCT_RMSD_ANGSTROM,
+    DUPLICATE_RMSD_ANGSTROM,
+    RMSD_PAIR_CAP,
+    ConformerGeometry,
+)
 from mlipdiv.diversity.entropy import EnvironmentReservoir
 from mlipdiv.diversity.profile import quartiles
 from mlipdiv.diversity.structural import maxmin_order, mean_tanimoto_distance, morgan_fingerprint
@@ -407,13 +412,19 @@ class _Planner:
                                                                       CELL_RMSD_MOLECULES),
                                                        replace=False))]
         reservoir = EnvironmentReservoir(CELL_ENVIRONMENTS, seed=self.options.seed + replicate)
-        rmsds = []
+        rmsds, effective = [], []
         for key in sampled:
             record = store.molecule(key, by_molecule[key])
             reservoir.add(record)
             if record.n_conformers > 1:
-                rmsds.append(ConformerGeometry(record).mean_pairwise_rmsd(rng, RMSD_PAIR_CAP)[0])
+                geometry = ConformerGeometry(record)
+                rmsds.append(geometry.mean_pairwise_rmsd(rng, RMSD_PAIR_CAP)[0])
+                effective.append(geometry.effective_conformers(
+                    (DUPLICATE_RMSD_ANGSTROM, DISTINCT_RMSD_ANGSTROM), rng))
+            else:
+                effective.append([1.0, 1.0])
         entropy, diversity = reservoir.entropy_and_diversity()
+        effective_mean = np.mean(effective, axis=0) if effective else [None, None]
         return {
             "n_molecules": len(keys),
             "n_conformers": len(train_pairs),
@@ -422,10 +433,18 @@ class _Planner:
             "tanimoto_pairs": tanimoto.n_pairs,
             "median_rmsd_angstrom": quartiles(rmsds)["median"],
             "rmsd_molecules": len(rmsds),
+            # conformers per molecule after merging near-copies (0.05 A, the CF duplicate rule)
+            # and after merging within 0.5 A (distinct minima, the ETKDG pruning rule)
+            "effective_conformers_per_molecule": _float_or_none(effective_mean[0]),
+            "distinct_geometries_per_molecule": _float_or_none(effective_mean[1]),
             "quests_entropy_nats": entropy,
             "quests_diversity_nats": diversity,
             "quests_molecules": len(sampled),
         }
+
+
+def _float_or_none(value) -> float | None:
+    return None if value is None else float(value)
 
 
 def _log_grid(low: int, high: int, points: int) -> tuple[int, ...]:

@@ -2,8 +2,10 @@
 
 Each test set is one small strategy object (as SchNetPack's splitting strategies):
 
-* CF (`ConformerSplit`): k conformers withheld from some pool molecules, which keep the rest;
-  pool conformers within 0.05 Angstrom RMSD of a withheld one are dropped (MD duplicates).
+* CF (`ConformerSplit`): k conformers withheld from pool molecules, which keep the rest; by
+  default from every pool molecule with more than k conformers (`cf="all"`), so that each
+  design cell can be scored on unseen conformers of exactly its own training molecules. Pool
+  conformers within 0.05 Angstrom RMSD of a withheld one are dropped (MD duplicates).
 * ST (`StructureSplit`): whole molecules withheld whose Murcko scaffold stays in the pool.
 * SF (`ScaffoldSplit`): whole ring-scaffold groups withheld (MoleculeNet / nablaDFT scaffold
   split); an all-acyclic store has no scaffold groups and SF is skipped with a message.
@@ -23,7 +25,7 @@ import json
 import os
 import shutil
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -46,6 +48,7 @@ MANIFEST = "manifest.json"
 MOLECULE_TABLE = "molecules.parquet"
 
 ByMolecule = dict[str, np.ndarray]  # inchikey -> conformer indices
+CF_ALL = "all"  # every eligible pool molecule withholds CF conformers
 
 
 # ---------------------------------------------------------------- sets and their files
@@ -74,6 +77,12 @@ class SplitSet:
         with ConformerStore(self.store_path) as store:
             for key, indices in self.by_molecule.items():
                 yield store.molecule(key, indices)
+
+    def restricted(self, molecules: Iterable[str]) -> SplitSet:
+        """The same set holding only the given molecules (e.g. a cell's training molecules)."""
+        keep = set(molecules)
+        return SplitSet(self.name, self.store_path,
+                        {k: v for k, v in self.by_molecule.items() if k in keep})
 
 
 @dataclass
@@ -207,7 +216,7 @@ def _units(candidates: set[str]) -> dict[str, list[str]]:
 # ---------------------------------------------------------------- sizes
 def resolve_size(value: float, total: int, option: str) -> int:
     """A size given as a fraction (0 < value < 1) or a count (whole number >= 1) of `total`."""
-    if value < 0:
+    if not np.isfinite(value) or value < 0:
         raise MlipdivError(f"{option} {value}: must be a fraction in (0, 1) or a count >= 1")
     if value == 0:
         return 0
@@ -397,10 +406,11 @@ def parse_ood(spec: str) -> MoleculeSplit:
 @dataclass
 class ConformerSplit:
     """CF: `conformers` conformers withheld from each of `n_molecules` random pool molecules
-    with at least one more conformer; pool conformers within `duplicate_rmsd` of a withheld
-    conformer are dropped. A molecule left without pool conformers is not used."""
+    with at least one more conformer (`n_molecules=None`: from every such molecule); pool
+    conformers within `duplicate_rmsd` of a withheld conformer are dropped. A molecule left
+    without pool conformers is not used."""
 
-    n_molecules: int
+    n_molecules: int | None
     conformers: int = 2
     duplicate_rmsd: float = DUPLICATE_RMSD_ANGSTROM
     name: str = "cf"
@@ -414,8 +424,9 @@ class ConformerSplit:
         withheld: ByMolecule = {}
         pool = dict(pool)
         dropped = 0
+        wanted = len(eligible) if self.n_molecules is None else self.n_molecules
         for key in rng.permutation(eligible) if eligible else []:
-            if len(withheld) >= self.n_molecules:
+            if len(withheld) >= wanted:
                 break
             available = pool[key]
             chosen = np.sort(rng.choice(available, self.conformers, replace=False))
@@ -427,7 +438,10 @@ class ConformerSplit:
             withheld[key] = chosen
             pool[key] = np.setdiff1d(kept, duplicates)
             dropped += len(duplicates)
-        if len(withheld) < self.n_molecules:
+        if self.n_molecules is None and not withheld:
+            raise MlipdivError(f"--cf all: no pool molecule has more than --cf-conformers "
+                               f"{self.conformers} distinct conformers")
+        if self.n_molecules is not None and len(withheld) < self.n_molecules:
             raise MlipdivError(
                 f"--cf {self.n_molecules}: only {len(withheld)} pool molecules have more than "
                 f"--cf-conformers {self.conformers} distinct conformers"
@@ -457,9 +471,11 @@ class SplitSkipped(MlipdivError):
 # ---------------------------------------------------------------- making a split
 @dataclass(frozen=True)
 class SplitOptions:
-    """Sizes are fractions (0 < x < 1) or counts (>= 1) of the store's molecules; 0 = none."""
+    """Sizes are fractions (0 < x < 1) or counts (>= 1) of the store's molecules; 0 = none.
+    `cf="all"` (the default) withholds CF conformers from every pool molecule that has more
+    than `cf_conformers`."""
 
-    cf: float = 0.1
+    cf: float | str = CF_ALL
     cf_conformers: int = 2
     st: float = 0.1
     sf: float = 0.1
@@ -468,8 +484,10 @@ class SplitOptions:
     seed: int = 0
 
     def check(self) -> None:
-        fractions = {name: v for name, v in
-                     (("--cf", self.cf), ("--st", self.st), ("--sf", self.sf)) if 0 < v < 1}
+        if isinstance(self.cf, str) and self.cf != CF_ALL:
+            raise MlipdivError(f"--cf {self.cf}: expected 'all', a fraction or a count")
+        sizes = (("--cf", self.cf), ("--st", self.st), ("--sf", self.sf))
+        fractions = {name: v for name, v in sizes if not isinstance(v, str) and 0 < v < 1}
         if sum(fractions.values()) > 1:
             raise MlipdivError(f"{' + '.join(fractions)}: fractions sum to "
                                f"{sum(fractions.values()):.3g}, above the limit 1")
@@ -523,8 +541,8 @@ def make_splits(store_path: str | os.PathLike, out: str | os.PathLike,
             raise MlipdivError("--st/--sf/--ood: no molecule is left for the training pool")
         counts = store.conformer_counts()
         pool = {k: np.arange(counts[k]) for k in sorted(candidates)}
-        n_cf = resolve_size(options.cf, n_total, "--cf")
-        if n_cf:
+        n_cf = None if options.cf == CF_ALL else resolve_size(options.cf, n_total, "--cf")
+        if n_cf != 0:
             cf, pool, extra["cf_near_duplicates_dropped"] = ConformerSplit(
                 n_cf, options.cf_conformers).withhold(store, pool, rng)
             sets["cf"] = SplitSet("cf", store_path, cf)

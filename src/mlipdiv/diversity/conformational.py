@@ -25,6 +25,8 @@ from mlipdiv.data.store import MoleculeRecord
 RMSD_PAIR_CAP = 100  # conformer pairs per molecule; above this a uniform random sample is used
 MAX_SYMMETRY_MATCHES = 1000
 DUPLICATE_RMSD_ANGSTROM = 0.05
+DISTINCT_RMSD_ANGSTROM = 0.5  # the ETKDG sampler's pruning RMSD: distinct force-field minima
+EFFECTIVE_CONFORMER_CAP = 64  # conformers per molecule clustered; above, a random subset
 MIN_HEAVY_ATOMS_FOR_RMSD = 4  # up to three atoms are nearly rigid: use all atoms instead
 _ROTATABLE = Lipinski.RotatableBondSmarts
 _REMOVE_EVERY_HYDROGEN = Chem.RemoveHsParameters()
@@ -94,6 +96,24 @@ class ConformerGeometry:
                     found.append((int(candidate), int(ref), value))
                     break
         return found
+
+    def effective_conformers(self, thresholds: Sequence[float], rng: np.random.Generator,
+                             cap: int = EFFECTIVE_CONFORMER_CAP) -> list[float]:
+        """For each RMSD threshold (Angstrom), the number of distinct conformers: leader
+        clustering in stored order, a conformer joining the first representative within the
+        threshold (so near-copies of one geometry count once). Above `cap` conformers a random
+        subset of `cap` is clustered and its count scaled by n_conformers / cap."""
+        chosen = np.arange(self.n_conformers)
+        if len(chosen) > cap:
+            chosen = np.sort(rng.choice(chosen, cap, replace=False))
+        counts = []
+        for threshold in thresholds:
+            leaders: list[int] = []
+            for conformer in chosen:
+                if not any(self.rmsd(conformer, leader) < threshold for leader in leaders):
+                    leaders.append(int(conformer))
+            counts.append(len(leaders) * self.n_conformers / len(chosen))
+        return counts
 
     def torsion_spread(self) -> tuple[float, int]:
         """(mean circular standard deviation in degrees of the rotatable-bond dihedrals over

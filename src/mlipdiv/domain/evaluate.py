@@ -205,8 +205,14 @@ def evaluate_run(run_path: str | os.PathLike, splits_path: str | os.PathLike,
     if not splits.test_sets:
         raise MlipdivError(f"{splits_path}: no test splits to evaluate on")
     data = {}
-    for name in splits.test_sets:
-        records = list(splits.records(name))
+    trained_on = run.training_molecules()
+    for name, split_set in splits.test_sets.items():
+        if name == "cf" and trained_on is not None:
+            # in distribution = unseen conformers of the run's own training molecules
+            split_set = split_set.restricted(trained_on)
+        records = list(split_set.records())
+        if not records:
+            continue
         data[name] = SplitData(name, records, domain.score(run, records), domain)
     evaluation = evaluate_scores(domain, data, high_error, str(run_path), str(splits_path))
     write_evaluation(evaluation, Path(out) if out else

@@ -8,6 +8,7 @@ from mlipdiv.metrics.evaluate import (
     evaluate_split,
     result_record,
 )
+from mlipdiv.metrics.hierarchical import SlopeEstimate, hierarchical_bootstrap, trend_slope
 from mlipdiv.metrics.stats import (
     METRICS,
     Estimate,
@@ -22,12 +23,15 @@ __all__ = [
     "Estimate",
     "MoleculeErrors",
     "ResultRecord",
+    "SlopeEstimate",
     "SplitMetrics",
     "cluster_bootstrap",
     "evaluate_file",
     "evaluate_run",
     "evaluate_split",
+    "hierarchical_bootstrap",
     "molecule_spearman",
     "result_record",
     "split_estimates",
+    "trend_slope",
 ]

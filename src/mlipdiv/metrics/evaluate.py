@@ -11,7 +11,16 @@ from pydantic import BaseModel
 
 from mlipdiv.data.store import MoleculeRecord
 from mlipdiv.errors import MlipdivError
-from mlipdiv.metrics.stats import N_RESAMPLES, MoleculeErrors, split_estimates
+from mlipdiv.metrics.stats import (
+    N_RESAMPLES,
+    MoleculeErrors,
+    per_molecule_sums,
+    split_estimates,
+)
+
+CF_SPLIT = "cf"
+SCOPE_TRAINING = "training molecules"  # CF scored on the run's own training molecules only
+SCOPE_ALL = "all molecules of the split"
 
 
 class SplitMetrics(BaseModel):
@@ -20,6 +29,7 @@ class SplitMetrics(BaseModel):
     training) are counted but left out of the errors. None = not defined on this split."""
 
     split: str
+    scope: str = SCOPE_ALL  # which of the split's molecules were scored
     n_molecules: int
     n_conformers: int
     out_of_domain_conformers: int
@@ -66,18 +76,29 @@ class ResultRecord(SplitMetrics):
 
 
 def evaluate_split(run, records: Iterable[MoleculeRecord], split: str, *,
-                   n_resamples: int = N_RESAMPLES, seed: int = 0) -> SplitMetrics:
+                   n_resamples: int = N_RESAMPLES, seed: int = 0,
+                   scope: str = SCOPE_ALL) -> SplitMetrics:
     """Metrics of `run` (a TrainedRun) on labelled `records`; out-of-domain conformers are
     predicted (as NaN), flagged and counted, never scored."""
+    return score_split(run, records, split, n_resamples=n_resamples, seed=seed, scope=scope)[0]
+
+
+def score_split(run, records: Iterable[MoleculeRecord], split: str, *,
+                n_resamples: int = N_RESAMPLES, seed: int = 0,
+                scope: str = SCOPE_ALL) -> tuple[SplitMetrics, list[dict]]:
+    """The split's metrics and its per-molecule terms: one dict per scored molecule with
+    `inchikey` and, per metric, `num_<metric>` / `den_<metric>` (metric = sum num / sum den,
+    square-rooted for RMSEs) — what a bootstrap over replicates and molecules resamples."""
     records = list(records)
     unlabelled = [r.inchikey for r in records if not r.labelled]
     if unlabelled:
         raise MlipdivError(f"split {split}: molecule {unlabelled[0]} has no labels to score")
-    molecules, out_of_domain = [], []
+    molecules, out_of_domain, keys = [], [], []
     for record, prediction in zip(records, run.predict(records), strict=True):
         if prediction.out_of_domain:
             out_of_domain.append(record)
             continue
+        keys.append(record.inchikey)
         molecules.append(MoleculeErrors(record.n_atoms, record.energy, prediction.mean_energy,
                                         record.forces, prediction.mean_forces))
     estimates = split_estimates(molecules, n_resamples=n_resamples, seed=seed)
@@ -86,12 +107,19 @@ def evaluate_split(run, records: Iterable[MoleculeRecord], split: str, *,
         fields[name] = estimate.value
         fields[f"{name}_ci_low"] = estimate.ci_low
         fields[f"{name}_ci_high"] = estimate.ci_high
-    return SplitMetrics(
-        split=split, n_molecules=len(records),
+    metrics = SplitMetrics(
+        split=split, scope=scope, n_molecules=len(records),
         n_conformers=int(np.sum([r.n_conformers for r in records])),
         out_of_domain_conformers=int(np.sum([r.n_conformers for r in out_of_domain])),
         out_of_domain_molecules=",".join(r.inchikey for r in out_of_domain), **fields,
     )
+    sums = per_molecule_sums(molecules)
+    terms = [{"inchikey": key,
+              **{f"{kind}_{name}": float(values[position])
+                 for name, (num, den, _) in sums.items()
+                 for kind, values in (("num", num), ("den", den))}}
+             for position, key in enumerate(keys)]
+    return metrics, terms
 
 
 def result_record(run, metrics: SplitMetrics) -> ResultRecord:
@@ -107,14 +135,31 @@ def result_record(run, metrics: SplitMetrics) -> ResultRecord:
 
 def evaluate_run(run_path: str | os.PathLike, splits_path: str | os.PathLike,
                  device: str | None = None) -> list[ResultRecord]:
-    """One ResultRecord per test split of a SPLITS directory (cf, st, sf, ood: those made)."""
+    """One ResultRecord per test split of a SPLITS directory (cf, st, sf, ood: those made).
+    CF is scored on the withheld conformers of the run's own training molecules."""
+    return [record for record, _ in score_run(run_path, splits_path, device)]
+
+
+def score_run(run_path: str | os.PathLike, splits_path: str | os.PathLike,
+              device: str | None = None) -> list[tuple[ResultRecord, list[dict]]]:
+    """(record, per-molecule terms) per test split. CF means "unseen conformers of the
+    molecules this run trained on", so the CF set is restricted to the run's training
+    molecules; a run that does not say which they were is scored on the whole CF set and its
+    record's `scope` says so."""
     from mlipdiv.design import load_splits
     from mlipdiv.models import load_run
 
     run = load_run(run_path, device)
     splits = load_splits(splits_path)
-    return [result_record(run, evaluate_split(run, splits.records(name), name))
-            for name in splits.test_sets]
+    trained_on = run.training_molecules()
+    scored = []
+    for name, split_set in splits.test_sets.items():
+        scope = SCOPE_ALL
+        if name == CF_SPLIT and trained_on is not None:
+            split_set, scope = split_set.restricted(trained_on), SCOPE_TRAINING
+        metrics, terms = score_split(run, split_set.records(), name, scope=scope)
+        scored.append((result_record(run, metrics), terms))
+    return scored
 
 
 def evaluate_file(run_path: str | os.PathLike, data_path: str | os.PathLike,

@@ -12,7 +12,15 @@ from mlipdiv.models.run import (
     train,
     train_cell,
 )
-from mlipdiv.models.sizes import BACKENDS, SIZES, RunSize, TrainingSettings, run_size
+from mlipdiv.models.sizes import (
+    BACKENDS,
+    SIZES,
+    RunSize,
+    TrainingSettings,
+    run_size,
+    study_schedule,
+)
+from mlipdiv.models.training import Schedule
 
 __all__ = [
     "BACKENDS",
@@ -22,6 +30,7 @@ __all__ = [
     "Potential",
     "Prediction",
     "RunSize",
+    "Schedule",
     "TrainedRun",
     "TrainingSettings",
     "fit_e0",
@@ -29,6 +38,7 @@ __all__ = [
     "potential_class",
     "read_records",
     "run_size",
+    "study_schedule",
     "train",
     "train_cell",
 ]

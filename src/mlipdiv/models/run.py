@@ -1,9 +1,10 @@
 """Runs: train one model (or an ensemble) on conformers or a design cell, and load it back.
 
-A run directory holds `run.json` (status, spec, hyperparameters, E0s, meta), `train.log`,
-and per member `member-K/checkpoint.pt` (written every epoch) and `member-K/model.pt`
-(the best validation weights, written when the member finishes). Rerunning the same command
-resumes where it stopped; `run.json` says "complete" only when every member is saved.
+A run directory holds `run.json` (status, spec, hyperparameters, schedule, E0s, meta),
+`train.log`, and per member `member-K/checkpoint.pt` (written every round) and
+`member-K/model.pt` (the best validation weights, written when the member finishes).
+Rerunning the same command resumes where it stopped; `run.json` says "complete" only when
+every member is saved.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from mlipdiv.errors import MlipdivError
 from mlipdiv.models.base import DTYPES, Conformer, EnsembleCalculator, Potential, conformers
 from mlipdiv.models.e0 import fit_e0
 from mlipdiv.models.sizes import RunSize, run_size
-from mlipdiv.models.training import EpochStats, fit
+from mlipdiv.models.training import EpochStats, FitState, Schedule, fit
 
 RUN_FILE = "run.json"
 LOG_FILE = "train.log"
@@ -106,9 +107,11 @@ def _open_run(out: Path, spec: dict) -> dict | None:
     except (OSError, json.JSONDecodeError):
         raise MlipdivError(f"{path}: unreadable run file; delete {out} to start over") from None
     if existing.get("spec") != spec:
+        other = existing.get("spec", {})
         raise MlipdivError(
-            f"{out}: holds a different run (model {existing.get('spec', {}).get('model')}, "
-            f"size {existing.get('spec', {}).get('size')}); choose another --out or delete it"
+            f"{out}: holds a different run (model {other.get('model')}, size "
+            f"{other.get('size')}, schedule {other.get('schedule')}); choose another --out "
+            f"or delete it"
         )
     return existing
 
@@ -127,12 +130,15 @@ def train(
     meta: dict | None = None,
     progress: bool = True,
     max_epochs: int | None = None,
+    steps: int | None = None,
+    steps_per_round: int | None = None,
     on_epoch: Callable[[int, EpochStats], None] | None = None,
 ) -> Path:
     """Train `ensemble` members (seeds seed, seed+1, ...) of `model` at `size`, resuming
-    from checkpoints in `out`; returns the run directory. `meta` is stored in the run;
-    `max_epochs` overrides the size's epoch cap; `on_epoch(member, stats)` is called after
-    every epoch's checkpoint."""
+    from checkpoints in `out`; returns the run directory. `meta` is stored in the run.
+    Compute: `steps` optimiser steps validated every `steps_per_round` (both or neither),
+    or else `max_epochs` (default: the size's) epochs of this training set, one round each.
+    `on_epoch(member, stats)` is called after every round's checkpoint."""
     started = time.perf_counter()
     chosen = run_size(model, size)
     if max_epochs is not None:
@@ -144,9 +150,11 @@ def train(
     if ensemble < 1:
         raise MlipdivError(f"--ensemble {ensemble}: must be at least 1")
     _check_training_data(train, valid)
+    n_train = sum(r.n_conformers for r in train)
+    schedule, policy = _schedule(chosen, n_train, max_epochs, steps, steps_per_round)
     out = Path(out)
     spec = {"model": model, "size": size, "ensemble": ensemble, "seed": seed, "dtype": dtype,
-            "hyperparameters": chosen.as_dict(),
+            "hyperparameters": chosen.as_dict(), "schedule": schedule.as_dict(),
             "data": data_fingerprint(train) + data_fingerprint(valid)}
     existing = _open_run(out, spec)
     if existing is not None and existing.get("status") == "complete":
@@ -158,6 +166,8 @@ def train(
     log(f"run {out}: model={model} size={size} ensemble={ensemble} seed={seed} dtype={dtype} "
         f"device={device}")
     log("hyperparameters " + json.dumps(chosen.as_dict()))
+    log(f"schedule ({policy}): {schedule.max_steps} steps, validated every "
+        f"{schedule.steps_per_round} ({schedule.max_rounds} rounds at most)")
     e0 = fit_e0(train)
     log(f"E0 fit: {e0.note}: " + json.dumps(e0.as_dict()["energies_ev"]))
     if e0.regularised:
@@ -167,15 +177,17 @@ def train(
               "model": chosen.model, "dtype": dtype,
               "stats": training_statistics(train, chosen.model.get(
                   "r_max", chosen.model.get("radial_cutoff")))}
-    members = _train_members(train, valid, config, chosen, out, spec, device, progress, log,
-                             on_epoch)
-    n_train = sum(r.n_conformers for r in train)
+    members = _train_members(train, valid, config, chosen, schedule, out, spec, device,
+                             progress, log, on_epoch)
     run_meta = {
         "status": "complete", "spec": spec, "model": model, "size": size,
-        "hyperparameters": chosen.as_dict(), "seed": seed, "member_seeds": members["seeds"],
+        "hyperparameters": chosen.as_dict(),
+        "schedule": {**schedule.as_dict(), "policy": policy},
+        "seed": seed, "member_seeds": members["seeds"],
         "ensemble": ensemble, "dtype": dtype, "device": device,
         "device_name": _device_name(device), "elements": elements,
         "e0": e0.as_dict(), "n_train": n_train, "n_train_molecules": len(train),
+        "train_molecules": sorted({r.inchikey for r in train}),
         "n_valid": sum(r.n_conformers for r in valid), "members": members["summaries"],
         "wall_time_s": members["seconds"] + (time.perf_counter() - started
                                              - members["session_seconds"]),
@@ -186,8 +198,24 @@ def train(
     return out
 
 
-def _train_members(train, valid, config, chosen: RunSize, out: Path, spec: dict, device: str,
-                   progress: bool, log: RunLog, on_epoch) -> dict:
+def _schedule(chosen: RunSize, n_train: int, max_epochs: int | None, steps: int | None,
+              steps_per_round: int | None) -> tuple[Schedule, str]:
+    """The run's Schedule and its policy ("steps" when given, else "epochs")."""
+    if (steps is None) != (steps_per_round is None):
+        raise MlipdivError("--steps and --steps-per-round: give both or neither")
+    if steps is None:
+        settings = chosen.training
+        return Schedule.from_epochs(settings.max_epochs, n_train, settings.batch_size), "epochs"
+    if max_epochs is not None:
+        raise MlipdivError("--epochs with --steps: give one of them")
+    if steps < 1 or steps_per_round < 1:
+        raise MlipdivError(f"--steps {steps} --steps-per-round {steps_per_round}: "
+                           f"both must be at least 1")
+    return Schedule(steps, steps_per_round), "steps"
+
+
+def _train_members(train, valid, config, chosen: RunSize, schedule: Schedule, out: Path,
+                   spec: dict, device: str, progress: bool, log: RunLog, on_epoch) -> dict:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
@@ -208,14 +236,15 @@ def _train_members(train, valid, config, chosen: RunSize, out: Path, spec: dict,
             if prepared is None:  # graphs / neighbour lists once per run, shared by members
                 prepared = (potential.prepare_all(conformers(train)),
                             potential.prepare_all(conformers(valid)))
-            task = bar.add_task(f"member {member}", total=settings.max_epochs)
+            task = bar.add_task(f"member {member}", total=schedule.max_rounds)
 
             def report(stats: EpochStats, member=member, task=task) -> None:
                 bar.update(task, completed=stats.epoch, description=(
                     f"m{member} loss {stats.train_loss:.3g} val E "
                     f"{stats.valid_energy_mae_mev_per_atom:.3g} meV/at F "
                     f"{stats.valid_forces_mae_mev_per_angstrom:.3g} meV/Å"))
-                log(f"member {member} epoch {stats.epoch} loss {stats.train_loss:.4g} "
+                log(f"member {member} round {stats.epoch} step {stats.step} "
+                    f"loss {stats.train_loss:.4g} "
                     f"val E MAE {stats.valid_energy_mae_mev_per_atom:.3g} meV/atom "
                     f"F MAE {stats.valid_forces_mae_mev_per_angstrom:.4g} meV/A "
                     f"lr {stats.learning_rate:.3g} ({stats.seconds:.2f} s)")
@@ -223,19 +252,27 @@ def _train_members(train, valid, config, chosen: RunSize, out: Path, spec: dict,
                     on_epoch(member, stats)
 
             tic = time.perf_counter()
-            state = fit(potential, prepared[0], prepared[1], settings,
+            state = fit(potential, prepared[0], prepared[1], settings, schedule,
                         member_dir / "checkpoint.pt", member_seed,
                         hashlib.sha256(json.dumps([spec, member_seed]).encode()).hexdigest(),
                         report)
             session_seconds += time.perf_counter() - tic
             potential.save(member_dir / "model.pt")
-            bar.update(task, completed=settings.max_epochs)
+            bar.update(task, completed=schedule.max_rounds)
             seconds += state.seconds
-            summaries.append({"member": member, "seed": member_seed, "epochs": state.epochs_done,
-                              "best_epoch": state.best_epoch, "best_valid_loss": state.best_loss,
-                              "training_seconds": state.seconds, "history": state.history})
+            summaries.append(_member_summary(member, member_seed, state))
     return {"seeds": seeds, "summaries": summaries, "seconds": seconds,
             "session_seconds": session_seconds}
+
+
+def _member_summary(member: int, seed: int, state: FitState) -> dict:
+    """run.json's entry of one member; `epochs`/`best_epoch` count rounds (as `rounds`)."""
+    return {"member": member, "seed": seed, "steps": state.steps_done,
+            "best_step": state.best_step, "rounds": state.epochs_done,
+            "epochs": state.epochs_done, "best_epoch": state.best_epoch,
+            "stopped_by": state.stopped_by, "converged": state.converged,
+            "best_valid_loss": state.best_loss, "training_seconds": state.seconds,
+            "history": state.history}
 
 
 def _warn(message: str) -> None:
@@ -260,8 +297,10 @@ def _versions(model: str) -> dict:
 def train_cell(design_path: str | os.PathLike, cell_id: str, *, model: str, size: str,
                out: str | os.PathLike, ensemble: int = 1, seed: int = 0,
                dtype: str = "float32", device: str | None = None,
-               progress: bool = True, max_epochs: int | None = None) -> Path:
-    """Train on a design cell's training/validation pairs; the cell's figures go into meta."""
+               progress: bool = True, max_epochs: int | None = None,
+               steps: int | None = None, steps_per_round: int | None = None) -> Path:
+    """Train on a design cell's training/validation pairs (compute as in `train`); the
+    cell's figures go into meta."""
     from mlipdiv.design import load_design, load_splits
 
     design = load_design(design_path)
@@ -274,7 +313,8 @@ def train_cell(design_path: str | os.PathLike, cell_id: str, *, model: str, size
             **cell.model_dump(exclude={"id", "train", "valid"})}
     return train(train_records, valid_records, model=model, size=size, out=out,
                  ensemble=ensemble, seed=seed, dtype=dtype, device=device, meta=meta,
-                 progress=progress, max_epochs=max_epochs)
+                 progress=progress, max_epochs=max_epochs, steps=steps,
+                 steps_per_round=steps_per_round)
 
 
 @dataclass
@@ -311,6 +351,19 @@ class TrainedRun:
     @property
     def elements(self) -> set[int]:
         return set(self.members[0].elements)
+
+    def training_molecules(self) -> set[str] | None:
+        """InChIKeys the run trained on: recorded in the run, or read from its design cell;
+        None when the run does not say (trained on files by an older version)."""
+        recorded = self.meta.get("train_molecules")
+        if recorded:
+            return set(recorded)
+        meta = self.meta.get("meta", {})
+        if meta.get("design") and meta.get("cell") and Path(meta["design"]).exists():
+            from mlipdiv.design import load_design
+
+            return {key for key, _ in load_design(meta["design"]).cell(meta["cell"]).train}
+        return None
 
     def out_of_domain(self, record: MoleculeRecord) -> bool:
         """True when the record has an element absent from the training set."""

@@ -8,6 +8,7 @@ The chosen size is written into every run's log and `run.json`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 from mlipdiv.errors import MlipdivError
@@ -99,3 +100,15 @@ def run_size(backend: str, size: str) -> RunSize:
     if size not in _TABLE[backend]:
         raise MlipdivError(f"--size {size!r}: choose from {', '.join(SIZES)}")
     return _TABLE[backend][size]
+
+
+def study_schedule(backend: str, size: str, largest_n_train: int) -> tuple[int, int]:
+    """The study-wide training policy: (max_steps, steps_per_round) that every cell of a
+    study gets, namely what its largest cell (`largest_n_train` conformers) needs for the
+    size's epochs at the size's batch size -- one round is one epoch of the largest cell."""
+    if largest_n_train < 1:
+        raise MlipdivError(f"largest cell has {largest_n_train} training conformers; "
+                           f"at least 1 is needed")
+    settings = run_size(backend, size).training
+    per_round = math.ceil(largest_n_train / settings.batch_size)
+    return settings.max_epochs * per_round, per_round

@@ -19,12 +19,17 @@ from mlipdiv.errors import MlipdivError
 from mlipdiv.report import figures
 from mlipdiv.report.findings import (
     advice_findings,
-    experiment_findings,
     selection_findings,
     surface_findings,
+    trend_findings,
 )
 from mlipdiv.report.sections import Section, optional_sections
-from mlipdiv.report.tables import cell_summary, load_public_datasets
+from mlipdiv.report.tables import (
+    cell_summary,
+    is_root_metric,
+    load_public_datasets,
+    metric_terms,
+)
 from mlipdiv.study.advise import Advice
 from mlipdiv.study.config import StudyConfig, load_config
 from mlipdiv.study.fit import load_fits
@@ -82,6 +87,10 @@ class StudyView:
             raise MlipdivError(f"{root}: no results.parquet; run `mlipdiv study` first")
         self.config: StudyConfig = load_config(self.paths.config)
         self.results = pd.read_parquet(self.paths.results_parquet)
+        if not self.paths.results_molecules.exists():
+            raise MlipdivError(f"{self.paths.results_molecules}: missing; rerun `mlipdiv study` "
+                               "(with --force if it was made by an older version)")
+        self.molecules = pd.read_parquet(self.paths.results_molecules)
         self.metric = self.config.advice.metric
         self.fits, self.skipped = (load_fits(self.paths.fit) if self.paths.fit.exists()
                                    else ([], ["the study has no fit step output"]))
@@ -90,7 +99,26 @@ class StudyView:
                        if self.paths.advice.exists() else [])
         self.profile = (json.loads(self.paths.profile.read_text())
                         if self.paths.profile.exists() else None)
-        self.cells = cell_summary(self.results, self.metric)
+        self._cells: dict[str, pd.DataFrame] = {}
+        self.settings = json.loads(self.paths.settings.read_text())
+
+    @property
+    def cells(self) -> pd.DataFrame:
+        """Per-cell summary of the advice metric."""
+        return self.cell_summary(self.metric)
+
+    def cell_summary(self, metric: str) -> pd.DataFrame:
+        """Per-cell values and hierarchical-bootstrap intervals of `metric` (cached)."""
+        if metric not in self._cells:
+            self._cells[metric] = cell_summary(self.results, self.molecules, metric,
+                                               seed=self.config.seed)
+        return self._cells[metric]
+
+    def trends(self, metric: str) -> list[str]:
+        """The trend sentences of `metric` (slopes with hierarchical-bootstrap intervals)."""
+        return trend_findings(metric_terms(self.results, self.molecules, metric),
+                              metric_label(metric), root=is_root_metric(metric),
+                              seed=self.config.seed)
 
     def dataset_point(self) -> tuple[float, float] | None:
         """This dataset on the molecules × conformers plane (from its profile)."""
@@ -145,6 +173,13 @@ def setup_sentences(view: StudyView) -> list[str]:
                            f"C ∈ {{{', '.join(map(str, grid))}}}")
     models = ", ".join(f"{m} ({config.models.size})" for m in config.models.architectures)
     n_runs = results.drop_duplicates(["cell", "model"]).shape[0]
+    schedule = "; ".join(
+        f"{model}: {s['steps']} optimiser steps for every cell, validation every "
+        f"{s['steps_per_round']} steps" for model, s in
+        view.settings.get("training_schedule", {}).items())
+    replicates = ("" if config.design.replicates > 1 else
+                  " With one replicate per cell, every interval covers the test molecules only "
+                  "and ignores training variability (draws and seeds).")
     return [
         "Question: for a fixed QM budget, does an MLIP generalise better to unseen conformers "
         "(CF), molecules (ST), scaffolds (SF) and shifted data (OOD) when the budget buys more "
@@ -155,6 +190,11 @@ def setup_sentences(view: StudyView) -> list[str]:
         f"selection {', '.join(sorted(results.selection.unique()))}; models {models}; "
         f"{n_runs} trainings, {results.drop_duplicates(['cell', 'model']).wall_time_s.sum():.0f}"
         " s of training in total.",
+        f"Training compute is held equal: {schedule} (what the largest cell, "
+        f"{config.largest_training_set()} conformers, needs for the size's epochs); early "
+        "stopping on a cell's validation set may end it sooner. Intervals come from a "
+        "hierarchical bootstrap: replicates, then test molecules, drawn jointly for all cells."
+        + replicates,
     ]
 
 
@@ -172,8 +212,10 @@ def _parity_data(view: StudyView, cell: str, model: str):
         for record, prediction in zip(records, run.predict(records), strict=True):
             if prediction.out_of_domain:
                 continue
-            energy_ref.append(record.energy / record.n_atoms)
-            energy_pred.append(prediction.mean_energy / record.n_atoms)
+            # each molecule's own mean removed (from reference and prediction): the per-element
+            # reference energies would otherwise put every point on the diagonal
+            energy_ref.append(1000 * (record.energy - record.energy.mean()))
+            energy_pred.append(1000 * (prediction.mean_energy - prediction.mean_energy.mean()))
             energy_split += [name] * record.n_conformers
             force_ref.append(record.forces.ravel())
             force_pred.append(prediction.mean_forces.ravel())
@@ -213,12 +255,12 @@ def parity_section(view: StudyView) -> Section:
 def _experiment_section(view: StudyView) -> Section:
     metrics = [view.metric] + [m for m in ("forces_mae_mev_per_angstrom",)
                                if m != view.metric and m in view.results]
-    cells = {metric: view.cells if metric == view.metric else cell_summary(view.results, metric)
-             for metric in metrics}
+    cells = {metric: view.cell_summary(metric) for metric in metrics}
     section = Section("Both experiments", _list(
         [line for metric in metrics
-         for line in experiment_findings(cells[metric], metric_label(metric))
-         + selection_findings(cells[metric], metric_label(metric))]))
+         for line in view.trends(metric) + selection_findings(cells[metric],
+                                                               metric_label(metric))])
+        + _scoring_note(view) + _convergence_html(view) + _effective_conformers_html(view))
     for experiment in ("fixed-budget", "fixed-molecules"):
         for metric in metrics:
             figure = figures.experiment_curves(cells[metric], experiment, metric_label(metric))
@@ -226,9 +268,63 @@ def _experiment_section(view: StudyView) -> Section:
                 axis = "M (log axis)" if experiment == "fixed-budget" else "C (log axis)"
                 section.figures.append((f"{experiment}_{metric}",
                                         f"{experiment}: {metric_label(metric)} vs {axis}, "
-                                        "geometric mean over replicates with 95 % CI",
+                                        "mean over replicates with 95 % CI (hierarchical "
+                                        "bootstrap over replicates and test molecules)",
                                         figure))
     return section
+
+
+def _scoring_note(view: StudyView) -> str:
+    """Which molecules each cell's CF figure is computed on (its own training molecules)."""
+    cf = view.results[view.results.split == "cf"]
+    if cf.empty:
+        return ""
+    per_cell = (cf.groupby(["experiment", "M", "C"])[["n_molecules", "n_conformers"]].mean()
+                .reset_index())
+    rows = "".join(f"<tr><td>{html.escape(r.experiment)}</td><td>{r.M:g}</td><td>{r.C:g}</td>"
+                   f"<td>{r.n_molecules:.1f}</td><td>{r.n_conformers:.1f}</td></tr>"
+                   for r in per_cell.itertuples())
+    return ("<p>CF is scored per cell on the withheld conformers of that cell's own training "
+            "molecules only (unseen conformers of molecules it trained on), so a cell with M "
+            "molecules is scored on at most M CF molecules:</p><table><tr><th>experiment</th>"
+            "<th>M</th><th>C</th><th>CF molecules scored</th><th>CF conformers scored</th></tr>"
+            f"{rows}</table>")
+
+
+def _convergence_html(view: StudyView) -> str:
+    """The cells whose training had not converged when the step budget ran out."""
+    if "converged" not in view.results:
+        return ""
+    runs = view.results.drop_duplicates(["cell", "model"])
+    open_runs = runs[~runs.converged.astype(bool)]
+    if open_runs.empty:
+        return (f"<p>All {len(runs)} trainings converged: each stopped early or its validation "
+                "loss no longer fell in the last 10 % of its steps.</p>")
+    items = "".join(f"<li>{html.escape(r.cell)} ({html.escape(r.model)}): best validation at "
+                    f"step {r.best_step} of {r.train_steps}</li>"
+                    for r in open_runs.itertuples())
+    return (f"<p class='warning'>{len(open_runs)} of {len(runs)} trainings had not converged "
+            "(validation loss still falling in the last 10 % of the step budget); their errors "
+            f"overstate what the data allow:</p><ul>{items}</ul>")
+
+
+def _effective_conformers_html(view: StudyView) -> str:
+    """Nominal C next to the effective number of distinct conformers per molecule."""
+    columns = ["div_effective_conformers_per_molecule", "div_distinct_geometries_per_molecule"]
+    if not set(columns) <= set(view.results.columns):
+        return ""
+    cells = (view.results.drop_duplicates("cell").groupby(["experiment", "M", "C"])[columns]
+             .mean().reset_index())
+    rows = "".join(f"<tr><td>{html.escape(r.experiment)}</td><td>{r.M:g}</td><td>{r.C:g}</td>"
+                   f"<td>{_format(getattr(r, columns[0]))}</td>"
+                   f"<td>{_format(getattr(r, columns[1]))}</td></tr>"
+                   for r in cells.itertuples())
+    return ("<p>Conformational diversity each cell actually holds: nominal C against the mean "
+            "number of distinct conformers per training molecule after merging conformers "
+            "within 0.05 Å heavy-atom RMSD (near-copies, the CF duplicate rule) and within "
+            "0.5 Å (distinct geometries, the ETKDG pruning rule):</p><table><tr>"
+            "<th>experiment</th><th>M</th><th>C</th><th>effective C (0.05 Å)</th>"
+            f"<th>distinct C (0.5 Å)</th></tr>{rows}</table>")
 
 
 def _advice_table(advice: list[Advice]) -> str:
@@ -274,6 +370,31 @@ def _surface_section(view: StudyView) -> Section:
     return section
 
 
+def verify_section(view: StudyView) -> Section | None:
+    """"Does the advice hold?": the advised design and both extremes of a budget, trained anew
+    (`mlipdiv verify`), with the sentence computed from their paired differences."""
+    from mlipdiv.study.verify import load_verifications
+
+    verifications = load_verifications(view.paths.root)
+    if not verifications:
+        return None
+    section = Section("Does the advice hold?", (
+        "<p>For each verified budget, the advised (M*, C*) and the two extremes of the same "
+        "budget (structure-heavy: the most molecules the pool allows, as QM9; "
+        "conformer-heavy: the study's fewest molecules, as QM7-X or ANI-1) were drawn anew "
+        "from the training pool, trained with the study's models and schedule and scored on "
+        "the same test splits. Differences are paired by replicate; intervals from the "
+        "hierarchical bootstrap.</p>"
+        + _list([v.sentence for v in verifications])))
+    for result in verifications:
+        section.figures.append((
+            f"verify_N{result.budget}_{result.model}",
+            f"weighted held-out {metric_label(result.metric)} (weights {result.weights}) at "
+            f"N = {result.budget}, {result.model}: mean over {result.replicates} replicate(s) "
+            "with 95 % CI", figures.verify_bars(result)))
+    return section
+
+
 def _group_fits(fits) -> dict:
     grouped: dict = {}
     for fit in fits:
@@ -308,11 +429,12 @@ def write_report(study_dir: str | Path, out: str | Path | None = None) -> Path:
     view = StudyView(Path(study_dir))
     out = Path(out) if out is not None else view.paths.report
     figure_dir = out.parent / "figures"
-    sections = [_experiment_section(view), _surface_section(view), _diversity_section(view),
-                *optional_sections(view.paths.root), parity_section(view)]
+    sections = [_experiment_section(view), _surface_section(view), verify_section(view),
+                _diversity_section(view), *optional_sections(view.paths.root),
+                parity_section(view)]
     body = [f"<h1>mlipdiv study: {html.escape(view.config.name)}</h1>",
             "".join(f"<p>{html.escape(s)}</p>" for s in setup_sentences(view))]
-    for section in sections:
+    for section in filter(None, sections):
         body.append(f"<h2>{html.escape(section.title)}</h2>{section.html}")
         body += [_figure_html(name, caption, figure, figure_dir)
                  for name, caption, figure in section.figures]

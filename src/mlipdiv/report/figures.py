@@ -21,7 +21,9 @@ SPLIT_NAMES = {"cf": "CF (unseen conformers)", "st": "ST (unseen molecules)",
                "sf": "SF (unseen scaffolds)", "ood": "OOD"}
 DIVERSITY_LABELS = {"n_scaffolds": "scaffolds", "mean_tanimoto_distance": "mean Tanimoto distance",
                     "median_rmsd_angstrom": "median RMSD (Å)",
-                    "quests_entropy_nats": "QUESTS entropy (nats)"}
+                    "quests_entropy_nats": "QUESTS entropy (nats)",
+                    "effective_conformers_per_molecule": "effective C (0.05 Å)",
+                    "distinct_geometries_per_molecule": "distinct C (0.5 Å)"}
 
 
 def _log_x(ax, values: pd.Series) -> None:
@@ -198,10 +200,12 @@ def cell_diversity(results: pd.DataFrame) -> Figure | None:
 def parity(title: str, reference_energy: np.ndarray, predicted_energy: np.ndarray,
            reference_forces: np.ndarray, predicted_forces: np.ndarray,
            splits: np.ndarray, split_of_force: np.ndarray) -> Figure:
-    """Energy-per-atom and force-component parity plots, coloured by test split."""
+    """Conformer-energy (each molecule's mean removed, meV) and force-component parity plots,
+    coloured by test split."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 4))
     for ax, ref, pred, labels, unit in (
-            (left, reference_energy, predicted_energy, splits, "energy (eV/atom)"),
+            (left, reference_energy, predicted_energy, splits,
+             "energy − molecule mean (meV)"),
             (right, reference_forces, predicted_forces, split_of_force, "force (eV/Å)")):
         for split in np.unique(labels):
             mask = labels == split
@@ -213,5 +217,24 @@ def parity(title: str, reference_energy: np.ndarray, predicted_energy: np.ndarra
         ax.set(xlabel=f"reference {unit}", ylabel=f"predicted {unit}")
         ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def verify_bars(result) -> Figure:
+    """The compared designs of one verification (a `VerifyResult`): weighted held-out error
+    with its 95 % interval, one bar per design."""
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    designs = {d.label: d for d in result.designs}
+    values = result.comparison.designs
+    labels = [f"{v.label}\nM={designs[v.label].n_molecules}, "
+              f"C={designs[v.label].conformers_per_molecule:.3g}" for v in values]
+    heights = np.array([v.value for v in values])
+    errors = np.array([[v.value - v.ci_low for v in values], [v.ci_high - v.value for v in values]])
+    colours = ["tab:red" if v.label == "advised" else "tab:grey" for v in values]
+    ax.bar(labels, heights, yerr=errors, capsize=4, color=colours)
+    ax.set_ylabel(f"weighted {result.metric}")
+    ax.set_title(f"N = {result.budget}, {result.model}", fontsize=10)
+    ax.grid(True, axis="y", alpha=0.3)
     fig.tight_layout()
     return fig

@@ -6,11 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from mlipdiv.report.tables import Z95, ratio
+from mlipdiv.errors import MlipdivError
+from mlipdiv.metrics.hierarchical import trend_slope
+from mlipdiv.report.tables import Z95
 from mlipdiv.study.advise import Advice
 from mlipdiv.study.fit import NULL_FORM, SurfaceFit
 
-MIN_TEST_MOLECULES = 3  # below this the cluster bootstrap's interval means nothing
 SPLIT_WORDS = {"cf": "CF", "st": "ST", "sf": "SF", "ood": "OOD"}
 
 
@@ -18,34 +19,35 @@ def _split(name: str) -> str:
     return SPLIT_WORDS.get(name, name)
 
 
-def experiment_findings(cells: pd.DataFrame, metric_label: str) -> list[str]:
-    """Per experiment, model, selection and split: the error at the smallest value of the
-    varied axis relative to the largest, with its 95 % interval."""
+def trend_findings(terms: pd.DataFrame, metric_label: str, root: bool = False,
+                   seed: int = 0) -> list[str]:
+    """Per experiment, model, selection and split: the slope of log error on log M
+    (fixed-budget) or log C (fixed-molecules) with its 95 % interval from the hierarchical
+    bootstrap (replicates, then test molecules, drawn jointly for all cells). A trend is
+    stated only when the interval excludes zero. `terms` as `tables.metric_terms`."""
     lines = []
-    for (experiment, model, selection, split), group in cells.groupby(
+    for (experiment, model, selection, split), group in terms.groupby(
             ["experiment", "model", "selection", "split"], sort=True):
         axis = "M" if experiment == "fixed-budget" else "C"
-        group = group.sort_values(axis)
-        if len(group) < 2:
+        points = group.drop_duplicates("cell").set_index("cell")[axis]
+        if points.nunique() < 2:
             continue
-        low, high = group.iloc[0], group.iloc[-1]
-        n_test = int(group.n_test_molecules.min())
-        if n_test < MIN_TEST_MOLECULES:
-            lines.append(f"{experiment}, {model}, {selection}: the {_split(split)} set has "
-                         f"{n_test} molecule(s), too few for an interval over molecules; no "
-                         f"trend with {axis} is claimed.")
+        where = f"{experiment}, {model}, {selection}: {_split(split)} {metric_label}"
+        try:
+            trend = trend_slope(group[["cell", "replicate", "inchikey", "num", "den"]],
+                                points.to_dict(), root=root, seed=seed)
+        except MlipdivError as exc:
+            lines.append(f"{where}: no slope ({exc}).")
             continue
-        value, ci_low, ci_high = ratio(low, high)
-        where = (f"{experiment}, {model}, {selection}: {_split(split)} {metric_label} at "
-                 f"{axis} = {low[axis]:g} is {value:.2f}× that at {axis} = {high[axis]:g} "
-                 f"(95 % CI {ci_low:.2f}–{ci_high:.2f}; {low.value:.3g} vs {high.value:.3g})")
-        if ci_low > 1:
-            lines.append(f"{where}: error falls as {axis} grows.")
-        elif ci_high < 1:
-            lines.append(f"{where}: error rises as {axis} grows.")
+        numbers = (f"slope of log error on log {axis} {trend.slope:.2f} (95 % CI "
+                   f"{trend.ci_low:.2f} to {trend.ci_high:.2f}) over {trend.n_cells} cells")
+        numbers += (f" × {trend.n_replicates} replicates" if trend.n_replicates > 1 else
+                    "; one replicate, so the interval ignores training variability")
+        if trend.direction == "unsupported":
+            lines.append(f"{where}: {numbers}; the interval includes 0, so these data do not "
+                         f"support a trend with {axis}.")
         else:
-            lines.append(f"{where}: the interval includes 1, so these data do not support a "
-                         f"trend of {_split(split)} error with {axis}.")
+            lines.append(f"{where}: error {trend.direction} as {axis} grows ({numbers}).")
     return lines
 
 

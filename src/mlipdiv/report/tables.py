@@ -1,4 +1,5 @@
-"""Numbers the report draws and states: per-cell errors with intervals, ratios between cells,
+"""Numbers the report draws and states: per-cell errors with intervals that include training
+variability (hierarchical bootstrap over replicates and test molecules), ratios between cells,
 and the public-dataset table."""
 
 from __future__ import annotations
@@ -8,50 +9,63 @@ from importlib import resources
 import numpy as np
 import pandas as pd
 
+from mlipdiv.metrics.hierarchical import hierarchical_bootstrap
+
 Z95 = 1.959963984540054
 CELL_KEYS = ["experiment", "model", "selection", "split", "M", "C"]
 
 
-def _row_log_se(results: pd.DataFrame, metric: str) -> pd.Series:
-    """Standard error of log(metric) per row, from its bootstrap 95 % interval."""
-    low, high = results.get(f"{metric}_ci_low"), results.get(f"{metric}_ci_high")
-    if low is None or high is None:
-        return pd.Series(np.nan, index=results.index)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        se = (np.log(high.astype(float)) - np.log(low.astype(float))) / (2 * Z95)
-    return se.where(np.isfinite(se))
+def point_key(experiment: str, m: float, c: float) -> str:
+    """One design point of an experiment (all its replicates): "fixed-budget|M=4|C=8"."""
+    return f"{experiment}|M={m:g}|C={c:g}"
 
 
-def cell_summary(results: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """One row per (experiment, model, selection, split, M, C): the geometric mean of the
-    metric over replicates, its log standard error (test-set bootstrap and replicate spread
-    combined), a 95 % interval and the test split's molecule count."""
-    table = results[CELL_KEYS + ["replicate", "n_molecules"]].copy()
-    table["log_value"] = np.log(results[metric].astype(float))
-    table["row_se"] = _row_log_se(results, metric)
-    table = table[np.isfinite(table.log_value)]
+def metric_terms(results: pd.DataFrame, molecules: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """The per-molecule terms of `metric` joined to their cells: columns model, selection,
+    split, experiment, M, C, `cell` (the design point, replicates together), replicate,
+    inchikey, num, den."""
+    keys = ["cell", "model", "split"]
+    cells = results[keys + ["experiment", "selection", "M", "C"]].drop_duplicates(keys)
+    terms = molecules[keys + ["replicate", "inchikey", f"num_{metric}", f"den_{metric}"]]
+    joined = terms.merge(cells, on=keys).rename(columns={f"num_{metric}": "num",
+                                                         f"den_{metric}": "den"})
+    joined["cell"] = [point_key(e, m, c) for e, m, c in zip(joined.experiment, joined.M,
+                                                              joined.C, strict=True)]
+    return joined
+
+
+def is_root_metric(metric: str) -> bool:
+    """RMSEs are square roots of the summed terms."""
+    return "rmse" in metric
+
+
+def cell_summary(results: pd.DataFrame, molecules: pd.DataFrame, metric: str,
+                 seed: int = 0) -> pd.DataFrame:
+    """One row per (experiment, model, selection, split, M, C): the mean of the metric over
+    replicates and its 95 % interval from the hierarchical bootstrap (replicates, then test
+    molecules; `training_variability` is False with one replicate), its log standard error
+    (from the interval) and the number of test molecules scored."""
+    terms = metric_terms(results, molecules, metric)
     rows = []
-    for key, group in table.groupby(CELL_KEYS, sort=True):
-        n = len(group)
-        spread = group.log_value.var(ddof=1) / n if n > 1 else 0.0
-        bootstrap = float(np.nanmean(group.row_se ** 2)) / n if group.row_se.notna().any() else 0
-        se = float(np.sqrt(spread + bootstrap))
-        mean = float(group.log_value.mean())
-        rows.append(dict(zip(CELL_KEYS, key, strict=True), value=float(np.exp(mean)),
-                         log_value=mean, log_se=se, ci_low=float(np.exp(mean - Z95 * se)),
-                         ci_high=float(np.exp(mean + Z95 * se)), n_replicates=n,
-                         n_test_molecules=int(group.n_molecules.min())))
+    for (model, selection, split), group in terms.groupby(["model", "selection", "split"]):
+        summary = hierarchical_bootstrap(group[["cell", "replicate", "inchikey", "num", "den"]],
+                                         root=is_root_metric(metric), seed=seed)
+        points = group.drop_duplicates("cell").set_index("cell")
+        for row in summary.itertuples():
+            if not np.isfinite(row.value) or row.value <= 0:
+                continue
+            point = points.loc[row.cell]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                se = (np.log(row.ci_high) - np.log(row.ci_low)) / (2 * Z95)
+            rows.append(dict(experiment=point.experiment, model=model, selection=selection,
+                             split=split, M=point.M, C=point.C, value=row.value,
+                             log_value=float(np.log(row.value)), log_se=float(se),
+                             ci_low=row.ci_low, ci_high=row.ci_high,
+                             n_replicates=row.n_replicates, n_test_molecules=row.n_molecules,
+                             training_variability=row.training_variability))
     return pd.DataFrame(rows, columns=CELL_KEYS + ["value", "log_value", "log_se", "ci_low",
                                                     "ci_high", "n_replicates",
-                                                    "n_test_molecules"])
-
-
-def ratio(first: pd.Series, second: pd.Series) -> tuple[float, float, float]:
-    """Ratio of two cells' errors (rows of `cell_summary`) with its 95 % interval."""
-    difference = first.log_value - second.log_value
-    se = float(np.hypot(first.log_se, second.log_se))
-    return (float(np.exp(difference)), float(np.exp(difference - Z95 * se)),
-            float(np.exp(difference + Z95 * se)))
+                                                    "n_test_molecules", "training_variability"])
 
 
 def load_public_datasets() -> pd.DataFrame:

@@ -4,6 +4,12 @@ The cost of a dataset is `cost_per_molecule·M + cost_per_conformer·M·C` (by d
 per conformer, so the budget is N = M·C). Every feasible integer M is scored with the fitted
 surfaces of the weighted splits; the same search over the fits' uncertainty samples gives the
 interval of the optimum and of its predicted errors.
+
+The search stays within what the data support: M within the measured M range and within the
+pool's molecules, C within the conformers the pool holds per molecule (`DataLimits`). When the
+surfaces would put the optimum beyond the measured M range, the advice says so as a direction
+("more molecules than measured") and reports the edge of the range, not an extrapolated number
+with an interval that means nothing. Every interval contains its estimate.
 """
 
 from __future__ import annotations
@@ -24,6 +30,13 @@ class Estimate(BaseModel):
     value: float
     ci_low: float
     ci_high: float
+
+
+class DataLimits(BaseModel):
+    """What the training pool can hold: molecules, and training conformers per molecule."""
+
+    max_molecules: int
+    max_conformers_per_molecule: int
 
 
 class Neighbour(BaseModel):
@@ -56,6 +69,10 @@ class Advice(BaseModel):
     forms: dict[str, str]
     determined: bool
     warnings: list[str]
+    # None when the optimum lies inside the measured M range; else e.g. "more molecules than
+    # measured (M > 16)": the fits point beyond the data, n_molecules is the range's edge
+    direction: str | None = None
+    limits: DataLimits | None = None
 
 
 def parse_weights(text: str) -> dict[str, float]:
@@ -130,10 +147,10 @@ def _neighbours(results: pd.DataFrame | None, fit: SurfaceFit, molecules: int,
 def advise(fits: list[SurfaceFit], budget: float, *, model: str | None = None,
            selection: str = "random-random", weights: dict[str, float] | None = None,
            cost_per_molecule: float = 0.0, cost_per_conformer: float = 1.0,
-           results: pd.DataFrame | None = None) -> Advice:
+           results: pd.DataFrame | None = None, limits: DataLimits | None = None) -> Advice:
     """The (M, C) minimising the weighted predicted error of `model` (cells drawn with
-    `selection`) under `budget`. `results` (the study's table) supplies the measured
-    neighbours of the optimum.
+    `selection`) under `budget`, searched within the measured M range and the pool's `limits`.
+    `results` (the study's table) supplies the measured neighbours of the optimum.
     """
     models = sorted({f.model for f in fits})
     if not models:
@@ -144,23 +161,39 @@ def advise(fits: list[SurfaceFit], budget: float, *, model: str | None = None,
     weights = weights or {"cf": 1.0, "st": 1.0, "sf": 1.0}
     selected = _select_fits(fits, model, selection, weights)
     first = next(iter(selected.values()))
-    molecules, conformers = feasible_designs(budget, cost_per_molecule, cost_per_conformer)
+    molecules, conformers = _supported(feasible_designs(budget, cost_per_molecule,
+                                                        cost_per_conformer), limits, budget)
+    m_range = _measured_range(selected, "grid_molecules")
+    inside = (molecules >= m_range[0]) & (molecules <= m_range[1])
+    if not inside.any():
+        raise MlipdivError(f"advice at budget {budget:g}: no M within the measured "
+                           f"{m_range[0]}..{m_range[1]} is affordable within the pool")
 
-    def weighted(predict) -> np.ndarray:
-        return sum(weights[s] * predict(fit) for s, fit in selected.items())
+    def weighted(predict, m=molecules, c=conformers) -> np.ndarray:
+        return sum(weights[s] * predict(fit, m, c) for s, fit in selected.items())
 
-    objective = weighted(lambda f: f.predict(molecules, conformers))
+    objective = weighted(lambda f, m, c: f.predict(m, c))
     determined = any(f.depends_on_split() for f in selected.values())
+    direction = None
     if determined:
-        best = int(np.argmin(objective))
+        best = int(np.flatnonzero(inside)[np.argmin(objective[inside])])
+        beyond = int(np.argmin(objective))
+        if not inside[beyond] and objective[beyond] < objective[best]:
+            direction = (f"more molecules than measured (M > {m_range[1]})"
+                         if molecules[beyond] > m_range[1]
+                         else f"fewer molecules than measured (M < {m_range[0]})")
     else:  # any split is as good: stay in the middle of the measured M range
-        middle = np.sqrt(np.prod(_measured_range(selected, "grid_molecules")))
+        middle = np.sqrt(np.prod(m_range))
         best = int(np.argmin(np.abs(np.log(molecules / middle))))
     best_m, best_c = int(molecules[best]), int(conformers[best])
-    sampled = weighted(lambda f: f.predict_samples(molecules, conformers))
+    sampled = weighted(lambda f, m, c: f.predict_samples(m, c), molecules[inside],
+                       conformers[inside])
     sample_best = np.argmin(sampled, axis=1)
-    m_low, m_high = np.percentile(molecules[sample_best], [2.5, 97.5])
-    c_low, c_high = np.percentile(conformers[sample_best], [2.5, 97.5])
+    m_low, m_high = _containing(np.percentile(molecules[inside][sample_best], [2.5, 97.5]),
+                                best_m)
+    c_low, c_high = _containing(np.percentile(conformers[inside][sample_best], [2.5, 97.5]),
+                                best_c)
+    sampled = weighted(lambda f, m, c: f.predict_samples(m, c))
 
     predicted = {s: _estimate(float(f.predict(best_m, best_c)),
                               f.predict_samples(best_m, best_c)) for s, f in selected.items()}
@@ -175,13 +208,36 @@ def advise(fits: list[SurfaceFit], budget: float, *, model: str | None = None,
         predicted=predicted, weighted_error=total,
         neighbours=_neighbours(results, first, best_m, best_c, selected),
         forms={s: f.form for s, f in selected.items()}, determined=determined,
-        warnings=_warnings(selected, best_m, best_c, determined),
+        warnings=_warnings(selected, best_m, best_c, determined, direction),
+        direction=direction, limits=limits,
     )
 
 
+def _supported(designs: tuple[np.ndarray, np.ndarray], limits: DataLimits | None,
+               budget: float) -> tuple[np.ndarray, np.ndarray]:
+    """The candidate designs the pool can hold."""
+    molecules, conformers = designs
+    if limits is None:
+        return molecules, conformers
+    keep = ((molecules <= limits.max_molecules)
+            & (conformers <= limits.max_conformers_per_molecule))
+    if not keep.any():
+        raise MlipdivError(f"advice at budget {budget:g}: no design fits the pool "
+                           f"({limits.max_molecules} molecules, at most "
+                           f"{limits.max_conformers_per_molecule} training conformers each)")
+    return molecules[keep], conformers[keep]
+
+
+def _containing(interval, value: float) -> tuple[float, float]:
+    """A sample-percentile interval widened to hold its point estimate: the estimate comes
+    from the best-fit parameters, which a skewed sample distribution can leave outside."""
+    low, high = (float(v) for v in interval)
+    return min(low, value), max(high, value)
+
+
 def _estimate(value: float, samples: np.ndarray) -> Estimate:
-    low, high = np.percentile(samples, [2.5, 97.5])
-    return Estimate(value=value, ci_low=float(low), ci_high=float(high))
+    low, high = _containing(np.percentile(samples, [2.5, 97.5]), value)
+    return Estimate(value=value, ci_low=low, ci_high=high)
 
 
 def _measured_range(selected: dict[str, SurfaceFit], name: str) -> tuple[float, float]:
@@ -191,8 +247,12 @@ def _measured_range(selected: dict[str, SurfaceFit], name: str) -> tuple[float, 
 
 
 def _warnings(selected: dict[str, SurfaceFit], molecules: int, conformers: int,
-              determined: bool) -> list[str]:
+              determined: bool, direction: str | None) -> list[str]:
     warnings = []
+    if direction:
+        warnings.append(f"the fitted surfaces favour {direction}; the advice is the edge of "
+                        f"the measured range (M = {molecules}); measure beyond that edge to place "
+                        "the optimum")
     if not determined:
         warnings.append("every weighted split is best fitted by the total-only form: the data "
                         "show no effect of splitting N between molecules and conformers, so "

@@ -59,7 +59,9 @@ class DataConfig(_Strict):
 class SplitConfig(_Strict):
     """Held-out test sets carved from the data (counts of molecules unless a fraction < 1)."""
 
-    cf_molecules: float = Field(0.25, gt=0)  # molecules that lose conformers to CF
+    # pool molecules that lose conformers to CF: "all" (each cell is then scored on unseen
+    # conformers of its own training molecules), or a fraction (< 1) / count
+    cf_molecules: float | Literal["all"] = "all"
     cf_conformers: int = Field(2, ge=1)  # conformers withheld per CF molecule
     st: float = Field(0.15, ge=0)  # unseen molecules (scaffold still in the pool)
     sf: float = Field(0.15, ge=0)  # unseen scaffolds
@@ -67,6 +69,8 @@ class SplitConfig(_Strict):
 
     @model_validator(mode="after")
     def _fractions(self) -> SplitConfig:
+        if self.cf_molecules != "all" and not self.cf_molecules > 0:
+            raise ValueError("cf_molecules must be 'all' or a positive fraction or count")
         fractions = [v for v in (self.st, self.sf) if v < 1]
         if sum(fractions) >= 1:
             raise ValueError("split fractions st + sf leave no training pool")
@@ -127,6 +131,9 @@ class ModelsConfig(_Strict):
     ensemble: int = Field(1, ge=1)
     dtype: Literal["float32", "float64"] = "float32"
     device: str | None = None
+    # optimiser steps of every cell (the same for all, so cells differ only in their data);
+    # None = what the study's largest cell needs for the size's epochs at its batch size
+    steps: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _distinct(self) -> ModelsConfig:
@@ -211,9 +218,34 @@ class StudyConfig(_Strict):
         return [name for name, part in (("fixed-budget", self.fixed_budget),
                                         ("fixed-molecules", self.fixed_molecules)) if part]
 
+    def largest_training_set(self) -> int:
+        """Training conformers of the study's largest cell (N, or M × the largest C)."""
+        sizes = [self.fixed_budget.budget] if self.fixed_budget else []
+        if self.fixed_molecules:
+            sizes.append(self.fixed_molecules.molecules * max(self.fixed_molecules.conformers))
+        return max(sizes)
+
+    def training_schedule(self) -> dict[str, dict]:
+        """Per model, the study-wide schedule every cell trains with: the same number of
+        optimiser steps for all cells, validation / early stopping every `steps_per_round`."""
+        from mlipdiv.models.sizes import study_schedule
+
+        largest = self.largest_training_set()
+        schedule = {}
+        for model in self.models.architectures:
+            steps, per_round = study_schedule(model, self.models.size, largest)
+            schedule[model] = {
+                "policy": "equal optimiser steps for every cell; early stopping on the cell's "
+                          "validation set may end a run earlier",
+                "steps": self.models.steps or steps, "steps_per_round": per_round,
+                "largest_cell_conformers": largest}
+        return schedule
+
     def comparable(self) -> dict:
-        """The settings that define the study's results (not where or how it runs)."""
-        return self.model_dump(mode="json", exclude={"out": True, "executor": True})
+        """The settings that define the study's results (not where or how it runs), with the
+        training schedule they imply."""
+        settings = self.model_dump(mode="json", exclude={"out": True, "executor": True})
+        return {**settings, "training_schedule": self.training_schedule()}
 
 
 def _check_grid(values: list[int], name: str) -> None:

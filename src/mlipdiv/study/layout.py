@@ -68,6 +68,11 @@ class StudyPaths:
         return self.root / "results.csv"
 
     @property
+    def results_molecules(self) -> Path:
+        """Per-molecule error terms of every cell, model and split (for the bootstraps)."""
+        return self.root / "results_molecules.parquet"
+
+    @property
     def fit(self) -> Path:
         return self.root / "fit.json"
 

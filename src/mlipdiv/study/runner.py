@@ -10,6 +10,7 @@ that differ; with `force` the outputs of the changed steps and all later ones ar
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -36,7 +37,7 @@ OPTIONAL_STEPS = [
 ]
 FIRST_STALE_STEP = {"name": "advice", "seed": "data", "data": "data", "split": "split",
                     "fixed_budget": "design", "fixed_molecules": "design", "design": "design",
-                    "models": "models", "advice": "advice"}
+                    "models": "models", "training_schedule": "models", "advice": "advice"}
 
 log = logging.getLogger("mlipdiv.study")
 
@@ -56,6 +57,10 @@ class CellTask:
     seed: int
     dtype: str
     device: str | None
+    steps: int
+    steps_per_round: int
+    shares_run_of: str | None = None  # the cell whose identical training set this reuses
+    run_design: str = ""  # design file of the cell the run is trained for (this or shared)
 
 
 # ---------------------------------------------------------------- preparing the directory
@@ -242,21 +247,41 @@ def _unfillable_cells(config: StudyConfig, paths: StudyPaths, experiment: str, o
 
 
 # ---------------------------------------------------------------- cells
-def cell_tasks(config: StudyConfig, paths: StudyPaths, designs: list[Path]) -> list[CellTask]:
-    """Every (cell, model) of every design, in design order."""
+def training_set_key(cell, model: str, seed: int) -> str:
+    """What makes two trainings the same: conformers, validation conformers, model, seed."""
+    content = json.dumps([sorted(map(list, cell.train)), sorted(map(list, cell.valid)), model,
+                          seed])
+    return hashlib.sha256(content.encode()).hexdigest()
+
+
+def cell_tasks(config: StudyConfig, paths: StudyPaths, designs: list[Path],
+               seed_offset: int = 0, splits: Path | None = None) -> list[CellTask]:
+    """Every (cell, model) of every design, in design order. A cell whose training set,
+    model and seed equal an earlier cell's (e.g. fixed-budget M = 8 × C = 4 and
+    fixed-molecules M = 8, C = 4 of one replicate) reuses that cell's run instead of training
+    the same model twice. `paths` says where runs and cell results go; `splits` (default
+    the study's own) what they are scored on."""
     from mlipdiv.design import load_design
 
-    tasks = []
+    schedule = config.training_schedule()
+    tasks, first_run = [], {}
     for design_path in designs:
         for cell in load_design(design_path).cells:
             for model in config.models.architectures:
+                seed = config.seed + seed_offset + cell.replicate
+                key = training_set_key(cell, model, seed)
+                shared, run_design = first_run.setdefault(key, (cell.id, design_path))
                 tasks.append(CellTask(
                     design=str(design_path.resolve()), cell_id=cell.id, model=model,
-                    run_dir=str(paths.run(cell.id, model).resolve()),
+                    run_dir=str(paths.run(shared, model).resolve()),
                     result_path=str(paths.cell_result(cell.id, model).resolve()),
-                    splits=str(paths.splits.resolve()), size=config.models.size,
-                    ensemble=config.models.ensemble, seed=config.seed + cell.replicate,
-                    dtype=config.models.dtype, device=config.models.device))
+                    splits=str((splits or paths.splits).resolve()), size=config.models.size,
+                    ensemble=config.models.ensemble, seed=seed,
+                    dtype=config.models.dtype, device=config.models.device,
+                    steps=schedule[model]["steps"],
+                    steps_per_round=schedule[model]["steps_per_round"],
+                    shares_run_of=None if shared == cell.id else shared,
+                    run_design=str(run_design.resolve())))
     return tasks
 
 
@@ -264,15 +289,31 @@ def run_cell(task: CellTask) -> dict:
     """Train (resuming) and evaluate one cell with one model; write its result rows
     atomically. Returns a short summary for the log."""
     from mlipdiv.design import load_design
-    from mlipdiv.metrics import evaluate_run
+    from mlipdiv.metrics.evaluate import score_run
     from mlipdiv.models import train_cell
 
     started = time.perf_counter()
-    run_dir = train_cell(task.design, task.cell_id, model=task.model, size=task.size,
-                         out=task.run_dir, ensemble=task.ensemble, seed=task.seed,
-                         dtype=task.dtype, device=task.device, progress=False)
     cell = load_design(task.design).cell(task.cell_id)
-    cell_columns = {
+    # a cell sharing an identical earlier cell's training set finds that run complete
+    run_dir = train_cell(task.run_design, task.shares_run_of or task.cell_id, model=task.model,
+                         size=task.size, out=task.run_dir, ensemble=task.ensemble,
+                         seed=task.seed, dtype=task.dtype, device=task.device, progress=False,
+                         steps=task.steps, steps_per_round=task.steps_per_round)
+    columns = {**cell_columns(cell), **training_columns(run_dir), "shares_run_of":
+               task.shares_run_of or ""}
+    rows, molecules = [], []
+    for record, terms in score_run(run_dir, task.splits, task.device):
+        rows.append({**record.model_dump(), **columns})
+        molecules += [{"cell": cell.id, "model": task.model, "replicate": cell.replicate,
+                       "split": record.split, **term} for term in terms]
+    write_json_atomic(Path(task.result_path), {"rows": rows, "molecules": molecules})
+    return {"seconds": time.perf_counter() - started,
+            "errors": {row["split"]: row["energy_mae_mev_per_atom"] for row in rows}}
+
+
+def cell_columns(cell) -> dict:
+    """A design cell's identity and diversity figures as result-table columns."""
+    return {
         "experiment": cell.experiment, "cell": cell.id, "M": cell.n_molecules,
         "C": cell.n_train / cell.n_molecules, "C_nominal": cell.conformers_per_molecule,
         "N": cell.n_train, "replicate": cell.replicate,
@@ -281,15 +322,18 @@ def run_cell(task: CellTask) -> dict:
         "conformer_selection": cell.conformer_selection, "short": cell.short,
         **{f"div_{key}": value for key, value in cell.diversity.items()},
     }
-    rows = [{**record.model_dump(), **cell_columns}
-            for record in evaluate_run(run_dir, task.splits, task.device)]
-    write_json_atomic(Path(task.result_path), rows)
-    return {"seconds": time.perf_counter() - started,
-            "errors": {row["split"]: row["energy_mae_mev_per_atom"] for row in rows}}
 
 
-def _execute(config: StudyConfig, tasks: list[CellTask], paths: StudyPaths,
-             progress: bool) -> list[str]:
+def training_columns(run_dir: Path) -> dict:
+    """How the run trained: optimiser steps done, best step, whether every member converged
+    (validation loss no longer falling at the end, or early stopping)."""
+    members = json.loads((Path(run_dir) / "run.json").read_text())["members"]
+    return {"train_steps": int(max(m["steps"] for m in members)),
+            "best_step": int(min(m["best_step"] for m in members)),
+            "converged": bool(all(m["converged"] for m in members))}
+
+
+def execute(config: StudyConfig, tasks: list[CellTask], progress: bool) -> list[str]:
     """Run the unfinished tasks on the configured executor; returns the failures."""
     from rich.progress import (
         BarColumn,
@@ -303,19 +347,29 @@ def _execute(config: StudyConfig, tasks: list[CellTask], paths: StudyPaths,
     todo = [t for t in tasks if not Path(t.result_path).exists()]
     executor = config.executor
     workers, threads = plan_parallelism(len(todo), executor.workers, executor.threads_per_worker)
-    log.info("cells: %d of %d to run (%s executor, %d workers × %d threads)", len(todo),
-             len(tasks), executor.kind, workers, threads)
-    keyed = [(f"{t.cell_id} [{t.model}]", (t,)) for t in todo]
-    if executor.kind == "ray":
-        completions = run_ray(run_cell, keyed, workers, threads, executor.address,
-                              executor.max_retries)
-    else:
-        completions = run_local(run_cell, keyed, workers, threads)
+    log.info("cells: %d of %d to run (%s executor, %d workers × %d threads; %d reuse the run "
+             "of an identical cell)", len(todo), len(tasks), executor.kind, workers, threads,
+             sum(t.shares_run_of is not None for t in todo))
+
+    def completions():
+        # Cells that reuse another cell's run go after it, so one run is never trained twice
+        # at once.
+        for phase in ([t for t in todo if t.shares_run_of is None],
+                      [t for t in todo if t.shares_run_of is not None]):
+            keyed = [(f"{t.cell_id} [{t.model}]", (t,)) for t in phase]
+            if not keyed:
+                continue
+            if executor.kind == "ray":
+                yield from run_ray(run_cell, keyed, workers, threads, executor.address,
+                                   executor.max_retries)
+            else:
+                yield from run_local(run_cell, keyed, workers, threads)
+
     failures = []
     with Progress(TextColumn("cells"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TextColumn("ETA"), TimeRemainingColumn(), disable=not progress) as bar:
         task_bar = bar.add_task("cells", total=len(tasks), completed=len(tasks) - len(todo))
-        for completion in completions:
+        for completion in completions():
             bar.advance(task_bar)
             if completion.error:
                 failures.append(f"{completion.key}: {completion.error}")
@@ -328,17 +382,34 @@ def _execute(config: StudyConfig, tasks: list[CellTask], paths: StudyPaths,
     return failures
 
 
-def collect_results(tasks: list[CellTask], paths: StudyPaths) -> pd.DataFrame:
-    """results.parquet and results.csv: one row per (cell, replicate, model, split)."""
-    rows = [row for t in tasks if Path(t.result_path).exists()
-            for row in json.loads(Path(t.result_path).read_text())]
-    if not rows:
-        raise MlipdivError(f"{paths.root}: no cell finished; see {paths.log}")
-    table = pd.DataFrame(rows)
+def read_cell_results(tasks: list[CellTask]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The finished tasks' result rows and per-molecule error terms."""
+    rows, molecules = [], []
+    for task in tasks:
+        if Path(task.result_path).exists():
+            payload = json.loads(Path(task.result_path).read_text())
+            rows += payload["rows"]
+            molecules += payload["molecules"]
+    return pd.DataFrame(rows), pd.DataFrame(molecules)
+
+
+def _write_table(table: pd.DataFrame, parquet: Path, csv: Path | None = None) -> None:
     buffer = io.BytesIO()
     table.to_parquet(buffer, index=False)
-    write_bytes_atomic(paths.results_parquet, buffer.getvalue())
-    write_text_atomic(paths.results_csv, table.to_csv(index=False))
+    write_bytes_atomic(parquet, buffer.getvalue())
+    if csv is not None:
+        write_text_atomic(csv, table.to_csv(index=False))
+
+
+def collect_results(tasks: list[CellTask], paths: StudyPaths) -> pd.DataFrame:
+    """results.parquet and results.csv (one row per cell, replicate, model and split) and
+    results_molecules.parquet (the per-molecule error terms the report's hierarchical
+    bootstrap resamples)."""
+    table, molecules = read_cell_results(tasks)
+    if table.empty:
+        raise MlipdivError(f"{paths.root}: no cell finished; see {paths.log}")
+    _write_table(table, paths.results_parquet, paths.results_csv)
+    _write_table(molecules, paths.results_molecules)
     return table
 
 
@@ -354,6 +425,18 @@ def study_budget(config: StudyConfig) -> float:
         n_conformers, n_molecules = fixed.molecules * max(fixed.conformers), fixed.molecules
     advice = config.advice
     return advice.cost_per_conformer * n_conformers + advice.cost_per_molecule * n_molecules
+
+
+def pool_limits(config: StudyConfig, paths: StudyPaths):
+    """What the study's training pool holds: its molecules, and the most training conformers
+    one molecule can give once validation conformers are set aside."""
+    from mlipdiv.design import load_splits
+    from mlipdiv.study.advise import DataLimits
+
+    pool = load_splits(paths.splits).pool_set.by_molecule
+    largest = max(len(v) for v in pool.values())
+    return DataLimits(max_molecules=len(pool), max_conformers_per_molecule=max(
+        1, int(largest / (1 + config.design.validation_fraction))))
 
 
 def fit_and_advise(config: StudyConfig, results: pd.DataFrame, paths: StudyPaths) -> None:
@@ -378,7 +461,8 @@ def fit_and_advise(config: StudyConfig, results: pd.DataFrame, paths: StudyPaths
                 advice.append(advise(
                     fits, study_budget(config), model=model, selection=selection,
                     weights=weights, cost_per_molecule=config.advice.cost_per_molecule,
-                    cost_per_conformer=config.advice.cost_per_conformer, results=results))
+                    cost_per_conformer=config.advice.cost_per_conformer, results=results,
+                    limits=pool_limits(config, paths)))
             except MlipdivError as exc:
                 notes.append(str(exc))
     write_json_atomic(paths.advice, {"advice": [a.model_dump(mode="json") for a in advice],
@@ -400,7 +484,7 @@ def optional_steps(paths: StudyPaths) -> None:
 
 
 # ---------------------------------------------------------------- the whole study
-def _attach_log(paths: StudyPaths) -> logging.Handler:
+def attach_log(paths: StudyPaths) -> logging.Handler:
     handler = logging.FileHandler(paths.log)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
@@ -416,7 +500,7 @@ def run_study(config: StudyConfig, config_text: str, out: Path | None = None, *,
 
     paths = StudyPaths(Path(out or config.out))
     prepare_directory(config, config_text, paths, force)
-    handler = _attach_log(paths)
+    handler = attach_log(paths)
     try:
         started = time.perf_counter()
         workers, _ = plan_parallelism(config.data.n_molecules, config.executor.workers)
@@ -424,7 +508,7 @@ def run_study(config: StudyConfig, config_text: str, out: Path | None = None, *,
         profile_step(store, paths)
         split_step(config, store, paths)
         tasks = cell_tasks(config, paths, design_step(config, paths))
-        failures = _execute(config, tasks, paths, progress)
+        failures = execute(config, tasks, progress)
         results = collect_results(tasks, paths)
         fit_and_advise(config, results, paths)
         optional_steps(paths)

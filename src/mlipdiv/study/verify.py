@@ -1,0 +1,218 @@
+"""`mlipdiv verify STUDY --budget N`: does the advice hold when trained?
+
+Three training sets of the same budget N are drawn anew from the study's pool (a seed the
+study's cells never used): the advised (M*, C*), the structure-heavy extreme (the largest M the
+pool allows, C >= 1: QM9-like) and the conformer-heavy extreme (the smallest M of the study's
+grid, C = N / M: QM7-X / ANI-1-like). Each is trained in R replicates with the study's models
+and training schedule, scored on the study's test splits, and compared by the weighted held-out
+error, with paired differences (advice minus extreme; replicate r of every design shares its
+molecule order and training seed) and 95 % intervals from a hierarchical bootstrap over
+replicates and test molecules.
+
+Everything goes to `STUDY/verify/N<budget>/` (design, runs, cell results, `verify.json`);
+like the study it resumes after any interruption, redoing only unfinished trainings.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel
+
+from mlipdiv.atomic import write_json_atomic
+from mlipdiv.errors import MlipdivError
+from mlipdiv.metrics.hierarchical import DesignComparison, compare_designs
+from mlipdiv.study.advise import Advice, advise
+from mlipdiv.study.config import StudyConfig, load_config
+from mlipdiv.study.fit import load_fits
+from mlipdiv.study.layout import StudyPaths
+from mlipdiv.study.runner import attach_log, cell_tasks, execute, pool_limits, read_cell_results
+
+VERIFY_SEED_OFFSET = 1009  # new draws: neither molecule orders nor seeds of the study's cells
+ADVISED = "advised"
+STRUCTURE_HEAVY = "structure-heavy"
+CONFORMER_HEAVY = "conformer-heavy"
+SETTINGS_FILE = "verify-settings.json"
+RESULT_FILE = "verify.json"
+
+log = logging.getLogger("mlipdiv.study")
+
+
+class VerifyDesign(BaseModel):
+    """One of the compared training sets."""
+
+    label: str
+    n_molecules: int
+    conformers_per_molecule: float
+    cells: list[str]
+
+
+class VerifyResult(BaseModel):
+    """What `verify.json` holds."""
+
+    budget: int
+    model: str
+    selection: str
+    metric: str
+    weights: dict[str, float]
+    replicates: int
+    advice: Advice
+    designs: list[VerifyDesign]
+    comparison: DesignComparison
+    sentence: str
+
+
+def verify_directory(study_dir: Path, budget: int) -> Path:
+    return StudyPaths(study_dir).root / "verify" / f"N{budget}"
+
+
+def verify_designs(advice: Advice, config: StudyConfig, pool_molecules: int,
+                   budget: int) -> dict[str, int]:
+    """M of each compared design: the advice, and the two extremes of the same budget."""
+    grid = (config.fixed_budget.molecules if config.fixed_budget and config.fixed_budget.molecules
+            else [config.fixed_molecules.molecules] if config.fixed_molecules else [1])
+    return {ADVISED: advice.n_molecules,
+            STRUCTURE_HEAVY: min(budget, pool_molecules),
+            CONFORMER_HEAVY: min(grid)}
+
+
+def _check_settings(root: Path, settings: dict, force: bool) -> None:
+    """Refuse a verify directory made with other settings unless `force` (which clears it)."""
+    path = root / SETTINGS_FILE
+    if path.exists() and json.loads(path.read_text()) != settings:
+        if not force:
+            raise MlipdivError(f"{root}: holds a verification with other settings; use --force "
+                               "to redo it")
+        shutil.rmtree(root)
+    root.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, settings)
+
+
+def _design(config: StudyConfig, study: StudyPaths, root: Path, molecules: list[int],
+            budget: int, replicates: int, selection: tuple[str, str]) -> Path:
+    """The verification design: a fixed-budget design over the compared M values."""
+    from mlipdiv.design import DesignOptions, make_design, write_design
+
+    path = root / "design.json"
+    if not path.exists():
+        options = DesignOptions(
+            "fixed-budget", budget=budget, grid=tuple(sorted(set(molecules))),
+            replicates=replicates, valid_fraction=config.design.validation_fraction,
+            molecule_selection=selection[0], conformer_selection=selection[1],
+            allow_short=config.design.allow_short, seed=config.seed + VERIFY_SEED_OFFSET)
+        write_design(make_design(study.splits, options), path)
+    return path
+
+
+def run_verify(study_dir: str | Path, budget: int, *, replicates: int = 3,
+               weights: dict[str, float] | None = None, model: str | None = None,
+               force: bool = False, progress: bool = True) -> VerifyResult:
+    """Train and compare the advised design and both extremes at `budget`; writes and returns
+    `verify.json`."""
+    from mlipdiv.design import load_design
+
+    study = StudyPaths(Path(study_dir))
+    if not study.fit.exists() or not study.settings.exists():
+        raise MlipdivError(f"{study.root}: no finished study (no fit.json); run `mlipdiv "
+                           "study` first")
+    if budget < 2 or replicates < 1:
+        raise MlipdivError(f"verify: --budget {budget} must be >= 2 and --replicates "
+                           f"{replicates} >= 1")
+    config = load_config(study.config)
+    fits, _ = load_fits(study.fit)
+    weights = weights or dict(config.advice.weights)
+    fitted = {f.split for f in fits}
+    weights = {s: w for s, w in weights.items() if s in fitted and w > 0}
+    model = model or config.models.architectures[0]
+    if model not in config.models.architectures:
+        raise MlipdivError(f"--model {model}: the study trained {config.models.architectures}")
+    selection = (config.design.molecule_selection[0], config.design.conformer_selection[0])
+    selection_name = "-".join(selection)
+    limits = pool_limits(config, study)
+    advice = advise(fits, budget, model=model, selection=selection_name, weights=weights,
+                    cost_per_molecule=0.0, cost_per_conformer=1.0, limits=limits)
+    targets = verify_designs(advice, config, limits.max_molecules, budget)
+    root = verify_directory(study.root, budget)
+    _check_settings(root, {"budget": budget, "replicates": replicates, "weights": weights,
+                           "model": model, "targets": targets,
+                           "study": json.loads(study.settings.read_text())}, force)
+    paths = StudyPaths(root)
+    handler = attach_log(paths)
+    try:
+        design_path = _design(config, study, root, list(targets.values()), budget, replicates,
+                              selection)
+        single = config.model_copy(update={"models": config.models.model_copy(
+            update={"architectures": [model]})})
+        tasks = cell_tasks(single, paths, [design_path], seed_offset=VERIFY_SEED_OFFSET,
+                           splits=study.splits)
+        log.info("verify N=%d: %s", budget, ", ".join(f"{k} M={m}" for k, m in targets.items()))
+        failures = execute(single, tasks, progress)
+        if failures:
+            raise MlipdivError(f"verify: {len(failures)} training(s) failed (rerun to retry): "
+                               f"{failures[0]}")
+        rows, molecules = read_cell_results(tasks)
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+    cells = load_design(design_path).cells
+    designs = [VerifyDesign(label=label, n_molecules=m, conformers_per_molecule=budget / m,
+                            cells=[c.id for c in cells if c.n_molecules == m])
+               for label, m in targets.items()]
+    comparison = compare_designs(_labelled(molecules, designs), weights, config.advice.metric,
+                                 reference=ADVISED, seed=config.seed)
+    result = VerifyResult(budget=budget, model=model, selection=selection_name,
+                          metric=config.advice.metric, weights=weights, replicates=replicates,
+                          advice=advice, designs=designs, comparison=comparison,
+                          sentence=verdict(comparison, designs))
+    write_json_atomic(root / RESULT_FILE, result.model_dump(mode="json"))
+    return result
+
+
+def _labelled(molecules: pd.DataFrame, designs: list[VerifyDesign]) -> pd.DataFrame:
+    """Per-molecule terms with the design label of their cell (a cell shared by two labels,
+    when the advice equals an extreme, appears under both)."""
+    frames = [molecules[molecules.cell.isin(d.cells)].assign(design=d.label) for d in designs]
+    return pd.concat(frames, ignore_index=True)
+
+
+def verdict(comparison: DesignComparison, designs: list[VerifyDesign]) -> str:
+    """One sentence from the numbers: does the advice beat each extreme?"""
+    by_label = {d.label: d for d in designs}
+    advised = by_label[ADVISED]
+    parts = []
+    for difference in comparison.differences:
+        other = by_label[difference.versus]
+        where = (f"the {difference.versus} design (M = {other.n_molecules}, C = "
+                 f"{other.conformers_per_molecule:g})")
+        if other.n_molecules == advised.n_molecules:
+            parts.append(f"the advice is {where} itself")
+        elif difference.ci_high < 0:
+            parts.append(f"the advice beat {where}: weighted error lower by "
+                         f"{-difference.value:.3g} (95 % CI {-difference.ci_high:.3g}–"
+                         f"{-difference.ci_low:.3g})")
+        elif difference.ci_low > 0:
+            parts.append(f"the advice did not beat {where}: its weighted error is higher by "
+                         f"{difference.value:.3g} (95 % CI {difference.ci_low:.3g}–"
+                         f"{difference.ci_high:.3g})")
+        else:
+            parts.append(f"the advice did not beat {where} beyond noise: difference "
+                         f"{difference.value:.3g} (95 % CI {difference.ci_low:.3g}–"
+                         f"{difference.ci_high:.3g})")
+    n_replicates = int(np.min([v.n_replicates for v in comparison.designs]))
+    tail = "" if n_replicates > 1 else (" (one replicate: the intervals ignore training "
+                                        "variability)")
+    return (f"At N = {round(advised.n_molecules * advised.conformers_per_molecule)}, advised "
+            f"M = {advised.n_molecules}: " + "; ".join(parts) + tail + ".")
+
+
+def load_verifications(study_dir: str | Path) -> list[VerifyResult]:
+    """Every `verify.json` of a study, by budget."""
+    root = StudyPaths(Path(study_dir)).root / "verify"
+    found = sorted(root.glob(f"N*/{RESULT_FILE}")) if root.exists() else []
+    return sorted((VerifyResult.model_validate_json(p.read_text()) for p in found),
+                  key=lambda v: v.budget)
