@@ -1,6 +1,9 @@
 """Wall time of the quick study preset (`mlipdiv study --preset quick`) from nothing to report.
 
-Goal: <= 300 s on 2 CPU cores. With --compare-executors the training step is rerun on the same
+Goal: <= 300 s on 2 CPU cores, and a report that shows both sides of the fixed-budget
+trade-off with intervals that exclude zero: CF error rising and ST error falling as M grows,
+and fixed-molecules CF error falling as C grows (the advice metric's slopes, hierarchical
+bootstrap). With --compare-executors the training step is rerun on the same
 data with 2 processes x 1 thread and 1 process x 2 threads, to show which is faster.
 Prints one JSON line last.
 """
@@ -18,6 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from mlipdiv.report.build import StudyView
 from mlipdiv.study import StudyPaths, parse_config, preset_text, run_study
 
 GOAL_SECONDS = 300.0
@@ -32,6 +36,25 @@ def _timed_training(study: Path, copy: Path, workers: int, threads: int) -> floa
     started = time.perf_counter()
     run_study(parse_config(text), text, copy, progress=False, report=False)
     return time.perf_counter() - started
+
+
+# (experiment, split) -> the direction the quick preset's report must state
+EXPECTED_TRENDS = {("fixed-budget", "CF"): "rises", ("fixed-budget", "ST"): "falls",
+                   ("fixed-molecules", "CF"): "falls"}
+
+
+def stated_trends(study: Path) -> dict[str, str]:
+    """What the report says of each expected trend of the advice metric: rises / falls /
+    unsupported."""
+    view = StudyView(study)
+    found = {}
+    for line in view.trends(view.metric):
+        for (experiment, split), _ in EXPECTED_TRENDS.items():
+            if line.startswith(f"{experiment},") and f": {split} " in line:
+                found[f"{experiment} {split}"] = ("rises" if "error rises" in line else
+                                                  "falls" if "error falls" in line else
+                                                  "unsupported")
+    return found
 
 
 def main() -> None:
@@ -59,6 +82,11 @@ def main() -> None:
                             1),
         "report": str(report),
     }
+    trends = stated_trends(out)
+    figures["trends"] = trends
+    figures["trends_as_expected"] = all(
+        trends.get(f"{experiment} {split}") == direction
+        for (experiment, split), direction in EXPECTED_TRENDS.items())
     if args.compare_executors:
         for workers, threads in ((2, 1), (1, 2)):
             figures[f"cells_wall_s_{workers}x{threads}"] = round(_timed_training(

@@ -71,7 +71,7 @@ name = "tiny"
 source = "store"
 store = "{store}"
 [split]
-cf_molecules = 3
+cf_molecules = "all"
 cf_conformers = 1
 st = 1
 sf = 1
@@ -81,6 +81,8 @@ molecules = [2, 4, 6]
 [fixed_molecules]
 molecules = 3
 conformers = [1, 2, 4]
+[design]
+allow_short = true  # a rigid molecule keeps one pool conformer after CF near-duplicates go
 [models]
 architectures = ["ani"]
 size = "dev"

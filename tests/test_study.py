@@ -312,3 +312,103 @@ def test_domain_step_resumes_and_feeds_the_report(finished_study, tmp_path):
     plt.close(figure)
     assert "Applicability domain" in paths.report.read_text()
     assert study_section(tmp_path) is None
+
+
+# ---------------------------------------------------------------- the protocol
+def test_cf_is_scored_on_each_cells_own_training_molecules(finished_study):
+    from mlipdiv.design import load_design
+
+    paths = StudyPaths(finished_study)
+    molecules = pd.read_parquet(paths.results_molecules)
+    cf_rows = _results(finished_study).query("split == 'cf'")
+    assert len(cf_rows) == N_CELLS and (cf_rows.scope == "training molecules").all()
+    trained = {cell.id: {key for key, _ in cell.train}
+               for design in (finished_study / "designs").glob("*.json")
+               for cell in load_design(design).cells}
+    for row in cf_rows.itertuples():
+        scored = set(molecules.query("cell == @row.cell and split == 'cf'").inchikey)
+        assert 0 < len(scored) <= row.M and scored <= trained[row.cell]
+        assert row.n_molecules == len(scored)
+    smallest = cf_rows.loc[cf_rows.M.idxmin()]
+    assert smallest.n_molecules <= 2  # M = 2: never the other pool molecules' CF conformers
+
+
+def test_every_cell_trains_the_same_number_of_steps(finished_study):
+    paths = StudyPaths(finished_study)
+    schedule = json.loads(paths.settings.read_text())["training_schedule"]["ani"]
+    assert schedule["largest_cell_conformers"] == 12  # N = 12 = fixed-molecules 3 × 4
+    runs = [json.loads(p.read_text()) for p in (finished_study / "runs").glob("*/*/run.json")]
+    assert len(runs) == N_CELLS
+    for run in runs:
+        assert run["schedule"]["max_steps"] == schedule["steps"]
+        for member in run["members"]:
+            assert (member["steps"] == schedule["steps"]
+                    or member["stopped_by"] == "early-stopping")
+    results = _results(finished_study)
+    assert {"train_steps", "best_step", "converged",
+            "div_effective_conformers_per_molecule"} <= set(results.columns)
+    html = paths.report.read_text()
+    assert f"{schedule['steps']} optimiser steps for every cell" in html
+
+
+def test_identical_cells_of_both_experiments_share_one_training(diverse_store, tmp_path):
+    from mlipdiv.study.runner import cell_tasks, design_step, split_step
+
+    text = STUDY_TOML.format(store=diverse_store).replace("conformers = [1, 2, 4]",
+                                                          "conformers = [1, 4]")
+    text = text.replace("molecules = [2, 4, 6]", "molecules = [3, 6]")
+    config = parse_config(text)
+    paths = StudyPaths(tmp_path / "shared")
+    paths.root.mkdir()
+    split_step(config, diverse_store, paths)
+    tasks = cell_tasks(config, paths, design_step(config, paths))
+    shared = [t for t in tasks if t.shares_run_of]
+    # fixed-budget M = 3 × C = 4 is fixed-molecules M = 3, C = 4: one training, two rows
+    assert len(shared) == 1 and shared[0].cell_id.startswith("fixed-molecules/M3-C4")
+    assert shared[0].shares_run_of.startswith("fixed-budget/M3-C4")
+    first = next(t for t in tasks if t.cell_id == shared[0].shares_run_of)
+    assert shared[0].run_dir == first.run_dir and shared[0].result_path != first.result_path
+
+
+def test_verify_end_to_end_resumes_after_kill(finished_study, tmp_path):
+    from mlipdiv.report import write_report
+    from mlipdiv.study.verify import load_verifications, verify_directory
+
+    study = tmp_path / "verified"
+    shutil.copytree(finished_study, study)
+    command = [MLIPDIV, "verify", str(study), "--budget", "12", "--replicates", "2"]
+    cells = verify_directory(study, 12) / "cells"
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if cells.exists() and list(cells.glob("*.json")):
+            break
+        time.sleep(0.1)
+    assert process.poll() is None, "verify finished before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    finished_before = {p.name: p.stat().st_mtime_ns for p in cells.glob("*.json")}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    for name, mtime in finished_before.items():
+        assert (cells / name).stat().st_mtime_ns == mtime  # not redone
+    (result,) = load_verifications(study)
+    labels = {d.label: d for d in result.designs}
+    assert set(labels) == {"advised", "structure-heavy", "conformer-heavy"}
+    assert labels["conformer-heavy"].n_molecules == 2  # the study grid's smallest M
+    assert labels["structure-heavy"].n_molecules == 12  # min(N, pool molecules)
+    assert all(abs(d.n_molecules * d.conformers_per_molecule - 12) < 1e-9
+               for d in result.designs)
+    assert {v.n_replicates for v in result.comparison.designs} == {2}
+    assert {d.versus for d in result.comparison.differences} == {"structure-heavy",
+                                                                 "conformer-heavy"}
+    for value in (*result.comparison.designs, *result.comparison.differences):
+        assert value.ci_low <= value.value <= value.ci_high
+    assert result.sentence.startswith("At N = 12, advised M = ")
+    assert "beat" in result.sentence or "is the" in result.sentence
+    # new draws: no verification cell trains on exactly a study cell's conformers
+    verify_runs = {p.parent.parent.name for p in
+                   (verify_directory(study, 12) / "runs").glob("*/*/run.json")}
+    assert len(verify_runs) == len(set(labels[k].n_molecules for k in labels)) * 2
+    html = write_report(study).read_text()
+    assert "Does the advice hold?" in html and result.sentence[:30] in html

@@ -680,8 +680,12 @@ def demo(
 ) -> None:
     """Run the quick study preset (real GFN2-xTB data, both experiments, MACE, fit, advice,
     report) into OUT and print the report's path; reruns resume."""
+    from mlipdiv.report.build import summary_lines
     from mlipdiv.study import parse_config, preset_text, run_study
 
     text = preset_text("quick")
-    print(run_study(parse_config(text, "preset quick"), text, out, force=True,
-                    progress=console.is_terminal))
+    report_path = run_study(parse_config(text, "preset quick"), text, out, force=True,
+                            progress=console.is_terminal)
+    for line in summary_lines(out):
+        print(f"- {line}")
+    print(report_path)

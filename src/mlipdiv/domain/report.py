@@ -94,8 +94,10 @@ def study_section(study_dir: str | os.PathLike) -> Section | None:
     table = pd.read_csv(table_path)
     quantity = _quantity(paths)
     section = Section("Applicability domain", (
-        f"<p>Each trust score (higher = less trusted) of the largest trained cell, on every "
-        f"test split: AUROC for telling the split from the in-distribution test split (vs ID), "
+        f"<p>Each trust score (higher = less trusted) of the largest trained cell (the most "
+        f"training conformers, so the richest reference of what the model has seen), on every "
+        f"test split: AUROC for telling the split from the in-distribution test split (vs ID: "
+        f"the cell's own CF set, unseen conformers of the molecules it trained on), "
         f"AUROC for finding the conformers whose {quantity} error exceeds the validation 90th "
         f"percentile (high error), and Spearman correlation of score and error. 0.5 is chance; "
         f"{EMPTY} is undefined (the in-distribution split itself, a split with all or none of "

@@ -54,14 +54,15 @@ def study_runs(study_dir: str | os.PathLike) -> list[EvaluatedRun]:
     paths = StudyPaths(Path(study_dir))
     if not paths.results_parquet.exists():
         return []
-    cells = (pd.read_parquet(paths.results_parquet, columns=[*RUN_COLUMNS, "replicate"])
+    cells = (pd.read_parquet(paths.results_parquet, columns=[*RUN_COLUMNS, "replicate", "run"])
              .drop_duplicates(["cell", "model"])
              .sort_values(["N", "M", "replicate"], ascending=[False, False, True]))
     runs = []
     for _, row in cells.groupby(["experiment", "model", "selection"], sort=True).head(1).iterrows():
         runs.append(EvaluatedRun(
             row.experiment, row.model, row.selection, row.cell, int(row.M), int(row.N),
-            paths.run(row.cell, row.model), paths.cell_result(row.cell, row.model),
+            # the run as recorded: a cell identical to another shares that cell's run
+            Path(row.run), paths.cell_result(row.cell, row.model),
             evaluation_path(paths.root, row.cell, row.model)))
     return sorted(runs, key=lambda r: (r.model, r.selection, r.experiment))
 

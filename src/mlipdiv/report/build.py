@@ -253,8 +253,9 @@ def parity_section(view: StudyView) -> Section:
 
 
 def _experiment_section(view: StudyView) -> Section:
-    metrics = [view.metric] + [m for m in ("forces_mae_mev_per_angstrom",)
-                               if m != view.metric and m in view.results]
+    metrics = list(dict.fromkeys(
+        [view.metric] + [m for m in ("energy_mae_mev_per_atom", "forces_mae_mev_per_angstrom")
+                         if m in view.results]))
     cells = {metric: view.cell_summary(metric) for metric in metrics}
     section = Section("Both experiments", _list(
         [line for metric in metrics
@@ -422,6 +423,21 @@ def _diversity_section(view: StudyView) -> Section:
 
 def _format(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def summary_lines(study_dir: str | Path, limit: int = 4) -> list[str]:
+    """A few terminal lines: the headline trends of the advice metric (the CF and ST ones
+    first) and the advice."""
+    view = StudyView(Path(study_dir))
+
+    def rank(line: str) -> tuple[int, int]:
+        split = next((i for i, w in enumerate(("CF", "ST", "SF")) if f": {w} " in line), 3)
+        return (0 if line.startswith("fixed-budget") else 1), split
+
+    headline = [line for line in view.trends(view.metric) if rank(line) in
+                ((0, 0), (0, 1), (1, 0))]
+    advice = [line for line in advice_findings(view.advice) if not line.startswith("Warning")]
+    return sorted(headline, key=rank)[:limit] + advice[:1]
 
 
 def write_report(study_dir: str | Path, out: str | Path | None = None) -> Path:
