@@ -656,7 +656,7 @@ def verify(
     by_label = {d.label: d for d in result.designs}
     for value in result.comparison.designs:
         design = by_label[value.label]
-        table.add_row(value.label, str(design.n_molecules), f"{design.conformers_per_molecule:g}",
+        table.add_row(value.label, str(design.n_molecules), f"{design.conformers_per_molecule:.3g}",
                       f"{value.value:.4g} [{value.ci_low:.4g}, {value.ci_high:.4g}]",
                       str(value.n_replicates))
     Console().print(table)

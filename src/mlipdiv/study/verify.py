@@ -188,21 +188,21 @@ def verdict(comparison: DesignComparison, designs: list[VerifyDesign]) -> str:
     for difference in comparison.differences:
         other = by_label[difference.versus]
         where = (f"the {difference.versus} design (M = {other.n_molecules}, C = "
-                 f"{other.conformers_per_molecule:g})")
+                 f"{other.conformers_per_molecule:.3g})")
         if other.n_molecules == advised.n_molecules:
             parts.append(f"the advice is {where} itself")
         elif difference.ci_high < 0:
             parts.append(f"the advice beat {where}: weighted error lower by "
-                         f"{-difference.value:.3g} (95 % CI {-difference.ci_high:.3g}–"
-                         f"{-difference.ci_low:.3g})")
+                         f"{-difference.value:.4g} (95 % CI {-difference.ci_high:.4g}–"
+                         f"{-difference.ci_low:.4g})")
         elif difference.ci_low > 0:
             parts.append(f"the advice did not beat {where}: its weighted error is higher by "
-                         f"{difference.value:.3g} (95 % CI {difference.ci_low:.3g}–"
-                         f"{difference.ci_high:.3g})")
+                         f"{difference.value:.4g} (95 % CI {difference.ci_low:.4g}–"
+                         f"{difference.ci_high:.4g})")
         else:
             parts.append(f"the advice did not beat {where} beyond noise: difference "
-                         f"{difference.value:.3g} (95 % CI {difference.ci_low:.3g}–"
-                         f"{difference.ci_high:.3g})")
+                         f"{difference.value:.4g} (95 % CI {difference.ci_low:.4g}–"
+                         f"{difference.ci_high:.4g})")
     n_replicates = int(np.min([v.n_replicates for v in comparison.designs]))
     tail = "" if n_replicates > 1 else (" (one replicate: the intervals ignore training "
                                         "variability)")
