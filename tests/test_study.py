@@ -229,22 +229,29 @@ def _training_in_progress(study: Path) -> bool:
     return False
 
 
+def _kill_when(command: list[str], ready, timeout: float) -> None:
+    """Start `command`, wait until `ready()` holds, then kill -9 it (failing if it ended)."""
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None and not ready():
+        time.sleep(0.1)
+    assert process.poll() is None, f"{command[1]} finished before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+
+
 def test_resume_after_kill_loses_and_duplicates_no_cell(finished_study, tmp_path):
     study = tmp_path / "resumed"
     kept = 3
     _copy_without_cells(finished_study, study, keep_cells=kept)
     command = [MLIPDIV, "study", str(study / "config.toml"), "--out", str(study), "--no-report"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 90
     cells = study / "cells"
-    while time.monotonic() < deadline and process.poll() is None:
+
+    def midway() -> bool:
         done = list(cells.glob("*.json")) if cells.exists() else []
-        if kept < len(done) < N_CELLS and _training_in_progress(study):
-            break
-        time.sleep(0.2)
-    assert process.poll() is None, "the study finished before it could be killed"
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
+        return kept < len(done) < N_CELLS and _training_in_progress(study)
+
+    _kill_when(command, midway, timeout=90)
     finished_before = {p.name: p.stat().st_mtime_ns for p in cells.glob("*.json")}
     assert kept < len(finished_before) < N_CELLS
     subprocess.run(command, check=True, capture_output=True, timeout=120)
@@ -378,15 +385,8 @@ def test_verify_end_to_end_resumes_after_kill(finished_study, tmp_path):
     shutil.copytree(finished_study, study)
     command = [MLIPDIV, "verify", str(study), "--budget", "12", "--replicates", "2"]
     cells = verify_directory(study, 12) / "cells"
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
-        if cells.exists() and list(cells.glob("*.json")):
-            break
-        time.sleep(0.1)
-    assert process.poll() is None, "verify finished before it could be killed"
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
+    _kill_when(command, lambda: cells.exists() and bool(list(cells.glob("*.json"))),
+               timeout=120)
     finished_before = {p.name: p.stat().st_mtime_ns for p in cells.glob("*.json")}
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
