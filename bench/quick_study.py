@@ -77,9 +77,10 @@ def main() -> None:
         "benchmark": "quick_study", "wall_s": round(wall, 1), "goal_s": GOAL_SECONDS,
         "goal_met": wall <= GOAL_SECONDS, "cpu_s": round(cpu, 1), "cores": os.cpu_count(),
         "load_average_1min": round(os.getloadavg()[0], 1),
-        "trainings": int(results.drop_duplicates(["cell", "model"]).shape[0]),
-        "training_s": round(float(results.drop_duplicates(["cell", "model"]).wall_time_s.sum()),
-                            1),
+        # cells sharing an identical training set share one run: count runs once
+        "cells": int(results.drop_duplicates(["cell", "model"]).shape[0]),
+        "trainings": int(results.drop_duplicates("run").shape[0]),
+        "training_s": round(float(results.drop_duplicates("run").wall_time_s.sum()), 1),
         "report": str(report),
     }
     trends = stated_trends(out)

@@ -172,7 +172,8 @@ def setup_sentences(view: StudyView) -> list[str]:
         experiments.append(f"fixed-molecules: M = {config.fixed_molecules.molecules}, "
                            f"C ∈ {{{', '.join(map(str, grid))}}}")
     models = ", ".join(f"{m} ({config.models.size})" for m in config.models.architectures)
-    n_runs = results.drop_duplicates(["cell", "model"]).shape[0]
+    runs = results.drop_duplicates("run")  # cells sharing an identical training count once
+    n_runs = len(runs)
     schedule = "; ".join(
         f"{model}: {s['steps']} optimiser steps for every cell, validation every "
         f"{s['steps_per_round']} steps" for model, s in
@@ -188,7 +189,7 @@ def setup_sentences(view: StudyView) -> list[str]:
         f"Data: {source}; test sets {split_text}.",
         f"Setup: {'; '.join(experiments)}; {config.design.replicates} replicate(s) per cell, "
         f"selection {', '.join(sorted(results.selection.unique()))}; models {models}; "
-        f"{n_runs} trainings, {results.drop_duplicates(['cell', 'model']).wall_time_s.sum():.0f}"
+        f"{n_runs} trainings, {runs.wall_time_s.sum():.0f}"
         " s of training in total.",
         f"Training compute is held equal: {schedule} (what the largest cell, "
         f"{config.largest_training_set()} conformers, needs for the size's epochs); early "
@@ -296,7 +297,7 @@ def _convergence_html(view: StudyView) -> str:
     """The cells whose training had not converged when the step budget ran out."""
     if "converged" not in view.results:
         return ""
-    runs = view.results.drop_duplicates(["cell", "model"])
+    runs = view.results.drop_duplicates("run")
     open_runs = runs[~runs.converged.astype(bool)]
     if open_runs.empty:
         return (f"<p>All {len(runs)} trainings converged: each stopped early or its validation "
