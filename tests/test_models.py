@@ -347,3 +347,39 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(conformer_sets, tmp_path)
     good = read_checkpoint(checkpoint)
     assert good["state"]["epochs_done"] == 2 and good["state"]["steps_done"] == 10
     assert all(torch.isfinite(v).all() for v in good["module"].values() if v.is_floating_point())
+
+
+class _Exploit:
+    """Unpickling this runs a shell command (writes a marker file)."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_crafted_pickle_in_a_run_directory_is_refused(trained, tmp_path):
+    import shutil
+
+    import torch
+
+    run = tmp_path / "shared-run"
+    shutil.copytree(trained.path, run)
+    marker = tmp_path / "pwned"
+    torch.save({"format": "x", "payload": _Exploit(str(marker))}, run / "member-0" / "model.pt")
+    with pytest.raises(MlipdivError, match="refused: it holds objects other than weights"):
+        load_run(run)
+    assert not marker.exists()
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    mlipdiv = str(Path(sys.executable).with_name("mlipdiv"))
+    done = subprocess.run([mlipdiv, "evaluate", str(run), "--data", str(run / "x.h5")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and not marker.exists()
+    assert "refused: it holds objects other than weights" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1  # one line, no traceback

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -199,11 +200,16 @@ class Potential(ABC):
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
-    """torch.load a checkpoint onto the CPU, with a one-line error when it is unreadable."""
+    """torch.load a checkpoint onto the CPU, with a one-line error when it is unreadable.
+    Only tensors and plain containers are loaded (`weights_only=True`): a pickle is code, and
+    a crafted `model.pt` in a shared run directory must not run on the reader's machine."""
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+        payload = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise MlipdivError(f"{path}: no such checkpoint") from None
+    except pickle.UnpicklingError:
+        raise MlipdivError(f"{path}: refused: it holds objects other than weights (plain "
+                           "tensors and containers only), so loading it could run code") from None
     except Exception as exc:  # torch raises many exception types for a corrupt file
         raise MlipdivError(f"{path}: unreadable checkpoint ({type(exc).__name__})") from None
     if not isinstance(payload, dict):
