@@ -108,6 +108,10 @@ def failing_section(study_dir: Path) -> Section:
     raise ValueError("no domain outputs")
 
 
+def injecting_section(study_dir: Path) -> Section:
+    raise ValueError("bad value <script>alert(1)</script> in evaluation.json")
+
+
 def test_optional_sections_hook(monkeypatch, tmp_path):
     monkeypatch.setattr(report_sections, "OPTIONAL_SECTIONS", [
         f"{__name__}:domain_like_section", f"{__name__}:failing_section",
@@ -115,6 +119,9 @@ def test_optional_sections_hook(monkeypatch, tmp_path):
     found = optional_sections(tmp_path)
     assert [s.title for s in found] == ["Applicability domain", f"{__name__}:failing_section"]
     assert "could not be drawn: no domain outputs" in found[1].html
+    monkeypatch.setattr(report_sections, "OPTIONAL_SECTIONS", [f"{__name__}:injecting_section"])
+    (crafted,) = optional_sections(tmp_path)
+    assert "<script>" not in crafted.html and "&lt;script&gt;" in crafted.html
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(),

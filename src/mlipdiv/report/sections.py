@@ -9,6 +9,7 @@ shown as a one-line note in the report, never as a broken report.
 
 from __future__ import annotations
 
+import html
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -50,7 +51,9 @@ def optional_sections(study_dir: Path) -> list[Section]:
         try:
             section = contributor(study_dir)
         except Exception as exc:  # noqa: BLE001 - a contributor must not break the report
-            section = Section(target, f"<p>This section could not be drawn: {exc}</p>")
+            # exception text can carry file contents (a crafted evaluation.json): escape it
+            section = Section(target, "<p>This section could not be drawn: "
+                                      f"{html.escape(str(exc))}</p>")
         if section is not None:
             sections.append(section)
     return sections
