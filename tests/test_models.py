@@ -284,6 +284,18 @@ def test_cli_train_evaluate_predict(conformer_sets, tmp_path):
     assert first.get_potential_energy() == pytest.approx(expected.mean_energy[0], abs=1e-4)
     assert first.info["energy_std"] > 0  # two members disagree somewhat
     assert sum(bool(f.info["out_of_domain"]) for f in frames) == 3
+    # a NaN coordinate: no prediction (not a finite energy with zero forces), and counted
+    from ase.io import write as ase_write
+
+    broken = frames[0].copy()
+    broken.positions[0, 0] = np.nan
+    ase_write(tmp_path / "nan.extxyz", [broken, frames[1]])
+    result = runner.invoke(app, ["predict", str(tmp_path / "run"), str(tmp_path / "nan.extxyz"),
+                                 "--out", str(tmp_path / "nan-pred.extxyz")])
+    assert result.exit_code == 0, result.output
+    predicted = read(tmp_path / "nan-pred.extxyz", index=":")
+    assert predicted[0].info["invalid_positions"] and predicted[0].calc is None
+    assert not predicted[1].info["invalid_positions"] and predicted[1].calc is not None
 
 
 def test_cli_design_cell_train_and_evaluate_splits(tmp_path):

@@ -55,6 +55,8 @@ def test_presets_validate(name):
     ("[executor]\naddress = 'x:1'\n[fixed_budget]\nbudget = 8", "only used with kind = 'ray'"),
     ("name = 'x'", "at least one experiment"),
     ("[fixed_budget\n", "not valid TOML"),
+    ("[fixed_budget]\nbudget = 8\n[advice]\nweights = {cf = nan}", "key advice.weights.cf"),
+    ("[fixed_budget]\nbudget = 8\n[data]\ntemperature = inf", "key data.temperature"),
 ])
 def test_bad_config_names_key_and_reason(text, message):
     with pytest.raises(MlipdivError, match=message):
@@ -155,7 +157,7 @@ def test_advisor_warns_when_extrapolating_and_prices_molecules():
 
 def test_weights_parsing():
     assert parse_weights("cf=1, st=2.5,sf=0") == {"cf": 1.0, "st": 2.5, "sf": 0.0}
-    for bad in ("cf", "xx=1", "cf=-1", "cf=0"):
+    for bad in ("cf", "xx=1", "cf=-1", "cf=0", "cf=nan", "st=inf"):
         with pytest.raises(MlipdivError, match="--weights"):
             parse_weights(bad)
 

@@ -429,7 +429,9 @@ def predict(
     frames = predict_frames(load_run(run, device), read_frames(input_file))
     write_extxyz_atomic(out, frames)
     flagged = sum(bool(f.info["out_of_domain"]) for f in frames)
-    console.print(f"{len(frames)} frames written to {out} ({flagged} out of domain)")
+    invalid = sum(bool(f.info["invalid_positions"]) for f in frames)
+    console.print(f"{len(frames)} frames written to {out} ({flagged} out of domain, {invalid} "
+                  "with non-finite positions: no prediction)")
 
 # ---------------------------------------------------------------- domain
 domain_app = typer.Typer(no_args_is_help=True,

@@ -472,8 +472,8 @@ def read_frames(path: str | os.PathLike) -> list:
 def predict_frames(run: TrainedRun, frames: Sequence) -> list:
     """Frames with the run's ensemble-mean energy/forces attached as calculator results,
     `energy_std` (committee spread, eV) in info, any reference energy kept as
-    `reference_energy`; frames with elements absent from training get `out_of_domain=True`
-    and no prediction."""
+    `reference_energy`; frames with elements absent from training get `out_of_domain=True`,
+    frames with a non-finite coordinate `invalid_positions=True`, and neither a prediction."""
     from ase.calculators.singlepoint import SinglePointCalculator
 
     out = [atoms.copy() for atoms in frames]
@@ -482,7 +482,9 @@ def predict_frames(run: TrainedRun, frames: Sequence) -> list:
         if atoms.calc is not None and "energy" in atoms.calc.results:
             copy.info["reference_energy"] = atoms.calc.results["energy"]
         copy.info["out_of_domain"] = not set(atoms.numbers.tolist()) <= run.elements
-        if not copy.info["out_of_domain"]:
+        # a NaN/inf coordinate would come out as a finite energy with zero forces
+        copy.info["invalid_positions"] = not bool(np.isfinite(atoms.positions).all())
+        if not (copy.info["out_of_domain"] or copy.info["invalid_positions"]):
             inside.append(copy)
     if not inside:
         return out

@@ -84,9 +84,10 @@ def parse_weights(text: str) -> dict[str, float]:
             weight = float(value)
         except ValueError:
             weight = -1.0
-        if not sep or name.strip() not in ("cf", "st", "sf", "ood") or weight < 0:
+        if (not sep or name.strip() not in ("cf", "st", "sf", "ood")
+                or not np.isfinite(weight) or weight < 0):
             raise MlipdivError(f"--weights item {item!r}: expected SPLIT=WEIGHT with SPLIT one "
-                               "of cf, st, sf, ood and WEIGHT >= 0")
+                               "of cf, st, sf, ood and WEIGHT a finite number >= 0")
         weights[name.strip()] = weight
     if not any(weights.values()):
         raise MlipdivError("--weights: at least one weight must be positive")

@@ -22,7 +22,9 @@ SPLITS = ("cf", "st", "sf", "ood")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN/inf never validate: a NaN weight or temperature is a silent wrong number, and a
+    # config holding NaN could never be resumed (NaN != NaN in the comparison)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class DataConfig(_Strict):
