@@ -41,6 +41,7 @@ from mlipdiv.data.sampling import SAMPLERS, SamplingError, prepare_molecule, sam
 from mlipdiv.data.sources import MoleculeEntry, MoleculeFilter, describe_source, select_molecules
 from mlipdiv.data.store import ConformerStore, MoleculeRecord, StoreWriter
 from mlipdiv.errors import MlipdivError
+from mlipdiv.locking import locks_output
 from mlipdiv.threads import limit_threads
 
 log = logging.getLogger(__name__)
@@ -139,6 +140,7 @@ def generate_molecule(entry: MoleculeEntry, options: GenerateOptions, seed: int)
     )
 
 
+@locks_output("out")
 def generate(
     source: str,
     out: str | os.PathLike,
@@ -181,6 +183,7 @@ def generate(
     return summary
 
 
+@locks_output("out")
 def label_store(
     store_in: str | os.PathLike,
     out: str | os.PathLike,

@@ -49,6 +49,7 @@ from mlipdiv.data.identity import (
 )
 from mlipdiv.data.store import MoleculeRecord, StoreWriter
 from mlipdiv.errors import MlipdivError
+from mlipdiv.locking import locks_output
 
 MISMATCH_FLAG = "graph_mismatch"
 MIN_CONFORMERS_PER_MOLECULE = 2
@@ -105,6 +106,7 @@ class _Graph:
     identity: Identity | None = None
 
 
+@locks_output("out")
 def import_dataset(
     path: str | Path,
     out: str | Path,

@@ -41,6 +41,7 @@ from mlipdiv.data.store import ConformerStore, MoleculeRecord
 from mlipdiv.diversity.conformational import DUPLICATE_RMSD_ANGSTROM, ConformerGeometry
 from mlipdiv.diversity.structural import morgan_fingerprint, scaffolds
 from mlipdiv.errors import MlipdivError
+from mlipdiv.locking import locks_output
 
 SPLITS_FORMAT = "mlipdiv-splits"
 TEST_SETS = ("cf", "st", "sf", "ood")
@@ -495,6 +496,7 @@ class SplitOptions:
             raise MlipdivError("--ood and --ood-store: give one OOD shift, not both")
 
 
+@locks_output("out")
 def make_splits(store_path: str | os.PathLike, out: str | os.PathLike,
                 options: SplitOptions = SplitOptions()) -> tuple[Splits, list[str]]:
     """Carve the test sets, run the leak check, and write SPLITS only if it passes.

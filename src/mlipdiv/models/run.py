@@ -24,6 +24,7 @@ import torch
 from mlipdiv.atomic import write_json_atomic
 from mlipdiv.data.store import ConformerStore, MoleculeRecord
 from mlipdiv.errors import MlipdivError
+from mlipdiv.locking import locks_output
 from mlipdiv.models.base import DTYPES, Conformer, EnsembleCalculator, Potential, conformers
 from mlipdiv.models.e0 import fit_e0
 from mlipdiv.models.sizes import RunSize, run_size
@@ -116,6 +117,7 @@ def _open_run(out: Path, spec: dict) -> dict | None:
     return existing
 
 
+@locks_output("out")
 def train(
     train: list[MoleculeRecord],
     valid: list[MoleculeRecord],

@@ -23,6 +23,7 @@ import pandas as pd
 
 from mlipdiv.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
 from mlipdiv.errors import MlipdivError
+from mlipdiv.locking import locks_output
 from mlipdiv.study.config import StudyConfig, config_differences
 from mlipdiv.study.executors import plan_parallelism, run_local, run_ray
 from mlipdiv.study.layout import StudyPaths
@@ -492,6 +493,7 @@ def attach_log(paths: StudyPaths) -> logging.Handler:
     return handler
 
 
+@locks_output("out", lambda a: a["out"] or a["config"].out)
 def run_study(config: StudyConfig, config_text: str, out: Path | None = None, *,
               force: bool = False, progress: bool = True, report: bool = True) -> Path:
     """Run (or resume) a whole study; returns the report's path (the study directory when

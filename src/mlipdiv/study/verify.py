@@ -26,6 +26,7 @@ from pydantic import BaseModel
 
 from mlipdiv.atomic import write_json_atomic
 from mlipdiv.errors import MlipdivError
+from mlipdiv.locking import locks_output
 from mlipdiv.metrics.hierarchical import DesignComparison, compare_designs
 from mlipdiv.study.advise import Advice, advise
 from mlipdiv.study.config import StudyConfig, load_config
@@ -109,6 +110,7 @@ def _design(config: StudyConfig, study: StudyPaths, root: Path, molecules: list[
     return path
 
 
+@locks_output("study_dir")  # the study's own lock: no study or verify writes meanwhile
 def run_verify(study_dir: str | Path, budget: int, *, replicates: int = 3,
                weights: dict[str, float] | None = None, model: str | None = None,
                force: bool = False, progress: bool = True) -> VerifyResult:

@@ -1,0 +1,83 @@
+"""Advisory locks on outputs: one writer per study directory, store, SPLITS or run directory.
+
+A lock is `fcntl.flock` on a file beside the output (`<output>.lock`) that names its holder
+(pid, host, command, start time). A second writer is refused with one line naming the holder.
+The kernel drops a flock when its holder dies (kill -9 included), so a lock file left by a
+dead process is simply taken over; no stale-lock cleanup is needed. flock is advisory and
+local: on a network filesystem without flock support, locks may not exclude writers on other
+hosts.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import functools
+import inspect
+import os
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from mlipdiv.errors import MlipdivError
+
+
+def lock_path(output: str | os.PathLike) -> Path:
+    """The lock file of an output: `<output>.lock` beside it."""
+    output = Path(output)
+    return output.with_name(f"{output.name}.lock")
+
+
+@contextmanager
+def output_lock(output: str | os.PathLike) -> Iterator[Path]:
+    """Hold the advisory lock of `output` for the block; MlipdivError naming the holder when
+    another live process holds it. Re-entrant within one process (a study that trains its
+    own runs takes each run's lock once more, which nests)."""
+    path = lock_path(output)
+    if str(path.resolve()) in _HELD:
+        yield path
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+")  # noqa: SIM115 - held open for the whole block
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise MlipdivError(f"{output}: in use by {holder}; wait for it to finish or stop "
+                               "it (the lock is released when that process ends)") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"mlipdiv pid {os.getpid()} on {socket.gethostname()} since "
+                     f"{time.strftime('%Y-%m-%d %H:%M:%S')} ({' '.join(sys.argv[:3])})\n")
+        handle.flush()
+        _HELD.add(str(path.resolve()))
+        try:
+            yield path
+        finally:
+            _HELD.discard(str(path.resolve()))
+    finally:
+        handle.close()  # closing drops the flock
+
+
+_HELD: set[str] = set()
+
+
+def locks_output(argument: str, target: Callable[[dict], object] | None = None):
+    """Decorator: hold the lock of the output named by the function's `argument` (or
+    `target(arguments)`) while it runs."""
+    def decorate(function):
+        signature = inspect.signature(function)
+
+        @functools.wraps(function)
+        def wrapper(*args, **kwargs):
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            output = target(bound.arguments) if target else bound.arguments[argument]
+            with output_lock(output):
+                return function(*args, **kwargs)
+        return wrapper
+    return decorate
