@@ -217,3 +217,13 @@ def test_bad_options_and_foreign_checkpoints_are_one_line_errors(tmp_path):
                                       "--method", "hf"])
     assert isinstance(result.exception, MlipdivError)
     assert "--method hf" in str(result.exception)
+
+
+def test_nothing_generated_is_an_error_with_the_reasons(tmp_path):
+    for text, reason in (("", "the source is empty"),
+                         ("not_a_smiles\n[Na+].[Cl-]\n", "unparsable SMILES: 1")):
+        source = write_smi(tmp_path / "bad.smi", text)
+        with pytest.raises(MlipdivError, match=f"no molecule passes the filters.*{reason}"):
+            generate(source, tmp_path / "none.h5", 2, GenerateOptions(2), progress=False)
+        assert not (tmp_path / "none.h5").exists()
+        assert not (tmp_path / "none.h5.parts").exists()

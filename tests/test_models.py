@@ -7,6 +7,7 @@ from itertools import islice
 
 import numpy as np
 import pytest
+import torch
 from ase import units
 from ase.io import read
 from ase.md.verlet import VelocityVerlet
@@ -249,6 +250,16 @@ def test_bad_training_input_is_one_line_error(conformer_sets, tmp_path):
     with pytest.raises(MlipdivError, match="at least 1"):
         train(*conformer_sets, model="ani", size="dev", out=tmp_path / "r", steps=0,
               steps_per_round=5)
+    from mlipdiv.models.run import resolve_device
+
+    for device, message in (("tpu9", "expected cpu, cuda or cuda:N"), ("cpu:1", "expected"),
+                            ("cuda:x", "expected")):
+        with pytest.raises(MlipdivError, match=message):
+            resolve_device(device)
+    assert resolve_device("cpu") == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(MlipdivError, match="CUDA is not available"):
+            resolve_device("cuda")
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "run.json").write_text(json.dumps({"status": "complete",
                                                            "model": "ani", "ensemble": 1}))

@@ -167,6 +167,10 @@ def generate(
         "temperature": options.temperature, "conformers": options.n_conformers,
         "seed": options.seed, "method": asdict(options.method), **molecule_filter.describe(),
     }
+    if not selection.entries:  # nothing to generate: say why, and write nothing
+        reasons = {**selection.filtered, **selection.skipped}
+        raise MlipdivError(f"generate {describe_source(source)}: no molecule passes the "
+                           f"filters ({_reasons(reasons) or 'the source is empty'})")
     checkpoints = _Checkpoints(out, settings)
     jobs = [
         _Job(i, entry.name, str(checkpoints.directory),
@@ -180,7 +184,17 @@ def generate(
     _run(_generate_job, jobs, workers, checkpoints, summary, attrs, progress)
     summary.skipped.update(selection.skipped)
     summary.seconds = time.perf_counter() - started
+    if summary.n_molecules == 0:  # every molecule failed: an empty store is no result
+        Path(out).unlink(missing_ok=True)
+        raise MlipdivError(f"generate: no molecule could be generated into {out} "
+                           f"({_reasons(summary.skipped)})")
     return summary
+
+
+def _reasons(counts: dict) -> str:
+    """"reason: n" items, most frequent first."""
+    return "; ".join(f"{reason}: {n}" for reason, n in
+                     sorted(counts.items(), key=lambda item: -item[1]))
 
 
 @locks_output("out")

@@ -46,8 +46,20 @@ def potential_class(backend: str) -> type[Potential]:
 
 
 def resolve_device(device: str | None) -> str:
-    """CUDA when present, CPU otherwise, unless a device is named."""
-    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+    """CUDA when present, CPU otherwise, unless a device is named ("cpu", "cuda",
+    "cuda:N"); MlipdivError for another name or CUDA on a machine without it."""
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    kind, _, index = device.partition(":")
+    if kind not in ("cpu", "cuda") or (index and not index.isdigit()) or (kind == "cpu"
+                                                                         and index):
+        raise MlipdivError(f"--device {device}: expected cpu, cuda or cuda:N")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise MlipdivError(f"--device {device}: CUDA is not available on this machine")
+    if index and int(index) >= torch.cuda.device_count():
+        raise MlipdivError(f"--device {device}: this machine has "
+                           f"{torch.cuda.device_count()} CUDA device(s)")
+    return device
 
 
 def training_statistics(records: Sequence[MoleculeRecord], cutoff: float) -> dict:
