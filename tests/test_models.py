@@ -406,3 +406,17 @@ def test_a_crafted_pickle_in_a_run_directory_is_refused(trained, tmp_path):
     assert done.returncode == 2 and not marker.exists()
     assert "refused: it holds objects other than weights" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1  # one line, no traceback
+
+
+def test_runs_record_absolute_data_paths(conformer_sets, tmp_path, monkeypatch):
+    train_set, valid_set = conformer_sets
+    write_store(tmp_path / "train.h5", train_set, "GFN2-xTB (tblite)")
+    write_store(tmp_path / "valid.h5", valid_set, "GFN2-xTB (tblite)")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["train", "--train", "train.h5", "--valid", "valid.h5",
+                                      "--model", "ani", "--size", "dev", "--steps", "4",
+                                      "--steps-per-round", "2", "--out", "run"])
+    assert result.exit_code == 0, result.output
+    meta = json.loads((tmp_path / "run" / "run.json").read_text())["meta"]
+    assert meta["train"] == str(tmp_path / "train.h5") and meta["valid"] == str(
+        tmp_path / "valid.h5")

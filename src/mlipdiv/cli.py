@@ -369,7 +369,8 @@ def train(
         path = train_cell(design, cell, **options)
     elif train_file is not None and valid_file is not None and design is None and cell is None:
         path = train_run(read_records(train_file), read_records(valid_file),
-                         meta={"train": str(train_file), "valid": str(valid_file)}, **options)
+                         meta={"train": str(train_file.resolve()),
+                               "valid": str(valid_file.resolve())}, **options)
     else:
         raise MlipdivError("train: give either --design and --cell, or --train and --valid")
     console.print(f"run written to {path}")

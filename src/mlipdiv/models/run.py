@@ -323,7 +323,9 @@ def train_cell(design_path: str | os.PathLike, cell_id: str, *, model: str, size
     with ConformerStore(splits.store_path) as store:
         train_records = list(store.select(cell.train))
         valid_records = list(store.select(cell.valid))
-    meta = {"cell": cell.id, "design": str(design_path), "splits": str(design.splits_path),
+    # absolute paths: the run is read later from other working directories (domain fit)
+    meta = {"cell": cell.id, "design": str(Path(design_path).resolve()),
+            "splits": str(Path(design.splits_path).resolve()),
             **cell.model_dump(exclude={"id", "train", "valid"})}
     return train(train_records, valid_records, model=model, size=size, out=out,
                  ensemble=ensemble, seed=seed, dtype=dtype, device=device, meta=meta,
