@@ -414,3 +414,19 @@ def test_verify_end_to_end_resumes_after_kill(finished_study, tmp_path):
     assert len(verify_runs) == len(set(labels[k].n_molecules for k in labels)) * 2
     html = write_report(study).read_text()
     assert "Does the advice hold?" in html and result.sentence[:30] in html
+
+
+def test_damaged_internal_files_are_redone_or_named(finished_study, tmp_path):
+    study = tmp_path / "damaged"
+    shutil.copytree(finished_study, study)
+    paths = StudyPaths(study)
+    cell_file = sorted((study / "cells").glob("*.json"))[0]
+    cell_file.write_text('{"rows": [')  # truncated by something outside mlipdiv
+    text = paths.config.read_text()
+    run_study(parse_config(text), text, study, progress=False, report=False)
+    assert "damaged or old-format cell result" in paths.log.read_text()
+    assert json.loads(cell_file.read_text())["rows"]  # the cell was scored again
+    assert len(_results(study)) == N_CELLS * _results(study).split.nunique()
+    paths.settings.write_text("{not json")
+    with pytest.raises(MlipdivError, match=r"study.json: damaged study settings; use --force"):
+        run_study(parse_config(text), text, study, progress=False, report=False)

@@ -91,7 +91,11 @@ def prepare_directory(config: StudyConfig, config_text: str, paths: StudyPaths,
                                "--force to clear it")
         _remove_stale(paths, "data")
     elif paths.settings.exists():
-        old = json.loads(paths.settings.read_text())
+        try:
+            old = json.loads(paths.settings.read_text())
+        except (OSError, ValueError):
+            raise MlipdivError(f"{paths.settings}: damaged study settings; use --force to "
+                               "redo the study in this directory") from None
         differing = config_differences(old, settings)
         if differing and not force:
             raise MlipdivError(f"{paths.root}: holds a study with a different config (keys "
@@ -345,7 +349,7 @@ def execute(config: StudyConfig, tasks: list[CellTask], progress: bool) -> list[
         TimeRemainingColumn,
     )
 
-    todo = [t for t in tasks if not Path(t.result_path).exists()]
+    todo = [t for t in tasks if cell_result(t) is None]
     executor = config.executor
     workers, threads = plan_parallelism(len(todo), executor.workers, executor.threads_per_worker)
     log.info("cells: %d of %d to run (%s executor, %d workers × %d threads; %d reuse the run "
@@ -383,14 +387,28 @@ def execute(config: StudyConfig, tasks: list[CellTask], progress: bool) -> list[
     return failures
 
 
+def cell_result(task: CellTask) -> dict | None:
+    """A finished task's result ({"rows", "molecules"}); None when it has not finished or its
+    file is damaged or of an older format (the cell is then run again)."""
+    path = Path(task.result_path)
+    if not path.exists():
+        return None
+    try:
+        payload = json.loads(path.read_text())
+    except (OSError, ValueError):
+        payload = None
+    if not isinstance(payload, dict) or not {"rows", "molecules"} <= set(payload):
+        log.warning("%s: damaged or old-format cell result; the cell is run again", path)
+        return None
+    return payload
+
+
 def read_cell_results(tasks: list[CellTask]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The finished tasks' result rows and per-molecule error terms."""
     rows, molecules = [], []
-    for task in tasks:
-        if Path(task.result_path).exists():
-            payload = json.loads(Path(task.result_path).read_text())
-            rows += payload["rows"]
-            molecules += payload["molecules"]
+    for payload in filter(None, map(cell_result, tasks)):
+        rows += payload["rows"]
+        molecules += payload["molecules"]
     return pd.DataFrame(rows), pd.DataFrame(molecules)
 
 
