@@ -227,3 +227,28 @@ def test_nothing_generated_is_an_error_with_the_reasons(tmp_path):
             generate(source, tmp_path / "none.h5", 2, GenerateOptions(2), progress=False)
         assert not (tmp_path / "none.h5").exists()
         assert not (tmp_path / "none.h5.parts").exists()
+
+
+def test_kill_9_of_the_command_leaves_no_worker_behind(tmp_path):
+    import psutil
+
+    source = write_smi(tmp_path / "six.smi", "CCCO\nCCOC\nCC(C)O\nNCCO\nCCCN\nOCCO\n")
+    parts = tmp_path / "orphans.h5.parts"
+    script = ("from mlipdiv.data.generate import generate, GenerateOptions\n"
+              "if __name__ == '__main__':\n"
+              f"    generate({source!r}, {str(tmp_path / 'orphans.h5')!r}, 6, "
+              "GenerateOptions(3, sampler='md'), workers=2, progress=False)")
+    process = subprocess.Popen([sys.executable, "-c", script],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not list(parts.glob("0*.npz")) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    family = psutil.Process(process.pid).children(recursive=True)
+    assert len(family) >= 3  # forkserver, resource tracker or workers
+    process.kill()  # only the command: its workers must follow on their own
+    process.wait()
+    gone, alive = psutil.wait_procs(family, timeout=15)
+    assert not alive, [p.cmdline()[:3] for p in alive]
+    written = len(list(parts.glob("0*.npz")))
+    time.sleep(1)
+    assert len(list(parts.glob("0*.npz"))) == written  # nothing writes after the kill

@@ -42,7 +42,7 @@ from mlipdiv.data.sources import MoleculeEntry, MoleculeFilter, describe_source,
 from mlipdiv.data.store import ConformerStore, MoleculeRecord, StoreWriter
 from mlipdiv.errors import MlipdivError
 from mlipdiv.locking import locks_output
-from mlipdiv.threads import limit_threads
+from mlipdiv.workers import init_worker
 
 log = logging.getLogger(__name__)
 
@@ -305,8 +305,9 @@ def _execute(worker: Callable[[_Job], MoleculeRecord | str], jobs: Sequence[_Job
         # Importing tblite loads OpenMP without starting threads, so preloading it is safe.
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload([__name__, "tblite.interface"])
+        # one thread per worker (parallelism comes from processes); workers die with us
         pool = ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context,
-                                   initializer=_one_thread_per_worker)
+                                   initializer=init_worker, initargs=(1, os.getpid()))
         try:
             futures = {pool.submit(worker, job): job for job in jobs}
             for future in as_completed(futures):
@@ -320,11 +321,6 @@ def _execute(worker: Callable[[_Job], MoleculeRecord | str], jobs: Sequence[_Job
         finally:
             # On an interrupt, drop the queued molecules instead of computing them all first.
             pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _one_thread_per_worker() -> None:
-    """Worker initialiser: parallelism comes from processes, so each uses one thread."""
-    limit_threads(1)
 
 
 class _Checkpoints:

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import signal
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 
 from mlipdiv.errors import MlipdivError
 from mlipdiv.threads import limit_threads
+from mlipdiv.workers import init_worker
 
 
 @dataclass(frozen=True)
@@ -33,23 +33,6 @@ def plan_parallelism(n_tasks: int, workers: int = 0, threads: int = 0,
     return workers, threads
 
 
-def _init_worker(threads: int) -> None:
-    limit_threads(threads, torch=True)
-    _die_with_parent()
-
-
-def _die_with_parent() -> None:
-    """Linux: a worker gets SIGKILL when the study process dies (kill -9 included), so that
-    no orphan keeps training into a run directory the rerun will use."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
@@ -67,8 +50,8 @@ def run_local(function: Callable, tasks: Sequence[tuple[str, tuple]], workers: i
                 yield Completion(key, error=_first_line(exc))
         return
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                             initargs=(threads,)) as pool:
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=init_worker,
+                             initargs=(threads, os.getpid(), True)) as pool:
         futures = {pool.submit(function, *args): key for key, args in tasks}
         for future in as_completed(futures):
             try:
