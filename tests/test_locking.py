@@ -57,3 +57,18 @@ def test_lock_names_its_holder(tmp_path):
     with output_lock(tmp_path / "out") as path:
         text = path.read_text()
         assert f"pid {os.getpid()}" in text and "since" in text
+
+
+def test_unwritable_outputs_are_refused_before_any_work(tmp_path):
+    source = tmp_path / "one.smi"
+    source.write_text("CCO\n")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "a-file").write_text("")
+    for out, message in ((tmp_path / "folder", "is a folder; give a file name"),
+                         (tmp_path / "a-file" / "x.h5", "a-file is a file, not a folder")):
+        done = subprocess.run([MLIPDIV, "generate", "--molecules", str(source),
+                               "--n-molecules", "1", "--conformers", "2", "--out", str(out)],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and message in done.stderr, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
+        assert not Path(f"{out}.parts").exists() and not Path(f"{out}.tmp").exists()

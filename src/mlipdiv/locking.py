@@ -39,8 +39,7 @@ def output_lock(output: str | os.PathLike) -> Iterator[Path]:
     if str(path.resolve()) in _HELD:
         yield path
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(path, "a+")  # noqa: SIM115 - held open for the whole block
+    handle = _open_lock(Path(output), path)
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -66,9 +65,27 @@ def output_lock(output: str | os.PathLike) -> Iterator[Path]:
 _HELD: set[str] = set()
 
 
-def locks_output(argument: str, target: Callable[[dict], object] | None = None):
+def _open_lock(output: Path, path: Path):
+    """The lock file opened for appending; one-line errors for an output that cannot be
+    written (its folder is a file, or not writable), before any work is done."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return open(path, "a+")  # noqa: SIM115 - held open for the caller's whole block
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in [path.parent, *path.parent.parents] if p.is_file()),
+                       path.parent)
+        raise MlipdivError(f"{output}: cannot be written: {blocker} is a file, not a "
+                           "folder") from None
+    except OSError as exc:
+        raise MlipdivError(f"{output}: cannot be written in {path.parent} "
+                           f"({exc.strerror})") from None
+
+
+def locks_output(argument: str, target: Callable[[dict], object] | None = None,
+                 file: bool = False):
     """Decorator: hold the lock of the output named by the function's `argument` (or
-    `target(arguments)`) while it runs."""
+    `target(arguments)`) while it runs. `file`: the output is a file, so an existing folder
+    of that name is refused before any work."""
     def decorate(function):
         signature = inspect.signature(function)
 
@@ -77,6 +94,9 @@ def locks_output(argument: str, target: Callable[[dict], object] | None = None):
             bound = signature.bind(*args, **kwargs)
             bound.apply_defaults()
             output = target(bound.arguments) if target else bound.arguments[argument]
+            if file and Path(output).is_dir():
+                raise MlipdivError(f"{output}: is a folder; give a file name for the output "
+                                   "(e.g. data.h5)")
             with output_lock(output):
                 return function(*args, **kwargs)
         return wrapper

@@ -140,7 +140,7 @@ def generate_molecule(entry: MoleculeEntry, options: GenerateOptions, seed: int)
     )
 
 
-@locks_output("out")
+@locks_output("out", file=True)
 def generate(
     source: str,
     out: str | os.PathLike,
@@ -197,7 +197,7 @@ def _reasons(counts: dict) -> str:
                      sorted(counts.items(), key=lambda item: -item[1]))
 
 
-@locks_output("out")
+@locks_output("out", file=True)
 def label_store(
     store_in: str | os.PathLike,
     out: str | os.PathLike,

@@ -106,7 +106,7 @@ class _Graph:
     identity: Identity | None = None
 
 
-@locks_output("out")
+@locks_output("out", file=True)
 def import_dataset(
     path: str | Path,
     out: str | Path,
