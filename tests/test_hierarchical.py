@@ -168,8 +168,8 @@ def test_interval_always_covers_the_value():
         row = hierarchical_bootstrap(make_terms({"A": num}), root=True, n_resamples=100,
                                      seed=seed).iloc[0]
         assert row.ci_low <= row.value <= row.ci_high
-    assert hierarchical_module._cover(5.0, 6.0, 9.0) == (5.0, 9.0)
-    assert hierarchical_module._cover(5.0, 1.0, 4.0) == (1.0, 5.0)
+    assert hierarchical_module.cover(5.0, 6.0, 9.0) == (5.0, 9.0)
+    assert hierarchical_module.cover(5.0, 1.0, 4.0) == (1.0, 5.0)
 
 
 def test_bad_input_raises():

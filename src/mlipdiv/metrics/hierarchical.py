@@ -34,6 +34,7 @@ import pandas as pd
 from pydantic import BaseModel
 
 from mlipdiv.errors import MlipdivError
+from mlipdiv.metrics.stats import is_root_metric
 
 N_RESAMPLES = 1000
 TERM_COLUMNS = ("cell", "replicate", "inchikey", "num", "den")
@@ -100,7 +101,7 @@ def hierarchical_bootstrap(terms: pd.DataFrame, *, root: bool = False,
         column = resampled[:, c]
         column = column[np.isfinite(column)]
         low, high = np.percentile(column, [2.5, 97.5]) if len(column) else (np.nan, np.nan)
-        low, high = _cover(float(values[c]), float(low), float(high))
+        low, high = cover(float(values[c]), float(low), float(high))
         rows.append(dict(cell=cell, value=float(values[c]), ci_low=low, ci_high=high,
                          n_replicates=int(n_replicates[c]),
                          n_molecules=int(table.n_molecules[c]),
@@ -141,13 +142,13 @@ def trend_slope(terms: pd.DataFrame, axis: Mapping[str, float], *, root: bool = 
     with np.errstate(divide="ignore"):
         slopes = np.log(resampled[usable]) @ log_x / (log_x @ log_x)
     low, high = np.percentile(slopes, [2.5, 97.5]) if len(slopes) else (np.nan, np.nan)
-    low, high = _cover(slope, float(low), float(high))
+    low, high = cover(slope, float(low), float(high))
     return SlopeEstimate(slope=slope, ci_low=low, ci_high=high, n_cells=len(table.cells),
                          n_replicates=int(n_replicates.min()),
                          n_resamples_used=int(usable.sum()))
 
 
-def _cover(value: float, low: float, high: float) -> tuple[float, float]:
+def cover(value: float, low: float, high: float) -> tuple[float, float]:
     """The interval widened to include the point estimate. A percentile interval of a skewed
     resampled statistic (a ratio, its square root, a mean over few replicates, a log) can
     lie wholly on one side of the estimate it belongs to; an interval that excludes its own
@@ -303,7 +304,7 @@ def compare_designs(terms: pd.DataFrame, weights: Mapping[str, float], metric: s
         "cell": rows.design.astype(str) + "|" + rows.split.astype(str),
         "replicate": rows.replicate, "inchikey": rows.split + "|" + rows.inchikey,
         "num": rows[f"num_{metric}"], "den": rows[f"den_{metric}"]}))
-    root = "rmse" in metric
+    root = is_root_metric(metric)
     point, n_replicates = _point_values(table, root)
     resampled = _resampled_values(table, root=root, n_resamples=n_resamples, seed=seed,
                                   molecules="shared")
@@ -348,4 +349,4 @@ def _interval(value: float, samples: np.ndarray) -> tuple[float, float]:
     if not len(samples):
         return float("nan"), float("nan")
     low, high = np.percentile(samples, [2.5, 97.5])
-    return _cover(value, float(low), float(high))
+    return cover(value, float(low), float(high))

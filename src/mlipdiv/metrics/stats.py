@@ -75,7 +75,12 @@ def per_molecule_sums(molecules: Sequence[MoleculeErrors]) -> dict[str, tuple[np
         rho = molecule_spearman(mol.reference_energy, mol.predicted_energy)
         rows["spearman_mean"].append((0, 0) if rho is None else (rho, 1))
     return {name: (np.array([r[0] for r in values]), np.array([r[1] for r in values]),
-                   "rmse" in name) for name, values in rows.items()}
+                   is_root_metric(name)) for name, values in rows.items()}
+
+
+def is_root_metric(metric: str) -> bool:
+    """RMSEs are the square root of their summed terms (sum num / sum den)."""
+    return "rmse" in metric
 
 
 def molecule_spearman(reference: np.ndarray, predicted: np.ndarray) -> float | None:

@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 
 from mlipdiv.atomic import write_bytes_atomic, write_text_atomic
 from mlipdiv.errors import MlipdivError
+from mlipdiv.metrics.stats import is_root_metric
 from mlipdiv.report import figures
 from mlipdiv.report.findings import (
     advice_findings,
@@ -24,12 +25,7 @@ from mlipdiv.report.findings import (
     trend_findings,
 )
 from mlipdiv.report.sections import Section, optional_sections
-from mlipdiv.report.tables import (
-    cell_summary,
-    is_root_metric,
-    load_public_datasets,
-    metric_terms,
-)
+from mlipdiv.report.tables import cell_summary, load_public_datasets, metric_terms
 from mlipdiv.study.advise import Advice
 from mlipdiv.study.config import StudyConfig, load_config
 from mlipdiv.study.fit import load_fits

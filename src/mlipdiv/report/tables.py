@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from mlipdiv.metrics.hierarchical import hierarchical_bootstrap
+from mlipdiv.metrics.stats import is_root_metric
 
 Z95 = 1.959963984540054
 CELL_KEYS = ["experiment", "model", "selection", "split", "M", "C"]
@@ -32,11 +33,6 @@ def metric_terms(results: pd.DataFrame, molecules: pd.DataFrame, metric: str) ->
     joined["cell"] = [point_key(e, m, c) for e, m, c in zip(joined.experiment, joined.M,
                                                               joined.C, strict=True)]
     return joined
-
-
-def is_root_metric(metric: str) -> bool:
-    """RMSEs are square roots of the summed terms."""
-    return "rmse" in metric
 
 
 def cell_summary(results: pd.DataFrame, molecules: pd.DataFrame, metric: str,

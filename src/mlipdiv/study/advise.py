@@ -19,6 +19,7 @@ import pandas as pd
 from pydantic import BaseModel
 
 from mlipdiv.errors import MlipdivError
+from mlipdiv.metrics.hierarchical import cover
 from mlipdiv.study.fit import SurfaceFit
 
 MAX_CANDIDATES = 4000
@@ -230,10 +231,9 @@ def _supported(designs: tuple[np.ndarray, np.ndarray], limits: DataLimits | None
 
 
 def _containing(interval, value: float) -> tuple[float, float]:
-    """A sample-percentile interval widened to hold its point estimate: the estimate comes
-    from the best-fit parameters, which a skewed sample distribution can leave outside."""
-    low, high = (float(v) for v in interval)
-    return min(low, value), max(high, value)
+    """A sample-percentile interval widened to hold its point estimate (the best-fit
+    parameters' prediction, which skewed samples can leave outside)."""
+    return cover(value, *(float(v) for v in interval))
 
 
 def _estimate(value: float, samples: np.ndarray) -> Estimate:

@@ -452,7 +452,8 @@ def pool_limits(config: StudyConfig, paths: StudyPaths):
     from mlipdiv.design import load_splits
     from mlipdiv.study.advise import DataLimits
 
-    pool = load_splits(paths.splits).pool_set.by_molecule
+    # the split was checked against the store when the designs were drawn: no checksum pass
+    pool = load_splits(paths.splits, verify=False).pool_set.by_molecule
     largest = max(len(v) for v in pool.values())
     return DataLimits(max_molecules=len(pool), max_conformers_per_molecule=max(
         1, int(largest / (1 + config.design.validation_fraction))))
@@ -474,6 +475,7 @@ def fit_and_advise(config: StudyConfig, results: pd.DataFrame, paths: StudyPaths
     if dropped:
         notes.append(f"splits without a fitted surface left out of the weights: "
                      f"{', '.join(dropped)}")
+    limits = pool_limits(config, paths)
     for model in sorted({f.model for f in fits}):
         for selection in sorted({f.selection for f in fits if f.model == model}):
             try:
@@ -481,7 +483,7 @@ def fit_and_advise(config: StudyConfig, results: pd.DataFrame, paths: StudyPaths
                     fits, study_budget(config), model=model, selection=selection,
                     weights=weights, cost_per_molecule=config.advice.cost_per_molecule,
                     cost_per_conformer=config.advice.cost_per_conformer, results=results,
-                    limits=pool_limits(config, paths)))
+                    limits=limits))
             except MlipdivError as exc:
                 notes.append(str(exc))
     write_json_atomic(paths.advice, {"advice": [a.model_dump(mode="json") for a in advice],

@@ -157,7 +157,7 @@ def run_verify(study_dir: str | Path, budget: int, *, replicates: int = 3,
         if failures:
             raise MlipdivError(f"verify: {len(failures)} training(s) failed (rerun to retry): "
                                f"{failures[0]}")
-        rows, molecules = read_cell_results(tasks)
+        _, molecules = read_cell_results(tasks)
     finally:
         log.removeHandler(handler)
         handler.close()
