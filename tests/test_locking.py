@@ -71,4 +71,5 @@ def test_unwritable_outputs_are_refused_before_any_work(tmp_path):
                               capture_output=True, text=True, timeout=120)
         assert done.returncode == 2 and message in done.stderr, done.stderr
         assert len(done.stderr.strip().splitlines()) == 1
-        assert not Path(f"{out}.parts").exists() and not Path(f"{out}.tmp").exists()
+        assert not Path(f"{out}.parts").exists()
+        assert not [p for p in tmp_path.rglob("*") if ".tmp" in p.name]

@@ -1,28 +1,114 @@
-"""Atomic file output: readers see the old file or the whole new one, never a half-written one."""
+"""Atomic output: readers see the old file (or directory) or the whole new one, never a
+half-written one, and a failed or interrupted write leaves no temporary file behind.
+
+This is the one place that writes outputs atomically: a temporary name per process beside the
+target (so two processes never share one), fsync before the rename (so a crash keeps either
+version), and for directories a swap in one step where the kernel allows it (so there is no
+moment without a target).
+"""
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import os
+import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from mlipdiv.errors import MlipdivError
+
+# errno values that mean "the disk (or the quota, or a file-size limit) is full"
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def temporary_sibling(path: str | os.PathLike, suffix: str | None = None) -> Path:
+    """A hidden per-process temporary name beside `path`, keeping its suffix (writers that
+    look at the extension still work)."""
+    path = Path(path)
+    suffix = path.suffix if suffix is None else suffix
+    stem = path.name[: -len(path.suffix)] if path.suffix else path.name
+    return path.with_name(f".{stem}.tmp-{os.getpid()}{suffix}")
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path` (same suffix, so writers that look at the extension
-    still work); it replaces `path` when the block succeeds and is removed when it fails."""
+    """Yield a temporary path beside `path`; it replaces `path` when the block succeeds and is
+    removed when it fails. A full disk ends in one line naming `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    tmp = temporary_sibling(path)
     try:
-        yield tmp
-        with open(tmp, "rb") as handle:  # on disk before the rename, so a crash keeps either
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        with disk_full_is_an_error(path):
+            yield tmp
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary directory beside `path`; when the block succeeds its files are
+    synced and it takes the place of `path`; when it fails it is removed and `path` is kept."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_sibling(path, suffix="")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        with disk_full_is_an_error(path):
+            yield tmp
+            for item in tmp.rglob("*"):
+                if item.is_file():
+                    with open(item, "rb") as handle:
+                        os.fsync(handle.fileno())
+            replace_directory(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def replace_directory(new: Path, target: Path) -> None:
+    """Move directory `new` to `target`. An existing target is swapped with `new` in one step
+    (Linux renameat2 RENAME_EXCHANGE) and the old one, now at `new`, is left for the caller to
+    remove; where the swap is not available it is moved aside first."""
+    if not target.exists():
+        os.replace(new, target)
+        return
+    if target.is_dir() and _exchange(new, target):
+        return
+    aside = temporary_sibling(target, suffix=".old")
+    os.replace(target, aside)
+    os.replace(new, target)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # not Linux, or a C library without renameat2
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                          ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+@contextmanager
+def disk_full_is_an_error(path: str | os.PathLike) -> Iterator[None]:
+    """Turn a full disk (ENOSPC, quota, file-size limit) inside the block into one line
+    naming `path`; other errors pass unchanged."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in DISK_FULL or "No space left" in str(exc) or "File too large" in str(exc):
+            reason = os.strerror(exc.errno or errno.ENOSPC)
+            raise MlipdivError(f"{path}: disk full while writing ({reason}); partial output "
+                               "removed, free space and rerun (finished steps are kept)") from None
+        raise
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections import Counter
 from pathlib import Path
 
 import typer
@@ -368,9 +369,17 @@ def train(
     if design is not None and cell is not None and train_file is None and valid_file is None:
         path = train_cell(design, cell, **options)
     elif train_file is not None and valid_file is not None and design is None and cell is None:
-        path = train_run(read_records(train_file), read_records(valid_file),
+        skipped_train, skipped_valid = Counter(), Counter()
+        path = train_run(read_records(train_file, skipped_train),
+                         read_records(valid_file, skipped_valid),
                          meta={"train": str(train_file.resolve()),
-                               "valid": str(valid_file.resolve())}, **options)
+                               "valid": str(valid_file.resolve()),
+                               "skipped_train": dict(skipped_train),
+                               "skipped_valid": dict(skipped_valid)}, **options)
+        for name, skipped in (("training", skipped_train), ("validation", skipped_valid)):
+            if skipped:
+                console.print(f"{sum(skipped.values())} {name} conformers skipped: "
+                              + ", ".join(f"{k}: {v}" for k, v in skipped.items()))
     else:
         raise MlipdivError("train: give either --design and --cell, or --train and --valid")
     console.print(f"run written to {path}")
@@ -405,6 +414,10 @@ def evaluate(
                           "energy_mae_mev_per_atom", "forces_mae_mev_per_angstrom",
                           "conformational_energy_mae_mev", "spearman_mean")))
     Console().print(table)
+    for r in records:
+        if r.skipped_conformers:
+            console.print(f"{r.split}: {r.skipped_conformers} conformers of the file skipped "
+                          "(non-finite or missing labels), not scored")
 
 
 def _with_ci(record, name: str) -> str:
@@ -514,8 +527,10 @@ def domain_score(
     """Write every conformer with its trust scores and in-domain flag to extxyz."""
     from mlipdiv.domain import score_file
 
-    total, inside = score_file(run, input_path, out, score)
-    console.print(f"{out}: {total} conformers, {inside} in domain, {total - inside} outside")
+    total, inside, skipped = score_file(run, input_path, out, score)
+    console.print(f"{out}: {total} conformers, {inside} in domain, {total - inside} outside"
+                  + (f"; {skipped} of the file skipped (non-finite or missing values)"
+                     if skipped else ""))
 
 
 def _fmt(value: float | None) -> str:

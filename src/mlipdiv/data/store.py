@@ -19,6 +19,7 @@ renamed over the target only when complete, so a store is never left half-writte
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import sys
 from collections.abc import Iterable, Iterator
@@ -28,7 +29,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from mlipdiv.atomic import write_extxyz_atomic
+from mlipdiv.atomic import disk_full_is_an_error, temporary_sibling, write_extxyz_atomic
 from mlipdiv.errors import MlipdivError
 
 FORMAT_VERSION = 1
@@ -303,6 +304,36 @@ class ConformerStore:
             raise MlipdivError(f"{self.path}: molecule {inchikey} is not in the store") from None
 
 
+class _WriteGuard(io.FileIO):
+    """The file under a store being written. HDF5 reports a failed write (a full disk) only
+    inside its cache, often while freeing an object where h5py ignores the error, and h5py
+    then crashes in close(). So a failed write is kept here instead of reaching HDF5, later
+    writes are dropped (the file is discarded anyway), and the writer raises it in one line."""
+
+    failure: OSError | None = None
+
+    def write(self, data) -> int:
+        if self.failure is None:
+            try:
+                return super().write(data)
+            except OSError as exc:
+                self.failure = exc
+        return len(memoryview(data))
+
+    def truncate(self, size: int | None = None) -> int:
+        if self.failure is None:
+            try:
+                return super().truncate(size)
+            except OSError as exc:  # extending the file can fail as a write does
+                self.failure = exc
+        return self.tell() if size is None else size
+
+    def raise_failure(self, path: Path) -> None:
+        if self.failure is not None:
+            with disk_full_is_an_error(path):
+                raise self.failure
+
+
 class StoreWriter:
     """Writes a store atomically: data go to `<path>.tmp`, renamed over `path` on `close()`.
 
@@ -320,8 +351,10 @@ class StoreWriter:
     ):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp_path = self.path.with_name(self.path.name + ".tmp")
-        self._file = h5py.File(self.tmp_path, "w")
+        self.tmp_path = temporary_sibling(self.path)
+        with disk_full_is_an_error(self.path):
+            self._handle = _WriteGuard(self.tmp_path, "w+")
+            self._file = h5py.File(self._handle, "w")
         attrs = self._file.attrs
         attrs["format_version"] = FORMAT_VERSION
         attrs["level_of_theory"] = level_of_theory
@@ -353,17 +386,30 @@ class StoreWriter:
             self._append(self._file[record.inchikey], record)
         else:
             self._create(record)
+        self._handle.raise_failure(self.path)
         self.n_conformers += record.n_conformers
 
     def close(self) -> None:
-        """Finish writing and move the file into place."""
-        self._file.close()
-        os.replace(self.tmp_path, self.path)
+        """Finish writing and move the file into place (synced first, so a crash keeps the
+        old store or the whole new one)."""
+        try:
+            self._file.close()
+            self._handle.raise_failure(self.path)
+            with disk_full_is_an_error(self.path):
+                os.fsync(self._handle.fileno())
+                self._handle.close()
+                os.replace(self.tmp_path, self.path)
+        except BaseException:
+            self.abort()
+            raise
 
     def abort(self) -> None:
         """Drop everything written; the target path is left untouched."""
-        self._file.close()
-        self.tmp_path.unlink(missing_ok=True)
+        try:
+            self._file.close()
+        finally:
+            self._handle.close()
+            self.tmp_path.unlink(missing_ok=True)
 
     def _create(self, record: MoleculeRecord) -> None:
         group = self._file.create_group(record.inchikey)

@@ -26,6 +26,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel
 
+from mlipdiv.atomic import write_text_atomic
 from mlipdiv.data.store import ConformerStore
 from mlipdiv.design.splits import ByMolecule, Splits, load_splits
 from mlipdiv.diversity.conformational import (
@@ -96,11 +97,7 @@ def load_design(path: str | os.PathLike) -> Design:
 
 def write_design(design: Design, path: str | os.PathLike) -> None:
     """Write the design as JSON atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(design.model_dump_json())
-    os.replace(tmp, path)
+    write_text_atomic(path, design.model_dump_json())
 
 
 @dataclass(frozen=True)

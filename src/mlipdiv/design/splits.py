@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ import pyarrow.parquet as pq
 from ase.data import atomic_numbers as symbol_to_number
 from ase.data import chemical_symbols
 
+from mlipdiv.atomic import atomic_directory
 from mlipdiv.data.store import ConformerStore, MoleculeRecord
 from mlipdiv.diversity.conformational import DUPLICATE_RMSD_ANGSTROM, ConformerGeometry
 from mlipdiv.diversity.structural import morgan_fingerprint, scaffolds
@@ -577,14 +577,9 @@ def write_splits(splits: Splits) -> None:
     out = splits.path
     if out.exists() and not (out / MANIFEST).is_file() and any(out.iterdir()):
         raise MlipdivError(f"{out}: exists and is not a SPLITS directory; not overwriting it")
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name, split_set in splits.sets.items():
-        write_pairs(split_set.by_molecule, tmp / f"{name}.parquet")
-    splits.molecules.to_parquet(tmp / MOLECULE_TABLE, index=False)
-    (tmp / MANIFEST).write_text(json.dumps(splits.manifest, indent=1, default=str))
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    with atomic_directory(out) as tmp:
+        for name, split_set in splits.sets.items():
+            write_pairs(split_set.by_molecule, tmp / f"{name}.parquet")
+        splits.molecules.to_parquet(tmp / MOLECULE_TABLE, index=False)
+        (tmp / MANIFEST).write_text(json.dumps(splits.manifest, indent=1, default=str))
 

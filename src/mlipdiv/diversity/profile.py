@@ -7,12 +7,12 @@ import os
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from ase.data import chemical_symbols
 
+from mlipdiv.atomic import atomic_path
 from mlipdiv.data.store import ConformerStore, MoleculeRecord
 from mlipdiv.diversity.conformational import (
     RMSD_PAIR_CAP,
@@ -209,8 +209,6 @@ def plot_profile(profile: Profile, path: str | os.PathLike) -> None:
     fig.suptitle(f"{summary['n_molecules']} molecules, {summary['n_conformers']} conformers, "
                  f"{summary['n_scaffolds']} scaffolds")
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from mlipdiv.atomic import write_extxyz_atomic, write_text_atomic
+from mlipdiv.atomic import atomic_directory, write_extxyz_atomic, write_text_atomic
 from mlipdiv.data.store import ConformerStore, MoleculeRecord
 from mlipdiv.domain.reference import (
     COMMITTEE_SCORES,
@@ -251,12 +251,8 @@ def fit_run(run_path: str | os.PathLike, train: str | os.PathLike | None = None,
     run = load_run(run_path)
     train_records, valid_records = training_data(run, train, valid)
     domain = fit_domain(run, train_records, valid_records, coverage, primary, neighbours)
-    target = domain_directory(run_path)
-    staging = target.with_name(target.name + ".tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    domain.save(staging)
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(staging, target)
+    with atomic_directory(domain_directory(run_path)) as staging:
+        domain.save(staging)
     return domain
 
 
@@ -266,17 +262,19 @@ def load_domain(run_path: str | os.PathLike) -> Domain:
 
 
 def score_file(run_path: str | os.PathLike, input_path: str | os.PathLike,
-               out: str | os.PathLike, score: str | None = None) -> tuple[int, int]:
+               out: str | os.PathLike, score: str | None = None) -> tuple[int, int, int]:
     """Score every conformer of a store or extxyz file and write extxyz with, per frame,
     `domain_<score>` values, `in_domain`, the committee-mean `predicted_energy` and each
     member's `member_energies` (eV), and per atom `domain_<score>` arrays. Returns
-    (conformers, conformers in domain)."""
+    (conformers, conformers in domain, conformers of the file skipped as unreadable: NaN/inf
+    coordinates or labels)."""
 
     from mlipdiv.models import load_run, read_records
 
     domain = load_domain(run_path)
     run = load_run(run_path)
-    records = read_records(input_path)
+    skipped = Counter()
+    records = read_records(input_path, skipped)
     frames, inside = [], 0
     for record, scored in zip(records, domain.score(run, records), strict=True):
         flags = domain.in_domain(scored, score)
@@ -290,4 +288,4 @@ def score_file(run_path: str | os.PathLike, input_path: str | os.PathLike,
                 atoms.new_array(f"domain_{name}", values[i])
             frames.append(atoms)
     write_extxyz_atomic(out, frames)
-    return len(frames), inside
+    return len(frames), inside, sum(skipped.values())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -73,6 +74,8 @@ class ResultRecord(SplitMetrics):
     n_train: int
     wall_time_s: float
     device: str
+    # conformers of the scored file left out before scoring (NaN/inf or missing labels)
+    skipped_conformers: int = 0
 
 
 def evaluate_split(run, records: Iterable[MoleculeRecord], split: str, *,
@@ -168,5 +171,7 @@ def evaluate_file(run_path: str | os.PathLike, data_path: str | os.PathLike,
     from mlipdiv.models import load_run, read_records
 
     run = load_run(run_path, device)
-    return [result_record(run, evaluate_split(run, read_records(data_path),
-                                              Path(data_path).stem))]
+    skipped = Counter()
+    records = read_records(data_path, skipped)
+    record = result_record(run, evaluate_split(run, records, Path(data_path).stem))
+    return [record.model_copy(update={"skipped_conformers": sum(skipped.values())})]

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -29,6 +31,8 @@ from mlipdiv.models.base import DTYPES, Conformer, EnsembleCalculator, Potential
 from mlipdiv.models.e0 import fit_e0
 from mlipdiv.models.sizes import RunSize, run_size
 from mlipdiv.models.training import EpochStats, FitState, Schedule, fit
+
+log = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
 LOG_FILE = "train.log"
@@ -450,9 +454,13 @@ def load_run(path: str | os.PathLike, device: str | None = None) -> TrainedRun:
     return TrainedRun(path, meta, members)
 
 
-def read_records(path: str | os.PathLike) -> list[MoleculeRecord]:
+def read_records(path: str | os.PathLike, skipped: Counter | None = None
+                 ) -> list[MoleculeRecord]:
     """Labelled conformers of a store (.h5), or of any file `mlipdiv import` reads (extxyz,
-    ASE db, ...), imported through a temporary store, as one record per molecule."""
+    ASE db, ...), imported through a temporary store, as one record per molecule.
+
+    Conformers the import skips (a NaN/inf coordinate or label, a missing label, ...) are
+    never dropped silently: they are logged with their reasons and added to `skipped`."""
     import tempfile
 
     from mlipdiv.data.importer import import_dataset
@@ -464,7 +472,12 @@ def read_records(path: str | os.PathLike) -> list[MoleculeRecord]:
         with ConformerStore(path) as store:
             return list(store.molecules())
     with tempfile.TemporaryDirectory() as tmp:
-        import_dataset(path, Path(tmp) / "imported.h5")
+        summary = import_dataset(path, Path(tmp) / "imported.h5")
+        if summary.skipped:
+            log.warning("%s: %d conformers skipped (%s)", path, summary.n_skipped,
+                        ", ".join(f"{reason}: {n}" for reason, n in summary.skipped.items()))
+            if skipped is not None:
+                skipped.update(summary.skipped)
         with ConformerStore(Path(tmp) / "imported.h5") as store:
             return list(store.molecules())
 
