@@ -69,9 +69,23 @@ def _small_filesystem(path: Path, size: str) -> bool:
                           capture_output=True).returncode == 0
 
 
-def test_import_onto_a_full_filesystem_does_not_crash(diverse_xyz, tmp_path):
-    """ENOSPC on a real (tmpfs) filesystem: with HDF5's own file driver this was a
-    segmentation fault in h5py's close(); an existing output must stay as it was."""
+IMPORT_WITHOUT_FLOOR = """
+import sys
+import mlipdiv.locking
+from mlipdiv.data.importer import import_dataset
+from mlipdiv.errors import MlipdivError
+mlipdiv.locking.MIN_FREE_BYTES = 0  # start writing although the disk is nearly full
+try:
+    import_dataset(sys.argv[1], sys.argv[2])
+except MlipdivError as exc:
+    print(exc)
+"""
+
+
+def test_import_onto_a_full_filesystem_is_refused_or_stops_cleanly(diverse_xyz, tmp_path):
+    """ENOSPC on a real (tmpfs) filesystem. Refused before any work when the free space is
+    short; when writing starts anyway and the disk fills, one line and no temporary file
+    (with HDF5's own file driver this was a segmentation fault in h5py's close())."""
     disk = tmp_path / "disk"
     if not _small_filesystem(disk, "400k"):
         pytest.skip("cannot mount a tmpfs here (needs root)")
@@ -80,7 +94,11 @@ def test_import_onto_a_full_filesystem_does_not_crash(diverse_xyz, tmp_path):
         out.write_bytes(b"previous store")
         done = subprocess.run([MLIPDIV, "import", str(diverse_xyz), "--out", str(out)],
                               capture_output=True, text=True, timeout=300)
-        _one_line_error(done, str(out), "disk full while writing", "No space left")
+        _one_line_error(done, str(out), "MiB free in")
+        done = subprocess.run([sys.executable, "-c", IMPORT_WITHOUT_FLOOR, str(diverse_xyz),
+                               str(out)], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+        assert "disk full while writing (No space left on device)" in done.stdout
         assert out.read_bytes() == b"previous store" and _no_temporaries(disk)
     finally:
         subprocess.run(["umount", str(disk)], check=False)

@@ -555,6 +555,7 @@ def study(
 ) -> None:
     """Run (or resume) a whole study: data, splits, both experiments, fit, advice, report."""
     from mlipdiv.study import parse_config, preset_text, run_study
+    from mlipdiv.study.config import read_config_text
 
     if print_config is not None:
         print(preset_text(print_config), end="")
@@ -562,11 +563,7 @@ def study(
     if (config_file is None) == (preset is None):
         raise MlipdivError("study: give a CONFIG.toml or --preset (not both)")
     if config_file is not None:
-        try:
-            text = config_file.read_text()
-        except OSError as exc:
-            raise MlipdivError(f"{config_file}: cannot read the config ({exc.strerror})") from None
-        origin = str(config_file)
+        text, origin = read_config_text(config_file), str(config_file)
     else:
         text, origin = preset_text(preset), f"preset {preset}"
     config = parse_config(text, origin)
@@ -609,16 +606,17 @@ def advise(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """The (M, C) minimising the weighted predicted error under a budget, with intervals."""
-    import pandas as pd
-
+    from mlipdiv.files import read_parquet
     from mlipdiv.study import StudyPaths, advise, load_config, load_fits, parse_weights
+    from mlipdiv.study.layout import RESULTS_REMEDY
     from mlipdiv.study.runner import pool_limits
 
     if not math.isfinite(budget) or budget <= 0:
         raise MlipdivError(f"--budget {budget}: must be a positive finite number")
     paths = StudyPaths(study_dir)
     fits, _ = load_fits(paths.fit)
-    results = pd.read_parquet(paths.results_parquet) if paths.results_parquet.exists() else None
+    results = (read_parquet(paths.results_parquet, "study results", RESULTS_REMEDY)
+               if paths.results_parquet.exists() else None)
     chosen = (parse_weights(weights) if weights is not None else
               {split: 1.0 for split in ("cf", "st", "sf") if any(f.split == split for f in fits)})
     limits = (pool_limits(load_config(paths.config), paths)

@@ -1,4 +1,5 @@
-"""The one exception type the command line turns into a one-line message."""
+"""The one exception type the command line turns into a one-line message, and the one way to
+quote another exception in such a line."""
 
 
 class MlipdivError(Exception):
@@ -6,3 +7,16 @@ class MlipdivError(Exception):
 
     The message must name the file/molecule/option concerned and the reason, in one line.
     """
+
+
+def first_line(exc: BaseException, with_type: bool = False) -> str:
+    """The first non-empty line of an exception's message (its type name when it has none);
+    never raises, whatever `str(exc)` does."""
+    try:
+        lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    except Exception:  # a broken __str__ must not hide the error it describes
+        lines = []
+    name = type(exc).__name__
+    if not lines:
+        return name
+    return f"{name}: {lines[0]}" if with_type else lines[0]

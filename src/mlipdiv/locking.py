@@ -14,6 +14,7 @@ import fcntl
 import functools
 import inspect
 import os
+import shutil
 import socket
 import sys
 import time
@@ -81,11 +82,38 @@ def _open_lock(output: Path, path: Path):
                            f"({exc.strerror})") from None
 
 
+# free space an output's folder must have before a command starts writing there: a
+# conservative floor for the small outputs (splits, designs, runs, reports); a command that
+# knows its output size passes `needs` on top
+MIN_FREE_BYTES = 32 * 2**20
+
+
+def check_free_space(output: str | os.PathLike, needed: int = 0) -> None:
+    """MlipdivError when the folder of `output` has less than `needed` + MIN_FREE_BYTES
+    free: refused before any work rather than failing at the end of it."""
+    folder = next((p for p in [Path(output).parent, *Path(output).parent.parents]
+                   if p.exists()), Path("."))
+    free = shutil.disk_usage(folder).free
+    if free < needed + MIN_FREE_BYTES:
+        raise MlipdivError(f"{output}: only {free / 2**20:.0f} MiB free in {folder}; about "
+                           f"{(needed + MIN_FREE_BYTES) / 2**20:.0f} MiB are needed (free "
+                           "space or choose another output)")
+
+
+def input_size(path: str | os.PathLike) -> int:
+    """Bytes of an input file or folder (0 when it does not exist: its reader says so)."""
+    path = Path(path)
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size if path.is_file() else 0
+
+
 def locks_output(argument: str, target: Callable[[dict], object] | None = None,
-                 file: bool = False):
+                 file: bool = False, needs: Callable[[dict], int] | None = None):
     """Decorator: hold the lock of the output named by the function's `argument` (or
     `target(arguments)`) while it runs. `file`: the output is a file, so an existing folder
-    of that name is refused before any work."""
+    of that name is refused before any work. `needs(arguments)`: bytes the output will take
+    (checked against the free space, with MIN_FREE_BYTES on top)."""
     def decorate(function):
         signature = inspect.signature(function)
 
@@ -98,6 +126,7 @@ def locks_output(argument: str, target: Callable[[dict], object] | None = None,
                 raise MlipdivError(f"{output}: is a folder; give a file name for the output "
                                    "(e.g. data.h5)")
             with output_lock(output):
+                check_free_space(output, needs(bound.arguments) if needs else 0)
                 return function(*args, **kwargs)
         return wrapper
     return decorate

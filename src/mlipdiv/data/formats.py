@@ -25,7 +25,7 @@ import numpy as np
 
 from mlipdiv.data.identity import SUPPORTED_ELEMENTS
 from mlipdiv.data.units import energy_to_ev, force_to_ev_per_angstrom, length_to_angstrom
-from mlipdiv.errors import MlipdivError
+from mlipdiv.errors import MlipdivError, first_line
 
 FORMATS = ("auto", "spice", "qm7x", "ani1x", "extxyz", "asedb")
 MAX_ATOMIC_NUMBER = 118
@@ -181,7 +181,7 @@ class Hdf5Format(DatasetFormat):
                     group = self.read_group(name, self._file[name])
                 except (OSError, KeyError, ValueError, TypeError) as exc:
                     raise MlipdivError(
-                        f"{self.path}: group {name}: unreadable ({_first_line(exc)})"
+                        f"{self.path}: group {name}: unreadable ({first_line(exc)})"
                     ) from None
                 if group is not None and group.blocks:
                     yield group
@@ -211,12 +211,7 @@ def open_hdf5(path: Path) -> h5py.File:
     try:
         return h5py.File(path, "r")
     except OSError as exc:
-        raise MlipdivError(f"{path}: not a readable HDF5 file ({_first_line(exc)})") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+        raise MlipdivError(f"{path}: not a readable HDF5 file ({first_line(exc)})") from None
 
 
 class ArrayGroupFormat(Hdf5Format):
@@ -408,7 +403,7 @@ class ExtxyzFormat(AseFramesFormat):
                 return
             except Exception as exc:  # ASE raises many types on malformed text
                 raise MlipdivError(
-                    f"{self.path}: frame {index}: not valid extxyz ({_first_line(exc)})"
+                    f"{self.path}: frame {index}: not valid extxyz ({first_line(exc)})"
                 ) from None
             yield f"{self.path.name}:{index}", atoms
             index += 1
@@ -438,7 +433,7 @@ class AseDbFormat(AseFramesFormat):
             raise
         except Exception as exc:  # sqlite3 / ASE errors on a foreign or damaged file
             raise MlipdivError(
-                f"{self.path}: not a readable ASE database ({_first_line(exc)})"
+                f"{self.path}: not a readable ASE database ({first_line(exc)})"
             ) from None
 
 

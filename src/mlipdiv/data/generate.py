@@ -40,8 +40,9 @@ from mlipdiv.data.qm import LabelError, QMMethod
 from mlipdiv.data.sampling import SAMPLERS, SamplingError, prepare_molecule, sample_conformers
 from mlipdiv.data.sources import MoleculeEntry, MoleculeFilter, describe_source, select_molecules
 from mlipdiv.data.store import ConformerStore, MoleculeRecord, StoreWriter
-from mlipdiv.errors import MlipdivError
-from mlipdiv.locking import locks_output
+from mlipdiv.errors import MlipdivError, first_line
+from mlipdiv.files import read_json, reading
+from mlipdiv.locking import input_size, locks_output
 from mlipdiv.workers import init_worker
 
 log = logging.getLogger(__name__)
@@ -197,7 +198,7 @@ def _reasons(counts: dict) -> str:
                      sorted(counts.items(), key=lambda item: -item[1]))
 
 
-@locks_output("out", file=True)
+@locks_output("out", file=True, needs=lambda a: 2 * input_size(a["store_in"]))
 def label_store(
     store_in: str | os.PathLike,
     out: str | os.PathLike,
@@ -257,7 +258,7 @@ def _checkpointed(job: _Job, make: Callable[[], MoleculeRecord]) -> MoleculeReco
     except (SamplingError, PerceptionError, LabelError, MlipdivError) as exc:
         reason = str(exc)
     except Exception as exc:  # one bad molecule must never end the run
-        reason = f"unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        reason = f"unexpected {first_line(exc, with_type=True)}"
     else:
         _save_part(Path(job.parts) / f"{job.index:06d}.npz", record)
         return record
@@ -333,7 +334,8 @@ class _Checkpoints:
         settings_path = self.directory / SETTINGS_FILE
         settings = json.loads(json.dumps(settings, default=str))
         if settings_path.exists():
-            previous = json.loads(settings_path.read_text())
+            previous = read_json(settings_path, "generate checkpoint settings",
+                                 "remove the directory and rerun")
             changed = sorted(k for k in settings.keys() | previous.keys()
                              if settings.get(k) != previous.get(k))
             if changed:
@@ -374,9 +376,13 @@ class _Checkpoints:
 
     def _load(self, index: int) -> MoleculeRecord | str:
         part = self.directory / f"{index:06d}.npz"
+        remedy = "remove it and rerun (that molecule is computed again)"
         if part.exists():
-            return _load_part(part)
-        return json.loads((self.directory / f"{index:06d}.skip.json").read_text())["reason"]
+            with reading(part, "molecule checkpoint", remedy):
+                return _load_part(part)
+        note = self.directory / f"{index:06d}.skip.json"
+        with reading(note, "molecule checkpoint", remedy):
+            return str(read_json(note, "molecule checkpoint", remedy)["reason"])
 
     def remove(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)

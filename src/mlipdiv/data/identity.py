@@ -16,6 +16,8 @@ from rdkit import Chem, RDLogger
 from rdkit.Chem import rdDetermineBonds
 from rdkit.Chem.rdMolDescriptors import CalcMolFormula
 
+from mlipdiv.errors import first_line
+
 RDLogger.DisableLog("rdApp.*")
 
 # Elements mlipdiv accepts (organic chemistry as in SPICE/ANI/QM7-X).
@@ -87,7 +89,7 @@ def perceive(atomic_numbers: np.ndarray, positions: np.ndarray, charge: int = 0)
     try:
         rdDetermineBonds.DetermineBonds(mol, charge=charge)
     except Exception as exc:  # RDKit raises bare ValueError/RuntimeError with long texts
-        raise PerceptionError(f"bond perception failed ({str(exc).splitlines()[0]})") from None
+        raise PerceptionError(f"bond perception failed ({first_line(exc)})") from None
     return identity_of(mol.GetMol())
 
 
@@ -100,7 +102,7 @@ def identity_of(mol: Chem.Mol) -> Identity:
             Chem.AssignStereochemistryFrom3D(mol)
         inchikey = Chem.MolToInchiKey(mol)
     except Exception as exc:
-        raise PerceptionError(f"InChI generation failed ({str(exc).splitlines()[0]})") from None
+        raise PerceptionError(f"InChI generation failed ({first_line(exc)})") from None
     if not inchikey:
         raise PerceptionError("InChI generation failed (empty InChIKey)")
     ranks = np.array(Chem.CanonicalRankAtoms(mol, breakTies=True))

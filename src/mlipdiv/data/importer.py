@@ -49,7 +49,7 @@ from mlipdiv.data.identity import (
 )
 from mlipdiv.data.store import MoleculeRecord, StoreWriter
 from mlipdiv.errors import MlipdivError
-from mlipdiv.locking import locks_output
+from mlipdiv.locking import input_size, locks_output
 
 MISMATCH_FLAG = "graph_mismatch"
 MIN_CONFORMERS_PER_MOLECULE = 2
@@ -106,7 +106,7 @@ class _Graph:
     identity: Identity | None = None
 
 
-@locks_output("out", file=True)
+@locks_output("out", file=True, needs=lambda a: input_size(a["path"]))
 def import_dataset(
     path: str | Path,
     out: str | Path,

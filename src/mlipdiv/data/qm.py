@@ -17,6 +17,7 @@ import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 
 from mlipdiv.data.units import BOHR_TO_ANGSTROM, HARTREE_PER_BOHR_TO_EV_PER_ANGSTROM, HARTREE_TO_EV
+from mlipdiv.errors import first_line
 
 XTB_METHODS = {"gfn2-xtb": "GFN2-xTB", "gfn1-xtb": "GFN1-xTB"}
 DFT_DEFAULT = "wb97x/6-31g*"
@@ -102,7 +103,7 @@ def _xtb(method: str, numbers: np.ndarray, positions: np.ndarray, charge: int):
         calc.set("verbosity", 0)
         result = calc.singlepoint()
     except RuntimeError as exc:
-        raise LabelError(f"{method} failed: {str(exc).splitlines()[0]}") from None
+        raise LabelError(f"{method} failed: {first_line(exc)}") from None
     return result.get("energy"), result.get("gradient")
 
 

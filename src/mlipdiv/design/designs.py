@@ -39,6 +39,7 @@ from mlipdiv.diversity.entropy import EnvironmentReservoir
 from mlipdiv.diversity.profile import quartiles
 from mlipdiv.diversity.structural import maxmin_order, mean_tanimoto_distance, morgan_fingerprint
 from mlipdiv.errors import MlipdivError
+from mlipdiv.files import reading
 
 EXPERIMENTS = ("fixed-budget", "fixed-molecules")
 MOLECULE_SELECTIONS = ("random", "maxmin")
@@ -89,10 +90,8 @@ def load_design(path: str | os.PathLike) -> Design:
     path = Path(path)
     if not path.is_file():
         raise MlipdivError(f"{path}: no such design file")
-    try:
+    with reading(path, "design file", "rerun `mlipdiv design` (a study: rerun it with --force)"):
         return Design.model_validate_json(path.read_text())
-    except ValueError as exc:
-        raise MlipdivError(f"{path}: not a design file ({str(exc).splitlines()[0]})") from None
 
 
 def write_design(design: Design, path: str | os.PathLike) -> None:

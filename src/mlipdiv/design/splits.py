@@ -41,6 +41,7 @@ from mlipdiv.data.store import ConformerStore, MoleculeRecord
 from mlipdiv.diversity.conformational import DUPLICATE_RMSD_ANGSTROM, ConformerGeometry
 from mlipdiv.diversity.structural import morgan_fingerprint, scaffolds
 from mlipdiv.errors import MlipdivError
+from mlipdiv.files import read_json, read_parquet, reading
 from mlipdiv.locking import locks_output
 
 SPLITS_FORMAT = "mlipdiv-splits"
@@ -114,6 +115,8 @@ class Splits:
             raise MlipdivError(f"{self.path}: no set '{name}' (has {', '.join(self.sets)})")
         return self.sets[name].records()
 
+SPLITS_REMEDY = "rerun `mlipdiv split` (a study: rerun it with --force)"
+
 
 def load_splits(path: str | os.PathLike, verify: bool = True) -> Splits:
     """Read a SPLITS directory; with `verify`, refuse it if a store changed since the split."""
@@ -121,32 +124,36 @@ def load_splits(path: str | os.PathLike, verify: bool = True) -> Splits:
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
         raise MlipdivError(f"{path}: not a SPLITS directory (no {MANIFEST})")
-    manifest = json.loads(manifest_path.read_text())
-    if manifest.get("format") != SPLITS_FORMAT:
-        raise MlipdivError(f"{manifest_path}: not an mlipdiv splits manifest")
-    store_path = _resolve_store(path, manifest["store"])
-    ood_store = manifest.get("ood_store")
-    ood_path = _resolve_store(path, ood_store) if ood_store else store_path
-    if verify:
-        _verify_checksum(store_path, manifest["store"]["checksum"])
-        if ood_store:
-            _verify_checksum(ood_path, ood_store["checksum"])
+    manifest = read_json(manifest_path, "splits manifest", SPLITS_REMEDY)
+    with reading(manifest_path, "splits manifest", SPLITS_REMEDY):
+        if manifest.get("format") != SPLITS_FORMAT:
+            raise MlipdivError(f"{manifest_path}: not an mlipdiv splits manifest")
+        store_path = _resolve_store(path, manifest["store"])
+        ood_store = manifest.get("ood_store")
+        ood_path = _resolve_store(path, ood_store) if ood_store else store_path
+        if verify:
+            _verify_checksum(store_path, manifest["store"]["checksum"])
+            if ood_store:
+                _verify_checksum(ood_path, ood_store["checksum"])
     sets = {}
     for name in ("pool", *TEST_SETS):
         file = path / f"{name}.parquet"
         if file.is_file():
             sets[name] = SplitSet(name, ood_path if name == "ood" else store_path,
                                   read_pairs(file))
-    molecules = pd.read_parquet(path / MOLECULE_TABLE)
+        elif name == "pool" or name in manifest.get("counts", {}):
+            raise MlipdivError(f"{file}: missing split table; {SPLITS_REMEDY}")
+    molecules = read_parquet(path / MOLECULE_TABLE, "splits molecule table", SPLITS_REMEDY)
     return Splits(path, store_path, sets, molecules, manifest)
 
 
 def read_pairs(path: Path) -> ByMolecule:
     """(inchikey, conformer) pairs of a Parquet file grouped by molecule (file order kept)."""
-    table = pq.read_table(path).to_pandas()
-    grouped: ByMolecule = {}
-    for key, frame in table.groupby("inchikey", sort=False):
-        grouped[str(key)] = frame["conformer"].to_numpy(dtype=np.int64)
+    with reading(path, "split table", SPLITS_REMEDY):
+        table = pq.read_table(path).to_pandas()
+        grouped: ByMolecule = {}
+        for key, frame in table.groupby("inchikey", sort=False):
+            grouped[str(key)] = frame["conformer"].to_numpy(dtype=np.int64)
     return grouped
 
 

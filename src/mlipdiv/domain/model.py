@@ -26,9 +26,10 @@ from mlipdiv.domain.reference import (
     RecordScores,
     summary,
 )
-from mlipdiv.domain.scores import committee_sigma, quests_descriptors
+from mlipdiv.domain.scores import DOMAIN_REMEDY, committee_sigma, quests_descriptors
 from mlipdiv.domain.stats import miscalibration_area, sigma_scale, threshold_at_coverage
 from mlipdiv.errors import MlipdivError
+from mlipdiv.files import read_json, reading
 
 DOMAIN_DIR = "domain"
 DOMAIN_FILE = "domain.json"
@@ -105,15 +106,13 @@ class Domain:
         if not path.exists():
             raise MlipdivError(f"{directory.parent}: no applicability domain fitted; run "
                                f"`mlipdiv domain fit {directory.parent}` first")
-        try:
-            payload = json.loads(path.read_text())
-            return cls(DomainReference.load(directory), payload["thresholds"],
-                       payload["primary"], payload["coverage"],
+        payload = read_json(path, "domain file", DOMAIN_REMEDY)
+        reference = DomainReference.load(directory)
+        with reading(path, "domain file", DOMAIN_REMEDY):
+            return cls(reference, payload["thresholds"], payload["primary"],
+                       payload["coverage"],
                        {k: Calibration(**v) for k, v in payload["calibration"].items()},
                        payload["validation_error_p90"], payload["n_validation"])
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise MlipdivError(f"{path}: damaged domain file ({exc}); rerun "
-                               "`mlipdiv domain fit`") from None
 
 
 def conformer_errors(record: MoleculeRecord, member_energy: np.ndarray,
@@ -187,6 +186,10 @@ def fit_domain(run, train: Sequence[MoleculeRecord], valid: Sequence[MoleculeRec
     train, valid = list(train), list(valid)
     if not train or not valid:
         raise MlipdivError("domain fit needs training and validation conformers")
+    if neighbours < 1:
+        raise MlipdivError(f"neighbours = {neighbours}: the latent kNN needs at least 1")
+    if not 0.0 < coverage <= 1.0:
+        raise MlipdivError(f"coverage = {coverage}: must be a fraction in (0, 1]")
     names = [*(COMMITTEE_SCORES if run.n_members > 1 else ()), *MODEL_SCORES, *MODEL_FREE_SCORES]
     primary = primary or DEFAULT_PRIMARY
     if primary not in names:

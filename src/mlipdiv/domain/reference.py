@@ -16,6 +16,7 @@ import numpy as np
 
 from mlipdiv.atomic import atomic_path
 from mlipdiv.domain.scores import (
+    DOMAIN_REMEDY,
     ElementNeighbours,
     LatentScaler,
     NeighbourIndex,
@@ -28,6 +29,7 @@ from mlipdiv.domain.scores import (
     unseen_element_atoms,
 )
 from mlipdiv.errors import MlipdivError
+from mlipdiv.files import reading
 
 COMMITTEE_SCORES = ("energy_std", "force_std_mean", "force_std_max")
 MODEL_SCORES = ("latent_distance_max", "latent_distance_mean", "density_nll_max",
@@ -190,17 +192,21 @@ class DomainReference:
         if not path.exists():
             raise MlipdivError(f"{directory}: no domain reference ({REFERENCE_FILE}); "
                                "run `mlipdiv domain fit` first")
-        data = np.load(path, allow_pickle=False)
-        scaler = latent = density = None
-        if "scaler_mean" in data:
-            scaler = LatentScaler(data["scaler_mean"], data["scaler_scale"])
-            latent = ElementNeighbours({
-                int(z): NeighbourIndex.load(directory / f"latent-{int(z)}.faiss")
-                for z in data["latent_elements"]})
-            density = _mixture_from_arrays(data)
-        return cls({int(z) for z in data["elements"]}, [str(s) for s in data["smiles"]],
-                   scaler, latent, density, NeighbourIndex.load(directory / "quests.faiss"),
-                   int(data["neighbours"]))
+        with reading(path, "domain reference", DOMAIN_REMEDY):
+            with np.load(path, allow_pickle=False) as archive:
+                data = {name: archive[name] for name in archive.files}
+            scaler = latent = density = None
+            if "scaler_mean" in data:
+                scaler = LatentScaler(data["scaler_mean"], data["scaler_scale"])
+                latent_elements = [int(z) for z in data["latent_elements"]]
+                density = _mixture_from_arrays(data)
+            elements, smiles = {int(z) for z in data["elements"]}, [str(s) for s in data["smiles"]]
+            neighbours = int(data["neighbours"])
+        if scaler is not None:
+            latent = ElementNeighbours({z: NeighbourIndex.load(directory / f"latent-{z}.faiss")
+                                        for z in latent_elements})
+        return cls(elements, smiles, scaler, latent, density,
+                   NeighbourIndex.load(directory / "quests.faiss"), neighbours)
 
 
 def _aggregate(conformer: dict, name: str, per_atom: np.ndarray) -> None:

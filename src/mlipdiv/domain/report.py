@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 from mlipdiv.domain.evaluate import ORACLE, DomainEvaluation, RetentionCurve
 from mlipdiv.domain.reference import SCORE_DESCRIPTIONS
 from mlipdiv.domain.study import AUROC_CSV, evaluation_path
+from mlipdiv.files import reading
 from mlipdiv.report.sections import Section
 from mlipdiv.study.config import load_config
 from mlipdiv.study.layout import StudyPaths
@@ -109,8 +110,9 @@ def study_section(study_dir: str | os.PathLike) -> Section | None:
         label = f"{run.model} ({run.selection}), {run.cell}, N = {run.N}"
         rows = table[(table.model == run.model) & (table.cell == run.cell)]
         section.html += f"<h3>{html.escape(label)}</h3>{auroc_html(rows, quantity)}"
-        evaluation = DomainEvaluation.model_validate_json(
-            evaluation_path(paths.root, run.cell, run.model).read_text())
+        path = evaluation_path(paths.root, run.cell, run.model)
+        with reading(path, "domain evaluation", "rerun the study (its domain step redoes it)"):
+            evaluation = DomainEvaluation.model_validate_json(path.read_text())
         figure = retention_figure(evaluation.curves, quantity, label)
         if figure is not None:
             section.figures.append((

@@ -21,6 +21,9 @@ from scipy.special import logsumexp
 
 from mlipdiv.atomic import atomic_path
 from mlipdiv.errors import MlipdivError
+from mlipdiv.files import reading
+
+DOMAIN_REMEDY = "rerun `mlipdiv domain fit RUN` (in a study, rerun the study)"
 
 EXACT_SEARCH_LIMIT = 100_000  # reference rows per index above which IVF replaces exact search
 IVF_PROBES = 16
@@ -104,7 +107,8 @@ class NeighbourIndex:
 
     @classmethod
     def load(cls, path: Path) -> NeighbourIndex:
-        return cls(faiss.read_index(str(path)))
+        with reading(path, "neighbour index", DOMAIN_REMEDY):
+            return cls(faiss.read_index(str(path)))
 
 
 class ElementNeighbours:

@@ -20,7 +20,8 @@ import pandas as pd
 from mlipdiv.atomic import write_text_atomic
 from mlipdiv.domain.evaluate import EVALUATION_FILE, DomainEvaluation, evaluate_run
 from mlipdiv.domain.model import DOMAIN_FILE, domain_directory, fit_run
-from mlipdiv.study.layout import StudyPaths, slug
+from mlipdiv.files import read_parquet
+from mlipdiv.study.layout import RESULTS_REMEDY, StudyPaths, slug
 
 AUROC_CSV = "auroc.csv"
 AUROC_JSON = "auroc.json"
@@ -54,7 +55,8 @@ def study_runs(study_dir: str | os.PathLike) -> list[EvaluatedRun]:
     paths = StudyPaths(Path(study_dir))
     if not paths.results_parquet.exists():
         return []
-    cells = (pd.read_parquet(paths.results_parquet, columns=[*RUN_COLUMNS, "replicate", "run"])
+    cells = (read_parquet(paths.results_parquet, "study results", RESULTS_REMEDY,
+                          columns=[*RUN_COLUMNS, "replicate", "run"])
              .drop_duplicates(["cell", "model"])
              .sort_values(["N", "M", "replicate"], ascending=[False, False, True]))
     runs = []
@@ -81,7 +83,10 @@ def evaluate_study_run(run: EvaluatedRun, splits: Path) -> DomainEvaluation:
     """Fit (unless fitted since the cell finished) and evaluate one run; returns the
     evaluation, read back when it is already current."""
     if _is_current(run.evaluation_path, run.result_path):
-        return DomainEvaluation.model_validate_json(run.evaluation_path.read_text())
+        try:
+            return DomainEvaluation.model_validate_json(run.evaluation_path.read_text())
+        except (ValueError, OSError):  # damaged outside mlipdiv: evaluated again below
+            log.warning("domain: %s damaged; evaluating again", run.evaluation_path)
     if not _is_current(domain_directory(run.run_dir) / DOMAIN_FILE, run.result_path):
         fit_run(run.run_dir)
     evaluation = evaluate_run(run.run_dir, splits, out=run.evaluation_path)

@@ -23,7 +23,7 @@ from ase.data import chemical_symbols
 
 from mlipdiv.atomic import atomic_path
 from mlipdiv.data.store import MoleculeRecord
-from mlipdiv.errors import MlipdivError
+from mlipdiv.errors import MlipdivError, first_line
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 CHECKPOINT_FORMAT = 1
@@ -194,7 +194,7 @@ class Potential(ABC):
         try:
             potential.module.load_state_dict(payload["state_dict"])
         except RuntimeError as exc:
-            raise MlipdivError(f"{path}: incompatible checkpoint ({str(exc).splitlines()[0]})"
+            raise MlipdivError(f"{path}: incompatible checkpoint ({first_line(exc)})"
                                ) from None
         return potential
 

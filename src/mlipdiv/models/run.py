@@ -26,6 +26,7 @@ import torch
 from mlipdiv.atomic import write_json_atomic
 from mlipdiv.data.store import ConformerStore, MoleculeRecord
 from mlipdiv.errors import MlipdivError
+from mlipdiv.files import read_json, reading
 from mlipdiv.locking import locks_output
 from mlipdiv.models.base import DTYPES, Conformer, EnsembleCalculator, Potential, conformers
 from mlipdiv.models.e0 import fit_e0
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
 LOG_FILE = "train.log"
+RUN_REMEDY = "train it again (a study: rerun it; the damaged cell is redone with --force)"
 
 
 def potential_class(backend: str) -> type[Potential]:
@@ -119,10 +121,7 @@ def _open_run(out: Path, spec: dict) -> dict | None:
     path = out / RUN_FILE
     if not path.exists():
         return None
-    try:
-        existing = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        raise MlipdivError(f"{path}: unreadable run file; delete {out} to start over") from None
+    existing = read_json(path, "run file", f"delete {out} to start over")
     if existing.get("spec") != spec:
         other = existing.get("spec", {})
         raise MlipdivError(
@@ -441,16 +440,14 @@ def load_run(path: str | os.PathLike, device: str | None = None) -> TrainedRun:
     run_file = path / RUN_FILE
     if not run_file.exists():
         raise MlipdivError(f"{path}: not a run directory (no {RUN_FILE})")
-    try:
-        meta = json.loads(run_file.read_text())
-    except json.JSONDecodeError:
-        raise MlipdivError(f"{run_file}: unreadable run file") from None
+    meta = read_json(run_file, "run file", RUN_REMEDY)
     if meta.get("status") != "complete":
         raise MlipdivError(f"{path}: training is not finished; rerun the same train command")
-    cls = potential_class(meta["model"])
+    with reading(run_file, "run file", RUN_REMEDY):
+        cls = potential_class(meta["model"])
+        n_members = int(meta["ensemble"])
     device = resolve_device(device)
-    members = [cls.load(path / f"member-{k}" / "model.pt", device)
-               for k in range(meta["ensemble"])]
+    members = [cls.load(path / f"member-{k}" / "model.pt", device) for k in range(n_members)]
     return TrainedRun(path, meta, members)
 
 

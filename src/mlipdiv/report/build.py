@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 from itertools import islice
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from matplotlib.figure import Figure
 
 from mlipdiv.atomic import write_bytes_atomic, write_text_atomic
 from mlipdiv.errors import MlipdivError
+from mlipdiv.files import read_json, read_parquet, reading
 from mlipdiv.metrics.stats import is_root_metric
 from mlipdiv.report import figures
 from mlipdiv.report.findings import (
@@ -29,7 +29,7 @@ from mlipdiv.report.tables import cell_summary, load_public_datasets, metric_ter
 from mlipdiv.study.advise import Advice
 from mlipdiv.study.config import StudyConfig, load_config
 from mlipdiv.study.fit import load_fits
-from mlipdiv.study.layout import StudyPaths
+from mlipdiv.study.layout import RESTART_REMEDY, RESULTS_REMEDY, StudyPaths
 
 METRIC_LABELS = {
     "energy_mae_mev_per_atom": "energy MAE (meV/atom)",
@@ -82,21 +82,24 @@ class StudyView:
         if not self.paths.results_parquet.exists():
             raise MlipdivError(f"{root}: no results.parquet; run `mlipdiv study` first")
         self.config: StudyConfig = load_config(self.paths.config)
-        self.results = pd.read_parquet(self.paths.results_parquet)
+        self.results = read_parquet(self.paths.results_parquet, "study results", RESULTS_REMEDY)
         if not self.paths.results_molecules.exists():
             raise MlipdivError(f"{self.paths.results_molecules}: missing; rerun `mlipdiv study` "
                                "(with --force if it was made by an older version)")
-        self.molecules = pd.read_parquet(self.paths.results_molecules)
+        self.molecules = read_parquet(self.paths.results_molecules, "per-molecule results",
+                                      RESULTS_REMEDY)
         self.metric = self.config.advice.metric
         self.fits, self.skipped = (load_fits(self.paths.fit) if self.paths.fit.exists()
                                    else ([], ["the study has no fit step output"]))
-        self.advice = ([Advice.model_validate(a) for a in
-                        json.loads(self.paths.advice.read_text())["advice"]]
-                       if self.paths.advice.exists() else [])
-        self.profile = (json.loads(self.paths.profile.read_text())
+        self.advice = []
+        if self.paths.advice.exists():
+            advice = read_json(self.paths.advice, "advice", RESULTS_REMEDY)
+            with reading(self.paths.advice, "advice", RESULTS_REMEDY):
+                self.advice = [Advice.model_validate(a) for a in advice["advice"]]
+        self.profile = (read_json(self.paths.profile, "dataset profile", RESTART_REMEDY)
                         if self.paths.profile.exists() else None)
         self._cells: dict[str, pd.DataFrame] = {}
-        self.settings = json.loads(self.paths.settings.read_text())
+        self.settings = read_json(self.paths.settings, "study settings", RESTART_REMEDY)
 
     @property
     def cells(self) -> pd.DataFrame:

@@ -280,14 +280,21 @@ def _first_error(exc: ValidationError) -> str:
     return f"key {key}: {message}"
 
 
-def load_config(path: str | Path) -> StudyConfig:
-    """Read and validate a study TOML file."""
+def read_config_text(path: str | Path) -> str:
+    """The text of a study TOML file (TOML is UTF-8 by definition)."""
     path = Path(path)
     try:
-        text = path.read_text()
+        return path.read_bytes().decode("utf-8")
     except OSError as exc:
         raise MlipdivError(f"{path}: cannot read the config ({exc.strerror})") from None
-    return parse_config(text, str(path))
+    except UnicodeDecodeError as exc:
+        raise MlipdivError(f"{path}: not UTF-8 text (byte {exc.start}); TOML files are UTF-8"
+                           ) from None
+
+
+def load_config(path: str | Path) -> StudyConfig:
+    """Read and validate a study TOML file."""
+    return parse_config(read_config_text(path), str(path))
 
 
 def preset_text(name: str) -> str:

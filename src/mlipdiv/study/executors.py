@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 
-from mlipdiv.errors import MlipdivError
+from mlipdiv.errors import MlipdivError, first_line
 from mlipdiv.threads import limit_threads
 from mlipdiv.workers import init_worker
 
@@ -33,11 +33,6 @@ def plan_parallelism(n_tasks: int, workers: int = 0, threads: int = 0,
     return workers, threads
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-
-
 def run_local(function: Callable, tasks: Sequence[tuple[str, tuple]], workers: int,
               threads: int) -> Iterator[Completion]:
     """Run `function(*args)` for each (key, args) in a spawn-context process pool."""
@@ -47,7 +42,7 @@ def run_local(function: Callable, tasks: Sequence[tuple[str, tuple]], workers: i
             try:
                 yield Completion(key, function(*args))
             except Exception as exc:  # noqa: BLE001 - reported per cell, the others go on
-                yield Completion(key, error=_first_line(exc))
+                yield Completion(key, error=first_line(exc, with_type=True))
         return
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context, initializer=init_worker,
@@ -57,7 +52,7 @@ def run_local(function: Callable, tasks: Sequence[tuple[str, tuple]], workers: i
             try:
                 yield Completion(futures[future], future.result())
             except Exception as exc:  # noqa: BLE001 - reported per cell, the others go on
-                yield Completion(futures[future], error=_first_line(exc))
+                yield Completion(futures[future], error=first_line(exc, with_type=True))
 
 
 def run_ray(function: Callable, tasks: Sequence[tuple[str, tuple]], workers: int,
@@ -75,8 +70,9 @@ def run_ray(function: Callable, tasks: Sequence[tuple[str, tuple]], workers: int
                 ray.init(num_cpus=workers * threads, include_dashboard=False,
                          log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise MlipdivError(f"--executor ray: cannot start or reach Ray at "
-                               f"{address or 'a local instance'} ({_first_line(exc)})") from None
+            where = address or "a local instance"
+            raise MlipdivError(f"--executor ray: cannot start or reach Ray at {where} "
+                               f"({first_line(exc, with_type=True)})") from None
     remote = ray.remote(num_cpus=threads, max_retries=max_retries)(_ray_task)
     try:
         pending = {remote.remote(function, threads, *args): key for key, args in tasks}
@@ -87,7 +83,8 @@ def run_ray(function: Callable, tasks: Sequence[tuple[str, tuple]], workers: int
                 try:
                     yield Completion(key, ray.get(ref))
                 except Exception as exc:  # noqa: BLE001 - reported per cell, the others go on
-                    yield Completion(key, error=_first_line(getattr(exc, "cause", None) or exc))
+                    cause = getattr(exc, "cause", None) or exc
+                    yield Completion(key, error=first_line(cause, with_type=True))
     finally:
         if started_here:
             ray.shutdown()

@@ -28,6 +28,8 @@ from scipy.optimize import least_squares
 
 from mlipdiv.atomic import write_text_atomic
 from mlipdiv.errors import MlipdivError
+from mlipdiv.files import read_json, reading
+from mlipdiv.study.layout import RESULTS_REMEDY
 
 N_BOOTSTRAP = 200
 MAX_EXPONENT = 4.0
@@ -240,5 +242,7 @@ def load_fits(path: str | os.PathLike) -> tuple[list[SurfaceFit], list[str]]:
     path = Path(path)
     if not path.exists():
         raise MlipdivError(f"{path}: no surface fits (run the study's fit step first)")
-    payload = json.loads(path.read_text())
-    return [SurfaceFit.model_validate(f) for f in payload["fits"]], payload["skipped"]
+    payload = read_json(path, "surface fits", RESULTS_REMEDY)
+    with reading(path, "surface fits", RESULTS_REMEDY):
+        return ([SurfaceFit.model_validate(f) for f in payload["fits"]],
+                [str(s) for s in payload["skipped"]])

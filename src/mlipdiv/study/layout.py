@@ -6,6 +6,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+# what to do about a damaged study file: a rerun rebuilds results, fit, advice and report from
+# the finished cells; --force starts the study over
+RESULTS_REMEDY = "rerun the study (its table, fit and advice are rebuilt from finished cells)"
+RESTART_REMEDY = "rerun the study with --force"
+
 
 @dataclass(frozen=True)
 class StudyPaths:

@@ -23,10 +23,11 @@ import pandas as pd
 
 from mlipdiv.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
 from mlipdiv.errors import MlipdivError
+from mlipdiv.files import read_json, reading
 from mlipdiv.locking import locks_output
 from mlipdiv.study.config import StudyConfig, config_differences
 from mlipdiv.study.executors import plan_parallelism, run_local, run_ray
-from mlipdiv.study.layout import StudyPaths
+from mlipdiv.study.layout import RESTART_REMEDY, StudyPaths
 
 MIN_FREE_BYTES = 50 * 1024**2
 STEP_ORDER = ("data", "split", "design", "models", "advice")
@@ -91,11 +92,8 @@ def prepare_directory(config: StudyConfig, config_text: str, paths: StudyPaths,
                                "--force to clear it")
         _remove_stale(paths, "data")
     elif paths.settings.exists():
-        try:
-            old = json.loads(paths.settings.read_text())
-        except (OSError, ValueError):
-            raise MlipdivError(f"{paths.settings}: damaged study settings; use --force to "
-                               "redo the study in this directory") from None
+        old = read_json(paths.settings, "study settings",
+                        "use --force to redo the study in this directory")
         differing = config_differences(old, settings)
         if differing and not force:
             raise MlipdivError(f"{paths.root}: holds a study with a different config (keys "
@@ -332,10 +330,13 @@ def cell_columns(cell) -> dict:
 def training_columns(run_dir: Path) -> dict:
     """How the run trained: optimiser steps done, best step, whether every member converged
     (validation loss no longer falling at the end, or early stopping)."""
-    members = json.loads((Path(run_dir) / "run.json").read_text())["members"]
-    return {"train_steps": int(max(m["steps"] for m in members)),
-            "best_step": int(min(m["best_step"] for m in members)),
-            "converged": bool(all(m["converged"] for m in members))}
+    path = Path(run_dir) / "run.json"
+    members = read_json(path, "run file", RESTART_REMEDY)
+    with reading(path, "run file", RESTART_REMEDY):
+        members = members["members"]
+        return {"train_steps": int(max(m["steps"] for m in members)),
+                "best_step": int(min(m["best_step"] for m in members)),
+                "converged": bool(all(m["converged"] for m in members))}
 
 
 def execute(config: StudyConfig, tasks: list[CellTask], progress: bool) -> list[str]:

@@ -15,7 +15,6 @@ like the study it resumes after any interruption, redoing only unfinished traini
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from pathlib import Path
@@ -26,12 +25,13 @@ from pydantic import BaseModel
 
 from mlipdiv.atomic import write_json_atomic
 from mlipdiv.errors import MlipdivError
+from mlipdiv.files import read_json, reading
 from mlipdiv.locking import locks_output
 from mlipdiv.metrics.hierarchical import DesignComparison, compare_designs
 from mlipdiv.study.advise import Advice, advise
 from mlipdiv.study.config import StudyConfig, load_config
 from mlipdiv.study.fit import load_fits
-from mlipdiv.study.layout import StudyPaths
+from mlipdiv.study.layout import RESTART_REMEDY, StudyPaths
 from mlipdiv.study.runner import attach_log, cell_tasks, execute, pool_limits, read_cell_results
 
 VERIFY_SEED_OFFSET = 1009  # new draws: neither molecule orders nor seeds of the study's cells
@@ -85,7 +85,7 @@ def verify_designs(advice: Advice, config: StudyConfig, pool_molecules: int,
 def _check_settings(root: Path, settings: dict, force: bool) -> None:
     """Refuse a verify directory made with other settings unless `force` (which clears it)."""
     path = root / SETTINGS_FILE
-    if path.exists() and json.loads(path.read_text()) != settings:
+    if path.exists() and read_json(path, "verify settings", "use --force to redo it") != settings:
         if not force:
             raise MlipdivError(f"{root}: holds a verification with other settings; use --force "
                                "to redo it")
@@ -142,7 +142,8 @@ def run_verify(study_dir: str | Path, budget: int, *, replicates: int = 3,
     root = verify_directory(study.root, budget)
     _check_settings(root, {"budget": budget, "replicates": replicates, "weights": weights,
                            "model": model, "targets": targets,
-                           "study": json.loads(study.settings.read_text())}, force)
+                           "study": read_json(study.settings, "study settings",
+                                              RESTART_REMEDY)}, force)
     paths = StudyPaths(root)
     handler = attach_log(paths)
     try:
@@ -216,5 +217,8 @@ def load_verifications(study_dir: str | Path) -> list[VerifyResult]:
     """Every `verify.json` of a study, by budget."""
     root = StudyPaths(Path(study_dir)).root / "verify"
     found = sorted(root.glob(f"N*/{RESULT_FILE}")) if root.exists() else []
-    return sorted((VerifyResult.model_validate_json(p.read_text()) for p in found),
-                  key=lambda v: v.budget)
+    results = []
+    for path in found:
+        with reading(path, "verification result", "rerun `mlipdiv verify` with its budget"):
+            results.append(VerifyResult.model_validate_json(path.read_text()))
+    return sorted(results, key=lambda v: v.budget)
