@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from mlipdiv.report import write_report
 from mlipdiv.report.build import StudyView
 from mlipdiv.study import StudyPaths, parse_config, preset_text, run_study
 
@@ -34,7 +35,7 @@ def _timed_training(study: Path, copy: Path, workers: int, threads: int) -> floa
                                         f'kind = "local"\nworkers = {workers}\n'
                                         f"threads_per_worker = {threads}")
     started = time.perf_counter()
-    run_study(parse_config(text), text, copy, progress=False, report=False)
+    run_study(parse_config(text), text, copy, progress=False)
     return time.perf_counter() - started
 
 
@@ -68,7 +69,7 @@ def main() -> None:
         shutil.rmtree(out)
     text = preset_text("quick")
     started = time.perf_counter()
-    report = run_study(parse_config(text), text, out, progress=False)
+    report = write_report(run_study(parse_config(text), text, out, progress=False))
     wall = time.perf_counter() - started
     cpu = sum(resource.getrusage(who).ru_utime + resource.getrusage(who).ru_stime
               for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))

@@ -97,9 +97,10 @@ weights = {{ cf = 1.0, st = 1.0 }}
 def finished_study(diverse_store, tmp_path_factory) -> Path:
     """A dev-size study (both experiments, 6 cells, ANI dev) run end to end with the local
     process pool on `diverse_store`, report included."""
+    from mlipdiv.report import write_report
     from mlipdiv.study import parse_config, run_study
 
     text = STUDY_TOML.format(store=diverse_store)
     out = tmp_path_factory.mktemp("study") / "study"
-    run_study(parse_config(text), text, out, progress=False)
+    write_report(run_study(parse_config(text), text, out, progress=False))
     return out

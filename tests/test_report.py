@@ -6,15 +6,17 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from mlipdiv.report import Section, cell_summary, load_public_datasets, optional_sections
-from mlipdiv.report import sections as report_sections
+from mlipdiv.report import SECTIONS, Section, cell_summary, load_public_datasets
+from mlipdiv.report.build import domain_section
 from mlipdiv.report.findings import selection_findings, trend_findings
+from mlipdiv.report.sections import drawn
 from mlipdiv.report.tables import metric_terms
 
 CHROMIUM = "/usr/bin/chromium"
@@ -100,28 +102,34 @@ def test_public_dataset_table():
     assert qm9.molecules == 133885 and qm9.conformers_per_molecule == 1
 
 
-def domain_like_section(study_dir: Path) -> Section:
-    return Section("Applicability domain", f"<p>{study_dir.name}</p>")
+def domain_like_section(view) -> Section:
+    return Section("Applicability domain", f"<p>{view}</p>")
 
 
-def failing_section(study_dir: Path) -> Section:
+def failing_section(view) -> Section:
     raise ValueError("no domain outputs")
 
 
-def injecting_section(study_dir: Path) -> Section:
+def injecting_section(view) -> Section:
     raise ValueError("bad value <script>alert(1)</script> in evaluation.json")
 
 
-def test_optional_sections_hook(monkeypatch, tmp_path):
-    monkeypatch.setattr(report_sections, "OPTIONAL_SECTIONS", [
-        f"{__name__}:domain_like_section", f"{__name__}:failing_section",
-        "mlipdiv_not_installed.module:section"])
-    found = optional_sections(tmp_path)
-    assert [s.title for s in found] == ["Applicability domain", f"{__name__}:failing_section"]
-    assert "could not be drawn: no domain outputs" in found[1].html
-    monkeypatch.setattr(report_sections, "OPTIONAL_SECTIONS", [f"{__name__}:injecting_section"])
-    (crafted,) = optional_sections(tmp_path)
+def test_a_failing_section_is_a_note_and_a_log_line(caplog):
+    assert drawn(domain_like_section, "study", "Domain").html == "<p>study</p>"
+    failed = drawn(failing_section, "study", "Applicability domain")
+    assert failed.title == "Applicability domain"
+    assert "could not be drawn: ValueError: no domain outputs" in failed.html
+    assert "not drawn: ValueError: no domain outputs" in caplog.text
+    crafted = drawn(injecting_section, "study", "Domain")
     assert "<script>" not in crafted.html and "&lt;script&gt;" in crafted.html
+    assert [title for title, _ in SECTIONS][-2:] == ["Applicability domain",
+                                                    "Parity: best and worst cells"]
+
+
+def test_domain_section_without_faiss_is_left_out_with_a_reason(monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "mlipdiv.report.domain_section", None)  # import fails
+    assert domain_section(view=None) is None
+    assert "domain section left out: ModuleNotFoundError" in caplog.text
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(),

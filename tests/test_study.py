@@ -24,6 +24,7 @@ from mlipdiv.study import (
     PRESETS,
     advise,
     fit_surface,
+    load_config,
     load_preset,
     parse_config,
     parse_weights,
@@ -197,8 +198,7 @@ def test_study_end_to_end(finished_study):
 def test_rerun_skips_finished_cells_and_changed_config_is_refused(finished_study):
     paths = StudyPaths(finished_study)
     config_text = paths.config.read_text()
-    run_study(parse_config(config_text), config_text, finished_study, progress=False,
-              report=False)
+    run_study(parse_config(config_text), config_text, finished_study, progress=False)
     assert paths.log.read_text().count(" done in ") == N_CELLS
     changed = config_text.replace('size = "dev"', 'size = "fast"')
     with pytest.raises(MlipdivError, match=r"different config \(keys models.size[,)]"):
@@ -270,7 +270,7 @@ def test_ray_executor_on_a_local_instance(finished_study, tmp_path):
     redone = _copy_without_cells(finished_study, study, keep_cells=N_CELLS - 1)
     text = StudyPaths(study).config.read_text().replace("workers = 2",
                                                         'kind = "ray"\nworkers = 1')
-    run_study(parse_config(text), text, study, progress=False, report=False)
+    run_study(parse_config(text), text, study, progress=False)
     assert all(path.exists() for path in redone)
     results = _results(study)
     assert len(results) == N_CELLS * results.split.nunique()
@@ -281,8 +281,8 @@ def test_domain_step_resumes_and_feeds_the_report(finished_study, tmp_path):
     from matplotlib import pyplot as plt
 
     from mlipdiv.domain import DomainEvaluation
-    from mlipdiv.domain.report import study_section
-    from mlipdiv.domain.study import AUROC_CSV, study_runs, study_step
+    from mlipdiv.report.domain_section import study_section
+    from mlipdiv.study.domain_step import AUROC_CSV, study_runs, study_step
 
     paths = StudyPaths(finished_study)
     runs = study_runs(finished_study)
@@ -311,7 +311,7 @@ def test_domain_step_resumes_and_feeds_the_report(finished_study, tmp_path):
         assert (pd.isna(written) and row.spearman_energy is None
                 or written == pytest.approx(row.spearman_energy))
 
-    section = study_section(finished_study)
+    section = study_section(paths, load_config(paths.config))
     assert section.html.count("<table>") == 1 and "latent_distance_max" in section.html
     (name, _, figure), = section.figures
     headline = max(runs, key=lambda r: (r.n_train, r.n_molecules))
@@ -320,7 +320,7 @@ def test_domain_step_resumes_and_feeds_the_report(finished_study, tmp_path):
     assert len(figure.axes) == len({c.split for c in curves})  # splits with predictions
     plt.close(figure)
     assert "Applicability domain" in paths.report.read_text()
-    assert study_section(tmp_path) is None
+    assert study_section(StudyPaths(tmp_path), load_config(paths.config)) is None
 
 
 # ---------------------------------------------------------------- the protocol
@@ -423,10 +423,11 @@ def test_damaged_internal_files_are_redone_or_named(finished_study, tmp_path):
     cell_file = sorted((study / "cells").glob("*.json"))[0]
     cell_file.write_text('{"rows": [')  # truncated by something outside mlipdiv
     text = paths.config.read_text()
-    run_study(parse_config(text), text, study, progress=False, report=False)
+    run_study(parse_config(text), text, study, progress=False)
     assert "damaged or old-format cell result" in paths.log.read_text()
     assert json.loads(cell_file.read_text())["rows"]  # the cell was scored again
     assert len(_results(study)) == N_CELLS * _results(study).split.nunique()
     paths.settings.write_text("{not json")
-    with pytest.raises(MlipdivError, match=r"study.json: damaged study settings; use --force"):
-        run_study(parse_config(text), text, study, progress=False, report=False)
+    damaged = r"study.json: damaged study settings \(.*\); use --force"
+    with pytest.raises(MlipdivError, match=damaged):
+        run_study(parse_config(text), text, study, progress=False)

@@ -554,7 +554,7 @@ def study(
                                    help="Stop after the advice (`mlipdiv report` later)."),
 ) -> None:
     """Run (or resume) a whole study: data, splits, both experiments, fit, advice, report."""
-    from mlipdiv.study import parse_config, preset_text, run_study
+    from mlipdiv.study import parse_config, preset_text
     from mlipdiv.study.config import read_config_text
 
     if print_config is not None:
@@ -573,8 +573,20 @@ def study(
         raw = config.model_dump(mode="json")
         raw["executor"].update(overrides)
         config = parse_config_dict(raw, origin)
-    print(run_study(config, text, out, force=force, progress=console.is_terminal,
-                    report=not no_report))
+    print(_study_then_report(config, text, out, force, report=not no_report))
+
+
+def _study_then_report(config, text: str, out: Path | None, force: bool,
+                       report: bool = True) -> Path:
+    """Run the study, then build its report, under one hold of the study's lock; returns the
+    report's path (the study directory without a report)."""
+    from mlipdiv.locking import output_lock
+    from mlipdiv.report import write_report
+    from mlipdiv.study import run_study
+
+    with output_lock(out or config.out):
+        root = run_study(config, text, out, force=force, progress=console.is_terminal)
+        return write_report(root) if report else root
 
 
 def parse_config_dict(raw: dict, origin: str):
@@ -697,11 +709,10 @@ def demo(
     """Run the quick study preset (real GFN2-xTB data, both experiments, MACE, fit, advice,
     report) into OUT and print the report's path; reruns resume."""
     from mlipdiv.report.build import summary_lines
-    from mlipdiv.study import parse_config, preset_text, run_study
+    from mlipdiv.study import parse_config, preset_text
 
     text = preset_text("quick")
-    report_path = run_study(parse_config(text, "preset quick"), text, out, force=True,
-                            progress=console.is_terminal)
+    report_path = _study_then_report(parse_config(text, "preset quick"), text, out, force=True)
     for line in summary_lines(out):
         print(f"- {line}")
     print(report_path)

@@ -11,13 +11,16 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from mlipdiv.data.store import ConformerStore
-from mlipdiv.design.splits import Splits, near_duplicate_conformers
-from mlipdiv.diversity.conformational import DUPLICATE_RMSD_ANGSTROM
+from mlipdiv.diversity.conformational import DUPLICATE_RMSD_ANGSTROM, ConformerGeometry
 from mlipdiv.errors import MlipdivError
+
+if TYPE_CHECKING:  # splits.py runs this check on every split it makes
+    from mlipdiv.design.splits import Splits
 
 WHOLE_MOLECULE_SETS = ("st", "sf", "ood")
 
@@ -98,3 +101,18 @@ def _near_duplicates(splits: Splits, threshold: float) -> list[Leak]:
                       for p, w, rmsd in near_duplicate_conformers(store, key, withheld, kept,
                                                                   threshold)]
     return leaks
+
+
+def near_duplicate_conformers(
+    store: ConformerStore, key: str, withheld: np.ndarray, kept: np.ndarray,
+    threshold: float = DUPLICATE_RMSD_ANGSTROM,
+) -> list[tuple[int, int, float]]:
+    """(kept conformer, withheld conformer, rmsd) for each kept conformer of a molecule within
+    `threshold` Angstrom heavy-atom RMSD of a withheld one (store conformer indices)."""
+    if len(kept) == 0 or len(withheld) == 0:
+        return []
+    order = np.concatenate([withheld, kept])
+    geometry = ConformerGeometry(store.molecule(key, order))
+    found = geometry.near_duplicates(range(len(withheld)), range(len(withheld), len(order)),
+                                     threshold)
+    return [(int(order[c]), int(order[r]), rmsd) for c, r, rmsd in found]

@@ -38,7 +38,8 @@ from ase.data import chemical_symbols
 
 from mlipdiv.atomic import atomic_directory
 from mlipdiv.data.store import ConformerStore, MoleculeRecord
-from mlipdiv.diversity.conformational import DUPLICATE_RMSD_ANGSTROM, ConformerGeometry
+from mlipdiv.design.leaks import assert_no_leaks, near_duplicate_conformers
+from mlipdiv.diversity.conformational import DUPLICATE_RMSD_ANGSTROM
 from mlipdiv.diversity.structural import morgan_fingerprint, scaffolds
 from mlipdiv.errors import MlipdivError
 from mlipdiv.files import read_json, read_parquet, reading
@@ -457,21 +458,6 @@ class ConformerSplit:
         return withheld, pool, dropped
 
 
-def near_duplicate_conformers(
-    store: ConformerStore, key: str, withheld: np.ndarray, kept: np.ndarray,
-    threshold: float = DUPLICATE_RMSD_ANGSTROM,
-) -> list[tuple[int, int, float]]:
-    """(kept conformer, withheld conformer, rmsd) for each kept conformer of a molecule within
-    `threshold` Angstrom heavy-atom RMSD of a withheld one (store conformer indices)."""
-    if len(kept) == 0 or len(withheld) == 0:
-        return []
-    order = np.concatenate([withheld, kept])
-    geometry = ConformerGeometry(store.molecule(key, order))
-    found = geometry.near_duplicates(range(len(withheld)), range(len(withheld), len(order)),
-                                     threshold)
-    return [(int(order[c]), int(order[r]), rmsd) for c, r, rmsd in found]
-
-
 class SplitSkipped(MlipdivError):
     """A requested test set cannot be made for this store (said, then skipped)."""
 
@@ -508,7 +494,6 @@ def make_splits(store_path: str | os.PathLike, out: str | os.PathLike,
                 options: SplitOptions = SplitOptions()) -> tuple[Splits, list[str]]:
     """Carve the test sets, run the leak check, and write SPLITS only if it passes.
     Returns the splits and the messages about skipped sets."""
-    from mlipdiv.design.leaks import assert_no_leaks
 
     options.check()
     out = Path(out)

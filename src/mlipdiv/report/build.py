@@ -14,7 +14,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from mlipdiv.atomic import write_bytes_atomic, write_text_atomic
-from mlipdiv.errors import MlipdivError
+from mlipdiv.errors import MlipdivError, first_line
 from mlipdiv.files import read_json, read_parquet, reading
 from mlipdiv.metrics.stats import is_root_metric
 from mlipdiv.report import figures
@@ -24,7 +24,7 @@ from mlipdiv.report.findings import (
     surface_findings,
     trend_findings,
 )
-from mlipdiv.report.sections import Section, optional_sections
+from mlipdiv.report.sections import Section, drawn, log
 from mlipdiv.report.tables import cell_summary, load_public_datasets, metric_terms
 from mlipdiv.study.advise import Advice
 from mlipdiv.study.config import StudyConfig, load_config
@@ -440,14 +440,34 @@ def summary_lines(study_dir: str | Path, limit: int = 4) -> list[str]:
     return sorted(headline, key=rank)[:limit] + advice[:1]
 
 
+def domain_section(view: StudyView) -> Section | None:
+    """The applicability-domain section (optional: needs faiss, like the domain step)."""
+    try:
+        # imported here: a missing faiss leaves this section out (logged), not the report
+        from mlipdiv.report.domain_section import study_section
+    except ImportError as exc:
+        log.warning("report: domain section left out: %s", first_line(exc, with_type=True))
+        return None
+    return study_section(view.paths, view.config)
+
+
+# The report's sections, in order: (title shown if the section fails, function of the view).
+SECTIONS = [
+    ("Both experiments", _experiment_section),
+    ("Error surface and budget advice", _surface_section),
+    ("Does the advice hold?", verify_section),
+    ("Diversity of the data and of each cell", _diversity_section),
+    ("Applicability domain", domain_section),
+    ("Parity: best and worst cells", parity_section),
+]
+
+
 def write_report(study_dir: str | Path, out: str | Path | None = None) -> Path:
     """Build the report of a finished study; returns the HTML path (figures beside it)."""
     view = StudyView(Path(study_dir))
     out = Path(out) if out is not None else view.paths.report
     figure_dir = out.parent / "figures"
-    sections = [_experiment_section(view), _surface_section(view), verify_section(view),
-                _diversity_section(view), *optional_sections(view.paths.root),
-                parity_section(view)]
+    sections = [drawn(section, view, title) for title, section in SECTIONS]
     body = [f"<h1>mlipdiv study: {html.escape(view.config.name)}</h1>",
             "".join(f"<p>{html.escape(s)}</p>" for s in setup_sentences(view))]
     for section in filter(None, sections):

@@ -1,25 +1,23 @@
-"""Optional report sections contributed by other steps (the hook for applicability domain).
+"""A report section, and the guard every section is drawn under.
 
-A contributor is a function `section(study_dir: Path) -> Section | None`, named in
-`OPTIONAL_SECTIONS` as "module:function". It reads what its step wrote into the study
-directory (the domain step writes under `STUDY/domain/`) and returns None when there is
-nothing to show. A contributor whose module is not installed is skipped; one that fails is
-shown as a one-line note in the report, never as a broken report.
+The report draws an explicit list of sections (`mlipdiv.report.build.SECTIONS`); each is a
+function `section(view) -> Section | None` that returns None when its step wrote nothing. A
+section that fails is shown as a one-line note in the report and logged, never a broken
+report.
 """
 
 from __future__ import annotations
 
 import html
-import importlib
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from matplotlib.figure import Figure
 
-OPTIONAL_SECTIONS = [
-    "mlipdiv.domain.report:study_section",  # applicability domain: AUROC table, retention
-]
+from mlipdiv.errors import first_line
+
+log = logging.getLogger("mlipdiv.report")
 
 
 @dataclass
@@ -32,28 +30,12 @@ class Section:
     figures: list[tuple[str, str, Figure | bytes]] = field(default_factory=list)
 
 
-def load_contributor(target: str) -> Callable | None:
-    """The function named "module:function", or None when it is not installed."""
-    module_name, _, function_name = target.partition(":")
+def drawn(section: Callable, view, title: str) -> Section | None:
+    """`section(view)`, or a note under `title` saying why it could not be drawn."""
     try:
-        return getattr(importlib.import_module(module_name), function_name)
-    except (ImportError, AttributeError):
-        return None
-
-
-def optional_sections(study_dir: Path) -> list[Section]:
-    """The sections every available contributor returns for this study."""
-    sections = []
-    for target in OPTIONAL_SECTIONS:
-        contributor = load_contributor(target)
-        if contributor is None:
-            continue
-        try:
-            section = contributor(study_dir)
-        except Exception as exc:  # noqa: BLE001 - a contributor must not break the report
-            # exception text can carry file contents (a crafted evaluation.json): escape it
-            section = Section(target, "<p>This section could not be drawn: "
-                                      f"{html.escape(str(exc))}</p>")
-        if section is not None:
-            sections.append(section)
-    return sections
+        return section(view)
+    except Exception as exc:  # noqa: BLE001 - one section must not break the report
+        reason = first_line(exc, with_type=True)
+        log.error("report section %r not drawn: %s", title, reason)
+        # exception text can carry file contents (a crafted evaluation.json): escape it
+        return Section(title, f"<p>This section could not be drawn: {html.escape(reason)}</p>")

@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from mlipdiv.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
-from mlipdiv.errors import MlipdivError
+from mlipdiv.errors import MlipdivError, first_line
 from mlipdiv.files import read_json, reading
 from mlipdiv.locking import locks_output
 from mlipdiv.study.config import StudyConfig, config_differences
@@ -32,11 +32,6 @@ from mlipdiv.study.layout import RESTART_REMEDY, StudyPaths
 MIN_FREE_BYTES = 50 * 1024**2
 STEP_ORDER = ("data", "split", "design", "models", "advice")
 # Which step a changed top-level config key invalidates (with every later step).
-# Steps other packages add after the results (module:function taking the study directory);
-# the applicability-domain step writes STUDY/domain/, which its report section then reads.
-OPTIONAL_STEPS = [
-    "mlipdiv.domain.study:study_step",
-]
 FIRST_STALE_STEP = {"name": "advice", "seed": "data", "data": "data", "split": "split",
                     "fixed_budget": "design", "fixed_molecules": "design", "design": "design",
                     "models": "models", "training_schedule": "models", "advice": "advice"}
@@ -491,18 +486,20 @@ def fit_and_advise(config: StudyConfig, results: pd.DataFrame, paths: StudyPaths
                                      "notes": notes})
 
 
-def optional_steps(paths: StudyPaths) -> None:
-    """Run each installed optional step; a failing one is logged, never fatal."""
-    from mlipdiv.report.sections import load_contributor
-
-    for target in OPTIONAL_STEPS:
-        step = load_contributor(target)
-        if step is None:
-            continue
-        try:
-            step(paths.root)
-        except Exception as exc:  # noqa: BLE001 - an optional step must not stop the study
-            log.error("optional step %s failed: %s", target, exc)
+def domain_step(paths: StudyPaths) -> None:
+    """The applicability-domain step (writes STUDY/domain/, which the report's domain section
+    reads). Optional: when it cannot run (faiss missing) or fails, the log says why and the
+    study goes on; its results do not depend on it."""
+    try:
+        # imported here, not at the top: a missing faiss must skip this step, not the study
+        from mlipdiv.study.domain_step import study_step
+    except ImportError as exc:
+        log.warning("domain step skipped: %s", first_line(exc, with_type=True))
+        return
+    try:
+        study_step(paths.root)
+    except Exception as exc:  # noqa: BLE001 - an optional step must not stop the study
+        log.error("domain step failed: %s", first_line(exc, with_type=True))
 
 
 # ---------------------------------------------------------------- the whole study
@@ -516,11 +513,9 @@ def attach_log(paths: StudyPaths) -> logging.Handler:
 
 @locks_output("out", lambda a: a["out"] or a["config"].out)
 def run_study(config: StudyConfig, config_text: str, out: Path | None = None, *,
-              force: bool = False, progress: bool = True, report: bool = True) -> Path:
-    """Run (or resume) a whole study; returns the report's path (the study directory when
-    `report` is False: `mlipdiv report` writes it later)."""
-    from mlipdiv.report import write_report
-
+              force: bool = False, progress: bool = True) -> Path:
+    """Run (or resume) a whole study, step by step; returns the study directory. The report
+    is built on top of it (`mlipdiv.report.write_report`, as `mlipdiv study` does)."""
     paths = StudyPaths(Path(out or config.out))
     prepare_directory(config, config_text, paths, force)
     handler = attach_log(paths)
@@ -534,13 +529,12 @@ def run_study(config: StudyConfig, config_text: str, out: Path | None = None, *,
         failures = execute(config, tasks, progress)
         results = collect_results(tasks, paths)
         fit_and_advise(config, results, paths)
-        optional_steps(paths)
-        written = write_report(paths.root) if report else paths.root
-        log.info("study finished in %.1f s: %s", time.perf_counter() - started, written)
+        domain_step(paths)
+        log.info("study finished in %.1f s: %s", time.perf_counter() - started, paths.root)
         if failures:
             raise MlipdivError(f"{len(failures)} cell(s) failed (rerun to retry them; "
                                f"details in {paths.log}): {failures[0]}")
-        return written
+        return paths.root
     finally:
         log.removeHandler(handler)
         handler.close()

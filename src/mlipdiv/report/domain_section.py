@@ -1,22 +1,20 @@
 """The study report's applicability-domain section: per model and selection, the AUROC table
 of every trust score on every test split and the error-retention curves of the key scores,
-for the largest evaluated cell. Reads what `mlipdiv.domain.study.study_step` wrote."""
+for the largest evaluated cell. Reads what `mlipdiv.study.domain_step.study_step` wrote."""
 
 from __future__ import annotations
 
 import html
-import os
-from pathlib import Path
 
 import pandas as pd
 from matplotlib.figure import Figure
 
 from mlipdiv.domain.evaluate import ORACLE, DomainEvaluation, RetentionCurve
 from mlipdiv.domain.reference import SCORE_DESCRIPTIONS
-from mlipdiv.domain.study import AUROC_CSV, evaluation_path
 from mlipdiv.files import reading
 from mlipdiv.report.sections import Section
-from mlipdiv.study.config import load_config
+from mlipdiv.study.config import StudyConfig
+from mlipdiv.study.domain_step import AUROC_CSV, evaluation_path
 from mlipdiv.study.layout import StudyPaths
 
 # Drawn in the retention figure when the run has them: latent, density, model-free, committee.
@@ -26,10 +24,9 @@ UNITS = {"energy": "meV/atom", "forces": "meV/Å"}
 EMPTY = "–"
 
 
-def _quantity(paths: StudyPaths) -> str:
+def _quantity(config: StudyConfig) -> str:
     """The error the study's advice is about: energy or forces."""
-    metric = load_config(paths.config).advice.metric if paths.config.exists() else ""
-    return "forces" if metric.startswith("forces") else "energy"
+    return "forces" if config.advice.metric.startswith("forces") else "energy"
 
 
 def _cell(value: float) -> str:
@@ -86,14 +83,13 @@ def retention_figure(curves: list[RetentionCurve], quantity: str, title: str) ->
     return fig
 
 
-def study_section(study_dir: str | os.PathLike) -> Section | None:
+def study_section(paths: StudyPaths, config: StudyConfig) -> Section | None:
     """The report section of the domain step, or None when the step wrote nothing."""
-    paths = StudyPaths(Path(study_dir))
     table_path = paths.domain / AUROC_CSV
     if not table_path.exists():
         return None
     table = pd.read_csv(table_path)
-    quantity = _quantity(paths)
+    quantity = _quantity(config)
     section = Section("Applicability domain", (
         f"<p>Each trust score (higher = less trusted) of the largest trained cell (the most "
         f"training conformers, so the richest reference of what the model has seen), on every "
