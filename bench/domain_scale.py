@@ -24,8 +24,9 @@ import numpy as np
 from rdkit import Chem
 from rdkit.Chem import AllChem
 
+from mlipdiv.diversity.entropy import quests_descriptors
 from mlipdiv.domain import DomainReference
-from mlipdiv.domain.scores import NeighbourIndex, quests_descriptors
+from mlipdiv.domain.scores import NeighbourIndex
 
 REFERENCE_SMILES = ["CCO", "CC(=O)N", "CCN", "OCCO", "CCCCO", "CC(C)O", "CC(=O)OC", "NCCO",
                     "CCOCC", "CC(N)C(=O)O", "CCCN", "OC1CCCC1", "CC(=O)CC", "COC(C)=O",
@@ -123,8 +124,9 @@ def main() -> None:
     tic = time.perf_counter()
     reference_mols = molecules(REFERENCE_SMILES, atoms_wanted, rng)
     numbers = np.concatenate([np.tile(z, len(x)) for z, x, _ in reference_mols])
-    descriptors = np.concatenate([quests_descriptors(z, x).reshape(-1, 63)
-                                  for z, x, _ in reference_mols]).astype(np.float32)
+    per_molecule = (quests_descriptors(z, x) for z, x, _ in reference_mols)
+    descriptors = np.concatenate([d.reshape(-1, d.shape[-1])
+                                  for d in per_molecule]).astype(np.float32)
     features = np.concatenate([latent(z, len(x), rng, centres).reshape(-1, LATENT_DIM)
                                for z, x, _ in reference_mols])
     prepared = time.perf_counter() - tic

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from mlipdiv.cli import app
 from mlipdiv.data import MoleculeRecord, perceive, write_store
 from mlipdiv.design import SplitOptions, make_splits
+from mlipdiv.diversity.entropy import quests_descriptors
 from mlipdiv.domain import (
     DomainCalculator,
     DomainReference,
@@ -32,7 +33,7 @@ from mlipdiv.domain import (
     sigma_scale,
     threshold_at_coverage,
 )
-from mlipdiv.domain.scores import committee_scores, quests_descriptors
+from mlipdiv.domain.scores import committee_scores
 from mlipdiv.errors import MlipdivError
 
 TRAIN_SMILES = ["CCO", "CC(=O)N", "CCN", "CC=O", "OCCO", "CNC"]

@@ -240,7 +240,7 @@ def test_bad_training_input_is_one_line_error(conformer_sets, tmp_path):
     single = [conformer_sets[0][0].subset([0])]
     with pytest.raises(MlipdivError, match="at least 2"):
         train(single, conformer_sets[1], model="ani", size="dev", out=tmp_path / "r")
-    with pytest.raises(MlipdivError, match="--size"):
+    with pytest.raises(MlipdivError, match="size .huge.: choose from dev, fast, standard"):
         train(*conformer_sets, model="ani", size="huge", out=tmp_path / "r")
     with pytest.raises(MlipdivError, match="both or neither"):
         train(*conformer_sets, model="ani", size="dev", out=tmp_path / "r", steps=10)
@@ -420,3 +420,23 @@ def test_runs_record_absolute_data_paths(conformer_sets, tmp_path, monkeypatch):
     meta = json.loads((tmp_path / "run" / "run.json").read_text())["meta"]
     assert meta["train"] == str(tmp_path / "train.h5") and meta["valid"] == str(
         tmp_path / "valid.h5")
+
+
+def test_backends_register_themselves_and_are_checked_when_defined():
+    from mlipdiv.models import backend_names, potential_class
+    from mlipdiv.models.base import Potential
+    from mlipdiv.study.config import ModelsConfig
+
+    assert {"mace", "ani"} <= set(backend_names())
+    assert potential_class("ani").backend == "ani"
+    assert potential_class("mace").cutoff(potential_class("mace").sizes["dev"].model) == 4.0
+    with pytest.raises(TypeError, match="must declare library, cutoff_key, sizes"):
+        class Incomplete(Potential):  # every abstract method, no declarations
+            backend = "incomplete"
+            build_module = prepare = collate = energy_forces = invariant_features = None
+    with pytest.raises(TypeError, match="defined twice"):
+        class Again(potential_class("ani")):
+            pass
+    assert "incomplete" not in backend_names()
+    with pytest.raises(ValueError, match="'ani' or 'mace'"):
+        ModelsConfig(architectures=["incomplete"])

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mlipdiv.errors import MlipdivError
+from mlipdiv.errors import FieldError, MlipdivError
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -31,6 +31,9 @@ def main() -> None:
     """Console-script entry point: turns MlipdivError into a one-line message."""
     try:
         app()
+    except FieldError as exc:  # the library names a parameter; here it is a flag
+        print(f"mlipdiv: error: {exc.as_flag()}", file=sys.stderr)
+        sys.exit(2)
     except MlipdivError as exc:
         print(f"mlipdiv: error: {exc}", file=sys.stderr)
         sys.exit(2)
@@ -342,7 +345,8 @@ def design(
 @app.command()
 def train(
     out: Path = typer.Option(..., "--out", help="Run directory (resumed if it exists)."),
-    model: str = typer.Option("mace", "--model", help="mace or ani."),
+    model: str = typer.Option("mace", "--model",
+                              help="A backend, e.g. mace (an unknown name lists them all)."),
     size: str = typer.Option("fast", "--size", help="dev, fast or standard."),
     design: Path | None = typer.Option(None, "--design", help="Design file (with --cell)."),
     cell: str | None = typer.Option(None, "--cell", help="Cell id of the design."),
@@ -358,7 +362,7 @@ def train(
     steps_per_round: int | None = typer.Option(
         None, "--steps-per-round", help="With --steps: validate / checkpoint every K steps."),
 ) -> None:
-    """Train a MACE or ANI model (or an ensemble) on a design cell or on two files."""
+    """Train a model of any backend (or an ensemble) on a design cell or on two files."""
     from mlipdiv.models import read_records, train_cell
     from mlipdiv.models import train as train_run
 

@@ -20,3 +20,22 @@ def first_line(exc: BaseException, with_type: bool = False) -> str:
     if not lines:
         return name
     return f"{name}: {lines[0]}" if with_type else lines[0]
+
+
+class FieldError(MlipdivError):
+    """A bad value of one named parameter. The library names it as its API does (`size`,
+    `split.sf`, `budget`: a config key where there is one); the command line renders the
+    field as its flag (`--size`, `--sf`, `--budget`) and the study config as its key."""
+
+    def __init__(self, field: str, value: object, reason: str):
+        self.field, self.value, self.reason = field, value, reason
+        super().__init__(self.render(field))
+
+    def render(self, name: str) -> str:
+        """The message with the parameter called `name`."""
+        value = "" if self.value is None else f" {self.value}"
+        return f"{name}{value}: {self.reason}"
+
+    def as_flag(self) -> str:
+        """The message as the command line says it: `--last-part-of-the-field`."""
+        return self.render("--" + self.field.rsplit(".", 1)[-1].replace("_", "-"))

@@ -2,7 +2,12 @@
 (RMSD, torsions, energy/force spreads) and information entropy (QUESTS)."""
 
 from mlipdiv.diversity.conformational import ConformerGeometry, conformer_pairs
-from mlipdiv.diversity.entropy import EnvironmentReservoir, entropy_and_diversity, molecule_entropy
+from mlipdiv.diversity.entropy import (
+    EnvironmentReservoir,
+    entropy_and_diversity,
+    molecule_entropy,
+    quests_descriptors,
+)
 from mlipdiv.diversity.profile import (
     Profile,
     ProfileOptions,
@@ -35,5 +40,6 @@ __all__ = [
     "profile_records",
     "profile_store",
     "quartiles",
+    "quests_descriptors",
     "scaffolds",
 ]

@@ -18,15 +18,27 @@ from mlipdiv.data.store import MoleculeRecord
 MOLECULE_ENVIRONMENT_CAP = 300
 DATASET_ENVIRONMENT_CAP = 10_000
 KERNEL_BATCH = 1000  # rows per distance block: bounds the kernel's memory to ~cap x 1000 floats
+QUESTS_K = 32  # neighbours per environment (QUESTS's default)
+QUESTS_CUTOFF = 5.0  # Angstrom (QUESTS's default)
 
 
-def environment_descriptors(record: MoleculeRecord, conformers: np.ndarray) -> np.ndarray:
-    """QUESTS descriptors of every atom of the given conformers, (n_conf * n_atoms, d)."""
+def quests_descriptors(numbers: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """QUESTS atomic-environment descriptors of conformers (n_conf, n_atoms, 3) -> (n_conf,
+    n_atoms, d), with QUESTS_K neighbours and a QUESTS_CUTOFF Angstrom cutoff."""
     from quests.descriptor import get_descriptors  # numba: imported only when needed
 
-    frames = [Atoms(numbers=record.atomic_numbers, positions=record.positions[i])
-              for i in conformers]
-    return get_descriptors(frames)
+    frames = [Atoms(numbers=numbers, positions=xyz) for xyz in positions]
+    flat = get_descriptors(frames, k=QUESTS_K, cutoff=QUESTS_CUTOFF)
+    return flat.reshape(len(positions), len(numbers), -1)
+
+
+def environment_descriptors(record: MoleculeRecord,
+                            conformers: np.ndarray | None = None) -> np.ndarray:
+    """QUESTS descriptors of every atom of the given conformers (all when None), one row per
+    environment: (n_conf * n_atoms, d)."""
+    positions = record.positions if conformers is None else record.positions[conformers]
+    descriptors = quests_descriptors(record.atomic_numbers, positions)
+    return descriptors.reshape(-1, descriptors.shape[-1])
 
 
 def entropy_and_diversity(descriptors: np.ndarray) -> tuple[float, float]:

@@ -18,6 +18,7 @@ import numpy as np
 
 from mlipdiv.atomic import atomic_directory, write_extxyz_atomic, write_text_atomic
 from mlipdiv.data.store import ConformerStore, MoleculeRecord
+from mlipdiv.diversity.entropy import environment_descriptors, quests_descriptors
 from mlipdiv.domain.reference import (
     COMMITTEE_SCORES,
     MODEL_FREE_SCORES,
@@ -26,7 +27,7 @@ from mlipdiv.domain.reference import (
     RecordScores,
     summary,
 )
-from mlipdiv.domain.scores import DOMAIN_REMEDY, committee_sigma, quests_descriptors
+from mlipdiv.domain.scores import DOMAIN_REMEDY, committee_sigma
 from mlipdiv.domain.stats import miscalibration_area, sigma_scale, threshold_at_coverage
 from mlipdiv.errors import MlipdivError
 from mlipdiv.files import read_json, reading
@@ -197,8 +198,7 @@ def fit_domain(run, train: Sequence[MoleculeRecord], valid: Sequence[MoleculeRec
     features = run.atom_features(train)
     reference = DomainReference.build(
         numbers=np.concatenate([np.tile(r.atomic_numbers, r.n_conformers) for r in train]),
-        descriptors=np.concatenate([
-            quests_descriptors(r.atomic_numbers, r.positions).reshape(-1, 63) for r in train]),
+        descriptors=np.concatenate([environment_descriptors(r) for r in train]),
         smiles=[r.smiles for r in train],
         features=np.concatenate([f.reshape(-1, f.shape[-1]) for f in features]),
         neighbours=neighbours,

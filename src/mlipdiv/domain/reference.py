@@ -22,8 +22,8 @@ from mlipdiv.domain.scores import (
     NeighbourIndex,
     committee_scores,
     density_nll,
+    fingerprint_or_none,
     fit_density,
-    morgan_fingerprint,
     quests_entropy,
     tanimoto_distance,
     unseen_element_atoms,
@@ -93,7 +93,7 @@ class DomainReference:
         seed: int = 0,
     ) -> DomainReference:
         """Reference from flat per-atom arrays of the training set: atomic numbers (n,),
-        QUESTS descriptors (n, 63), optional latent features (n, d); and its SMILES."""
+        QUESTS descriptors (n, d), optional latent features (n, d); and its SMILES."""
         numbers = np.asarray(numbers)
         if len(numbers) == 0:
             raise MlipdivError("empty reference: no training atoms")
@@ -122,7 +122,7 @@ class DomainReference:
         member_forces: np.ndarray | None = None,
         inchikey: str = "",
     ) -> RecordScores:
-        """Score the conformers of one molecule. descriptors (n_conf, n_atoms, 63); features
+        """Score the conformers of one molecule. descriptors (n_conf, n_atoms, d); features
         (n_conf, n_atoms, d) or None when the model cannot represent the molecule (elements
         absent from training: its latent scores are then +inf); committee arrays optional."""
         n_conf, n_atoms = descriptors.shape[:2]
@@ -146,7 +146,7 @@ class DomainReference:
     @cached_property
     def fingerprints(self) -> list:
         """Morgan fingerprints of the training molecules."""
-        return [fp for fp in map(morgan_fingerprint, self.smiles) if fp is not None]
+        return [fp for fp in map(fingerprint_or_none, self.smiles) if fp is not None]
 
     def tanimoto(self, smiles: str) -> float:
         """1 - similarity to the nearest training molecule."""

@@ -20,6 +20,7 @@ import numpy as np
 from scipy.special import logsumexp
 
 from mlipdiv.atomic import atomic_path
+from mlipdiv.diversity.structural import morgan_fingerprint
 from mlipdiv.errors import MlipdivError
 from mlipdiv.files import reading
 
@@ -30,8 +31,6 @@ IVF_PROBES = 16
 IVF_TRAINING_PER_LIST = 40
 QUESTS_BANDWIDTH = 0.015  # QUESTS's default kernel bandwidth (its descriptors are ~unitless)
 QUESTS_NEIGHBOURS = 3  # as QUESTS's approximate dH
-MORGAN_RADIUS = 2
-MORGAN_BITS = 2048
 
 
 def committee_scores(
@@ -178,17 +177,16 @@ def density_nll(mixture, features: np.ndarray) -> np.ndarray:
     return -mixture.score_samples(features)
 
 
-def morgan_fingerprint(smiles: str):
-    """RDKit Morgan fingerprint (radius 2, 2048 bits) of a SMILES; None if it does not parse."""
-    from rdkit import Chem
-    from rdkit.Chem import rdFingerprintGenerator
-
-    mol = Chem.MolFromSmiles(smiles) if smiles else None
-    if mol is None:
+def fingerprint_or_none(smiles: str | None):
+    """The Morgan fingerprint of a SMILES (diversity's), or None when the SMILES is missing or
+    does not parse: a molecule without a usable SMILES then gets no Tanimoto score instead of
+    failing the whole scoring."""
+    if not smiles:  # RDKit would parse "" as an empty molecule
         return None
-    generator = rdFingerprintGenerator.GetMorganGenerator(radius=MORGAN_RADIUS,
-                                                          fpSize=MORGAN_BITS)
-    return generator.GetFingerprint(mol)
+    try:
+        return morgan_fingerprint(smiles)
+    except MlipdivError:  # RDKit cannot parse it
+        return None
 
 
 def tanimoto_distance(smiles: str, reference: list) -> float:
@@ -196,21 +194,10 @@ def tanimoto_distance(smiles: str, reference: list) -> float:
     (NaN when the SMILES is missing or does not parse)."""
     from rdkit import DataStructs
 
-    fingerprint = morgan_fingerprint(smiles)
+    fingerprint = fingerprint_or_none(smiles)
     if fingerprint is None or not reference:
         return float("nan")
     return 1.0 - max(DataStructs.BulkTanimotoSimilarity(fingerprint, reference))
-
-
-def quests_descriptors(numbers: np.ndarray, positions: np.ndarray) -> np.ndarray:
-    """QUESTS atomic-environment descriptors of conformers (n_conf, n_atoms, 3) -> (n_conf,
-    n_atoms, 63), with QUESTS's default 32 neighbours and 5 Angstrom cutoff."""
-    from ase import Atoms
-    from quests.descriptor import get_descriptors
-
-    frames = [Atoms(numbers=numbers, positions=xyz) for xyz in positions]
-    flat = get_descriptors(frames)
-    return flat.reshape(len(positions), len(numbers), -1)
 
 
 def quests_entropy(index: NeighbourIndex, descriptors: np.ndarray,

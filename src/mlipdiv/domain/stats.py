@@ -11,6 +11,7 @@ from scipy import stats
 from sklearn.metrics import roc_auc_score
 
 from mlipdiv.errors import MlipdivError
+from mlipdiv.metrics.stats import spearman as _spearman
 
 RETENTION_POINTS = 51  # fractions 0, 0.02, ..., 1 in the stored error-retention curves
 
@@ -43,11 +44,9 @@ def auroc(scores: np.ndarray, positive: np.ndarray) -> float | None:
 
 
 def spearman(scores: np.ndarray, errors: np.ndarray) -> float | None:
-    """Spearman rank correlation of score with error; None when either is constant."""
-    scores, errors = _finite(scores), np.asarray(errors, dtype=float)
-    if len(scores) < 3 or np.ptp(scores) == 0 or np.ptp(errors) == 0:
-        return None
-    return float(stats.spearmanr(scores, errors).statistic)
+    """Spearman rank correlation of score with error; None when undefined (fewer than three
+    items, or either constant). Unjudgeable (+inf/NaN) scores rank as the least trusted."""
+    return _spearman(_finite(scores), errors)
 
 
 def error_retention_curve(

@@ -16,7 +16,7 @@ from scipy.stats import spearmanr
 
 N_RESAMPLES = 1000
 MIN_CONFORMERS_RELATIVE = 2  # relative energies need two conformers
-MIN_CONFORMERS_SPEARMAN = 3  # a rank correlation of two points is only its sign
+MIN_POINTS_SPEARMAN = 3  # a rank correlation of two points is only its sign
 
 
 @dataclass(frozen=True)
@@ -83,13 +83,19 @@ def is_root_metric(metric: str) -> bool:
     return "rmse" in metric
 
 
-def molecule_spearman(reference: np.ndarray, predicted: np.ndarray) -> float | None:
-    """Spearman rank correlation of one molecule's conformer energies; None when undefined
-    (fewer than three conformers, or a constant reference or prediction)."""
-    if len(reference) < MIN_CONFORMERS_SPEARMAN or np.ptp(reference) == 0 or \
-            np.ptp(predicted) == 0:
+def spearman(x: np.ndarray, y: np.ndarray) -> float | None:
+    """Spearman rank correlation of paired values; None when undefined (fewer than three
+    pairs, or constant x or y)."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if len(x) < MIN_POINTS_SPEARMAN or np.ptp(x) == 0 or np.ptp(y) == 0:
         return None
-    return float(spearmanr(reference, predicted).statistic)
+    return float(spearmanr(x, y).statistic)
+
+
+def molecule_spearman(reference: np.ndarray, predicted: np.ndarray) -> float | None:
+    """Spearman rank correlation of one molecule's reference and predicted conformer
+    energies; None when undefined (see `spearman`)."""
+    return spearman(reference, predicted)
 
 
 def split_estimates(molecules: Sequence[MoleculeErrors], *, n_resamples: int = N_RESAMPLES,

@@ -9,6 +9,7 @@ shared here and in `training.py`.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import pickle
 from abc import ABC, abstractmethod
@@ -24,6 +25,7 @@ from ase.data import chemical_symbols
 from mlipdiv.atomic import atomic_path
 from mlipdiv.data.store import MoleculeRecord
 from mlipdiv.errors import MlipdivError, first_line
+from mlipdiv.models.sizes import SIZES, RunSize
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 CHECKPOINT_FORMAT = 1
@@ -75,14 +77,52 @@ def conformers(records: Sequence[MoleculeRecord]) -> list[Conformer]:
     return out
 
 
+# every concrete Potential subclass, by backend name (filled as each class is defined)
+REGISTERED: dict[str, type[Potential]] = {}
+DECLARED = ("backend", "library", "cutoff_key", "sizes")
+
+
 class Potential(ABC):
     """One trained (or trainable) model of one backend.
+
+    A backend subclass declares, as class attributes checked when the class is defined:
+    `backend` (the name users give: `--model`, `models.architectures`), `library` (the
+    distribution whose model it is; its version goes into run.json), `cutoff_key` (the model
+    hyperparameter that is the cutoff radius, Å) and `sizes` (a RunSize per name in SIZES).
+    Defining it registers it (`mlipdiv.models.registry`).
 
     `config` holds everything needed to rebuild the module: elements, E0s (eV, in element
     order), the size's model hyperparameters, training-set statistics and the dtype.
     """
 
     backend: ClassVar[str]
+    library: ClassVar[str]
+    cutoff_key: ClassVar[str]
+    sizes: ClassVar[dict[str, RunSize]]
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if inspect.isabstract(cls):
+            return
+        missing = [name for name in DECLARED if not hasattr(cls, name)]
+        if missing:
+            raise TypeError(f"backend {cls.__name__} must declare {', '.join(missing)}")
+        if sorted(cls.sizes) != sorted(SIZES):
+            raise TypeError(f"backend {cls.backend}: sizes must be exactly {', '.join(SIZES)}")
+        for name, size in cls.sizes.items():
+            if size.backend != cls.backend or size.name != name:
+                raise TypeError(f"backend {cls.backend}: size {name} is labelled "
+                                f"{size.backend}/{size.name}")
+            if cls.cutoff_key not in size.model:
+                raise TypeError(f"backend {cls.backend}: size {name} has no {cls.cutoff_key}")
+        if REGISTERED.setdefault(cls.backend, cls) is not cls:
+            raise TypeError(f"backend {cls.backend} is defined twice "
+                            f"({REGISTERED[cls.backend].__name__}, {cls.__name__})")
+
+    @classmethod
+    def cutoff(cls, model: dict) -> float:
+        """The cutoff radius (Å) of a size's model hyperparameters."""
+        return float(model[cls.cutoff_key])
 
     def __init__(self, config: dict, device: str | torch.device = "cpu"):
         self.config = config

@@ -30,7 +30,8 @@ from mlipdiv.files import read_json, reading
 from mlipdiv.locking import locks_output
 from mlipdiv.models.base import DTYPES, Conformer, EnsembleCalculator, Potential, conformers
 from mlipdiv.models.e0 import fit_e0
-from mlipdiv.models.sizes import RunSize, run_size
+from mlipdiv.models.registry import potential_class, run_size
+from mlipdiv.models.sizes import RunSize
 from mlipdiv.models.training import EpochStats, FitState, Schedule, fit
 
 log = logging.getLogger(__name__)
@@ -38,17 +39,6 @@ log = logging.getLogger(__name__)
 RUN_FILE = "run.json"
 LOG_FILE = "train.log"
 RUN_REMEDY = "train it again (a study: rerun it; the damaged cell is redone with --force)"
-
-
-def potential_class(backend: str) -> type[Potential]:
-    """The Potential subclass of a backend name."""
-    if backend == "mace":
-        from mlipdiv.models.mace_backend import MacePotential
-        return MacePotential
-    if backend == "ani":
-        from mlipdiv.models.ani_backend import AniPotential
-        return AniPotential
-    raise MlipdivError(f"--model {backend!r}: choose from mace, ani")
 
 
 def resolve_device(device: str | None) -> str:
@@ -192,8 +182,7 @@ def train(
     elements = sorted(e0.energies)
     config = {"elements": elements, "e0": [e0.energies[z] for z in elements],
               "model": chosen.model, "dtype": dtype,
-              "stats": training_statistics(train, chosen.model.get(
-                  "r_max", chosen.model.get("radial_cutoff")))}
+              "stats": training_statistics(train, potential_class(model).cutoff(chosen.model))}
     members = _train_members(train, valid, config, chosen, schedule, out, spec, device,
                              progress, log, on_epoch)
     run_meta = {
@@ -307,7 +296,7 @@ def _device_name(device: str) -> str:
 def _versions(model: str) -> dict:
     from importlib.metadata import version
 
-    library = {"mace": "mace-torch", "ani": "torchani"}[model]
+    library = potential_class(model).library
     return {"torch": torch.__version__, library: version(library)}
 
 

@@ -16,8 +16,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from mlipdiv.data.sources import parse_elements
 from mlipdiv.errors import MlipdivError
+from mlipdiv.models.registry import backend_names, study_schedule
+from mlipdiv.models.sizes import SIZES
 
 PRESETS = ("quick", "standard")
+# choices that come from the registries: a new backend is a valid `models.architectures` entry
+BackendName = Literal[backend_names()]
+SizeName = Literal[SIZES]
 SPLITS = ("cf", "st", "sf", "ood")
 
 
@@ -128,8 +133,8 @@ class DesignConfig(_Strict):
 class ModelsConfig(_Strict):
     """Architectures trained on every cell, at one run size."""
 
-    architectures: list[Literal["mace", "ani"]] = ["mace"]
-    size: Literal["dev", "fast", "standard"] = "fast"
+    architectures: list[BackendName] = ["mace"]
+    size: SizeName = "fast"
     ensemble: int = Field(1, ge=1)
     dtype: Literal["float32", "float64"] = "float32"
     device: str | None = None
@@ -230,8 +235,6 @@ class StudyConfig(_Strict):
     def training_schedule(self) -> dict[str, dict]:
         """Per model, the study-wide schedule every cell trains with: the same number of
         optimiser steps for all cells, validation / early stopping every `steps_per_round`."""
-        from mlipdiv.models.sizes import study_schedule
-
         largest = self.largest_training_set()
         schedule = {}
         for model in self.models.architectures:

@@ -11,8 +11,14 @@ import torch
 from ase.data import chemical_symbols
 
 from mlipdiv.models.base import Batch, Conformer, Potential
+from mlipdiv.models.sizes import RunSize, TrainingSettings
 
 os.environ.setdefault("TORCHANI_NO_WARN_EXTENSIONS", "1")
+
+# ANI: AEV as in simple_ani (ANI-2x-like terms, smooth cutoff); per-element widths.
+_ANI_2X_WIDTHS = {"H": [256, 192, 160], "C": [224, 192, 160], "N": [192, 160, 128],
+                  "O": [192, 160, 128], "S": [160, 128, 96], "F": [160, 128, 96],
+                  "Cl": [160, 128, 96]}
 
 
 class AniModule(torch.nn.Module):
@@ -48,6 +54,26 @@ class AniModule(torch.nn.Module):
 
 class AniPotential(Potential):
     backend = "ani"
+    library = "torchani"
+    cutoff_key = "radial_cutoff"
+    sizes = {
+        "dev": RunSize("ani", "dev", dict(
+            radial_cutoff=5.2, angular_cutoff=3.5, radial_shifts=8, angular_shifts=4,
+            angular_sections=4, widths={}, default_widths=[32, 16], activation="celu",
+        ), TrainingSettings(max_epochs=12, batch_size=8, learning_rate=2e-3,
+                            early_stopping_patience=10)),
+        "fast": RunSize("ani", "fast", dict(
+            radial_cutoff=5.2, angular_cutoff=3.5, radial_shifts=16, angular_shifts=8,
+            angular_sections=4, widths={}, default_widths=[96, 64, 32], activation="celu",
+        ), TrainingSettings(max_epochs=50, batch_size=10, learning_rate=2e-3,
+                            early_stopping_patience=12)),
+        "standard": RunSize("ani", "standard", dict(
+            radial_cutoff=5.2, angular_cutoff=3.5, radial_shifts=16, angular_shifts=8,
+            angular_sections=4, widths=_ANI_2X_WIDTHS, default_widths=[160, 128, 96],
+            activation="celu",
+        ), TrainingSettings(max_epochs=600, batch_size=32, learning_rate=1e-3, lr_patience=25,
+                            early_stopping_patience=100)),
+    }
 
     def build_module(self) -> torch.nn.Module:
         symbols = [chemical_symbols[z] for z in self.elements]

@@ -1,0 +1,121 @@
+"""MACE through mace-torch: its `ScaleShiftMACE` model, `AtomicData` graphs and batching.
+
+The model is built as `mace_run_train --model MACE` builds it (residual interactions, SiLU
+gates, shift 0 and scale = RMS of the training forces, the E0s as atomic energies); the
+graphs are built once per conformer with MACE's own neighbour list and reused every epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import warnings
+from collections.abc import Iterator, Sequence
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from mlipdiv.models.base import Batch, Conformer, Potential
+from mlipdiv.models.sizes import RunSize, TrainingSettings
+
+# e3nn warns about TorchScript annotations and about the torch.load flag mace sets: not ours.
+# The filters hold only while mace-torch is imported and a model is built, not for the caller.
+THIRD_PARTY_NOTICES = ("The TorchScript type system",
+                       "Environment variable TORCH_FORCE_NO_WEIGHTS_ONLY",
+                       "`torch.jit.script` is deprecated")
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    with warnings.catch_warnings():
+        for message in THIRD_PARTY_NOTICES:
+            warnings.filterwarnings("ignore", message=message)
+        yield
+
+
+@functools.cache
+def _mace() -> SimpleNamespace:
+    """mace-torch and e3nn, imported on first use (several seconds): listing the backends
+    must not pay for it."""
+    with _quiet(), contextlib.redirect_stdout(io.StringIO()):  # mace prints a GPU notice
+        import mace  # noqa: F401 - first: it lets e3nn torch.load its constants
+        from e3nn import o3
+        from mace import modules
+        from mace.data import AtomicData, Configuration
+        from mace.modules.utils import extract_invariant
+        from mace.tools import AtomicNumberTable
+        from mace.tools.torch_geometric.batch import Batch as GraphBatch
+    return SimpleNamespace(o3=o3, modules=modules, AtomicData=AtomicData,
+                           Configuration=Configuration, extract_invariant=extract_invariant,
+                           AtomicNumberTable=AtomicNumberTable, GraphBatch=GraphBatch)
+
+
+class MacePotential(Potential):
+    backend = "mace"
+    library = "mace-torch"
+    cutoff_key = "r_max"
+    sizes = {
+        "dev": RunSize("mace", "dev", dict(
+            num_channels=8, max_L=0, max_ell=1, correlation=2, num_interactions=2, r_max=4.0,
+            num_radial_basis=6, num_cutoff_basis=5, radial_mlp=[16, 16], mlp_irreps="8x0e",
+        ), TrainingSettings(max_epochs=12, batch_size=8, learning_rate=0.01,
+                            early_stopping_patience=10)),
+        "fast": RunSize("mace", "fast", dict(
+            num_channels=16, max_L=0, max_ell=2, correlation=2, num_interactions=2, r_max=4.5,
+            num_radial_basis=8, num_cutoff_basis=5, radial_mlp=[32, 32], mlp_irreps="16x0e",
+        ), TrainingSettings(max_epochs=40, batch_size=10, learning_rate=0.01,
+                            early_stopping_patience=10)),
+        "standard": RunSize("mace", "standard", dict(
+            num_channels=96, max_L=0, max_ell=3, correlation=3, num_interactions=2, r_max=4.5,
+            num_radial_basis=8, num_cutoff_basis=5, radial_mlp=[64, 64, 64], mlp_irreps="16x0e",
+        ), TrainingSettings(max_epochs=400, batch_size=16, learning_rate=0.01, lr_patience=20,
+                            early_stopping_patience=60)),
+    }
+
+    def build_module(self) -> torch.nn.Module:
+        lib, hp = _mace(), self.config["model"]
+        o3, modules = lib.o3, lib.modules
+        interactions = modules.interaction_classes
+        hidden = (hp["num_channels"] * o3.Irreps.spherical_harmonics(hp["max_L"])).sort()[0]
+        with _quiet():
+            return modules.ScaleShiftMACE(
+                r_max=hp["r_max"], num_bessel=hp["num_radial_basis"],
+                num_polynomial_cutoff=hp["num_cutoff_basis"], max_ell=hp["max_ell"],
+                interaction_cls=interactions["RealAgnosticResidualInteractionBlock"],
+                interaction_cls_first=interactions["RealAgnosticInteractionBlock"],
+                num_interactions=hp["num_interactions"], num_elements=len(self.elements),
+                hidden_irreps=hidden.simplify(), MLP_irreps=o3.Irreps(hp["mlp_irreps"]),
+                atomic_energies=np.array(self.config["e0"]),
+                avg_num_neighbors=self.config["stats"]["avg_num_neighbors"],
+                atomic_numbers=self.elements, correlation=hp["correlation"],
+                gate=torch.nn.functional.silu, radial_MLP=list(hp["radial_mlp"]),
+                atomic_inter_scale=self.config["stats"]["force_rms"], atomic_inter_shift=0.0,
+            )
+
+    def prepare(self, conformer: Conformer):
+        forces = conformer.forces
+        lib = _mace()
+        config = lib.Configuration(
+            atomic_numbers=np.asarray(conformer.numbers), positions=conformer.positions,
+            properties={"energy": conformer.energy, "forces": forces},
+            property_weights={"energy": 1.0, "forces": 1.0}, pbc=(False, False, False),
+        )
+        return lib.AtomicData.from_config(config, lib.AtomicNumberTable(self.elements),
+                                          self.config["model"]["r_max"])
+
+    def collate(self, items: Sequence) -> Batch:
+        graphs = _mace().GraphBatch.from_data_list(list(items)).to(self.device)
+        return Batch(graphs, graphs.energy, graphs.forces, graphs.ptr[1:] - graphs.ptr[:-1])
+
+    def energy_forces(self, batch: Batch, training: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.module(batch.inputs.to_dict(), training=training, compute_force=True)
+        return out["energy"], out["forces"]
+
+    def invariant_features(self, batch: Batch) -> torch.Tensor:
+        hp = self.config["model"]
+        out = self.module(batch.inputs.to_dict(), training=False, compute_force=False)
+        return _mace().extract_invariant(
+            out["node_feats"], num_layers=hp["num_interactions"],
+            num_features=hp["num_channels"], l_max=hp["max_L"])
