@@ -70,7 +70,7 @@ def main() -> None:
                          "energy_mae_mev_per_atom": metrics.energy_mae_mev_per_atom,
                          "forces_mae_mev_per_angstrom": metrics.forces_mae_mev_per_angstrom,
                          "conformational_energy_mae_mev": metrics.conformational_energy_mae_mev,
-                         "epochs": run.meta["members"][0]["epochs"],
+                         "epochs": run.record.members[0].epochs,
                          "seconds": time.perf_counter() - started})
             print(f"N={n_train}: energy MAE {rows[-1]['energy_mae_mev_per_atom']:.2f} meV/atom, "
                   f"force MAE {rows[-1]['forces_mae_mev_per_angstrom']:.1f} meV/A "

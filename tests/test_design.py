@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from rdkit import Chem
 from typer.testing import CliRunner
 
+from mlipdiv import cli
 from mlipdiv.cli import app
 from mlipdiv.data import ConformerStore, MoleculeRecord, write_store
 from mlipdiv.design import (
@@ -31,7 +32,7 @@ from mlipdiv.design import (
     write_design,
 )
 from mlipdiv.design.splits import write_pairs
-from mlipdiv.errors import MlipdivError
+from mlipdiv.errors import FieldError, MlipdivError
 
 # stereo pairs share their connectivity block; benzene, pyridine and cyclohexane are shared
 SYNTHETIC_SMILES = (
@@ -106,7 +107,10 @@ def test_splits_are_leak_free_and_a_planted_leak_is_caught(
         make_splits(store, out, SplitOptions(cf=2, cf_conformers=1, st=1, sf=1, ood=ood,
                                              seed=seed))
     except MlipdivError as exc:  # a size the random store cannot supply is refused, not leaked
-        assert "--" in str(exc) and "leak" not in str(exc) and not out.exists()
+        # naming the option at fault (as a field the CLI renders as its flag)
+        named = (exc.field.startswith("split.") if isinstance(exc, FieldError)
+                 else str(exc).startswith(("cf + st + sf", "st/sf/ood", "ood and ood_store")))
+        assert named and "leak" not in str(exc) and not out.exists()
         event("refused")
         return
     splits = load_splits(out)
@@ -208,16 +212,29 @@ def test_ood_store_and_size_shift(diverse_store, tmp_path):
 
 @pytest.mark.parametrize("options, message", [
     (SplitOptions(cf=0.5, st=0.4, sf=0.3), "sum to 1.2, above the limit 1"),
-    (SplitOptions(ood="elements:S"), "--ood elements:S: selects 0"),
-    (SplitOptions(ood="weird"), "--ood weird"),
-    (SplitOptions(st=40), "--st 40: exceeds"),
-    (SplitOptions(cf=16, cf_conformers=8), "--cf 16: only 0"),
+    (SplitOptions(ood="elements:S"), "split.ood elements:S: selects 0"),
+    (SplitOptions(ood="weird"), "split.ood weird"),
+    (SplitOptions(st=40), "split.st 40: exceeds"),
+    (SplitOptions(cf=16, cf_conformers=8), "split.cf 16: only 0"),
 ])
 def test_bad_split_options_are_one_line_errors(diverse_store, tmp_path, options, message):
     with pytest.raises(MlipdivError, match=message.replace("(", r"\(")) as info:
         make_splits(diverse_store, tmp_path / "sp", options)
     assert "\n" not in str(info.value)
     assert not (tmp_path / "sp").exists()
+
+
+def test_library_names_the_field_and_the_cli_the_flag(diverse_store, tmp_path, monkeypatch,
+                                                        capsys):
+    with pytest.raises(MlipdivError, match=r"^split\.sf 999: exceeds the store's") as info:
+        make_splits(diverse_store, tmp_path / "sp", SplitOptions(sf=999))
+    monkeypatch.setattr("sys.argv", ["mlipdiv", "split", str(diverse_store), "--out",
+                                     str(tmp_path / "sp"), "--sf", "999"])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code == 2
+    flag_form = str(info.value).replace("split.sf", "--sf", 1)
+    assert capsys.readouterr().err.strip() == f"mlipdiv: error: {flag_form}"
 
 
 def test_empty_store_is_refused(tmp_path):
@@ -298,12 +315,14 @@ def test_farthest_point_order_starts_with_the_farthest_conformer():
 
 
 @pytest.mark.parametrize("options, message", [
-    (DesignOptions("fixed-budget", budget=10_000), "--budget 10000: .* exceeds the pool's"),
-    (DesignOptions("fixed-budget", budget=0), "--budget 0"),
+    (DesignOptions("fixed-budget", budget=10_000),
+     "fixed_budget.budget 10000: .* exceeds the pool's"),
+    (DesignOptions("fixed-budget", budget=0), "fixed_budget.budget 0"),
     (DesignOptions("fixed-budget", budget=20, grid=(4, 4)), "repeats a value"),
     (DesignOptions("fixed-budget", budget=20, grid=(0, 4)), "at least 1"),
-    (DesignOptions("fixed-budget", budget=3, grid=(4,)), "M=4: larger than --budget 3"),
-    (DesignOptions("fixed-molecules", molecules=0), "--molecules 0"),
+    (DesignOptions("fixed-budget", budget=3, grid=(4,)),
+     "fixed_budget.molecules_grid M=4: larger than budget 3"),
+    (DesignOptions("fixed-molecules", molecules=0), "fixed_molecules.molecules 0"),
     (DesignOptions("fixed-molecules", molecules=500), "the pool has only"),
     (DesignOptions("fixed-molecules", molecules=3, grid=(0, 2)), "at least 1"),
     (DesignOptions("fixed-molecules", molecules=4, grid=(8,)), "cell fixed-molecules/M4-C8/r0"),

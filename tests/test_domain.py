@@ -153,7 +153,7 @@ def trained(tmp_path_factory):
         write_store(paths[name], records, "GFN2-xTB (tblite)")
     run_dir = train(train_records, valid_records, model="ani", size="dev",
                     out=root / "run", ensemble=2, progress=False,
-                    meta={"train": str(paths["train"]), "valid": str(paths["valid"])})
+                    source={"train": str(paths["train"]), "valid": str(paths["valid"])})
     run = load_run(run_dir)
     domain = fit_domain(run, train_records, valid_records)
     return {"run": run, "domain": domain, "valid": valid_records, "test": test_records,
@@ -255,7 +255,7 @@ def test_cli_fit_and_score(trained, tmp_path):
 
 
 def test_unknown_score_is_a_clear_error(trained):
-    with pytest.raises(MlipdivError, match="--score 'nope'"):
+    with pytest.raises(MlipdivError, match="^score 'nope': choose from"):
         fit_domain(trained["run"], trained["valid"][:2], trained["valid"][2:], primary="nope")
 
 

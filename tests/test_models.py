@@ -36,18 +36,18 @@ def trained(request, conformer_sets, tmp_path_factory):
     train_set, valid_set = conformer_sets
     out = tmp_path_factory.mktemp(request.param) / "run"
     train(train_set, valid_set, model=request.param, size="dev", out=out, dtype="float64",
-          progress=False, meta={"cell": "test-cell"})
+          progress=False, source={"cell": "test-cell"})
     return load_run(out)
 
 
 def test_training_loss_falls(trained):
-    history = trained.meta["members"][0]["history"]
+    history = trained.record.members[0].history
     assert len(history) >= 5
     assert history[-1]["train_loss"] < 0.7 * history[0]["train_loss"]
     assert history[-1]["valid_forces_mae_mev_per_angstrom"] < \
         history[0]["valid_forces_mae_mev_per_angstrom"]
-    assert trained.meta["meta"]["cell"] == "test-cell"
-    assert trained.meta["hyperparameters"]["size"] == "dev"
+    assert trained.record.source.cell == "test-cell"
+    assert trained.record.hyperparameters["size"] == "dev"
     assert "hyperparameters" in (trained.path / "train.log").read_text()
 
 
@@ -98,7 +98,7 @@ def test_resume_after_interruption_matches_uninterrupted(trained, conformer_sets
         if stats.epoch == 4:
             raise KeyboardInterrupt  # as if killed right after epoch 4's checkpoint
 
-    options = dict(model=trained.meta["model"], size="dev", dtype="float64", progress=False)
+    options = dict(model=trained.record.model, size="dev", dtype="float64", progress=False)
     with pytest.raises(KeyboardInterrupt):
         train(train_set, valid_set, out=tmp_path / "killed", on_epoch=interrupt, **options)
     with pytest.raises(MlipdivError, match="not finished"):
@@ -114,14 +114,14 @@ def test_resume_after_interruption_matches_uninterrupted(trained, conformer_sets
 
 
 def test_epoch_policy_makes_one_round_one_epoch(trained):
-    member = trained.meta["members"][0]
+    member = trained.record.members[0]
     per_epoch = 5  # 40 training conformers, batch size 8
-    assert trained.meta["schedule"] == {"max_steps": 12 * per_epoch,
+    assert trained.record.schedule == {"max_steps": 12 * per_epoch,
                                         "steps_per_round": per_epoch, "policy": "epochs"}
-    assert [h["step"] for h in member["history"]] == \
-        [per_epoch * (k + 1) for k in range(member["rounds"])]
-    assert member["steps"] == member["epochs"] * per_epoch
-    assert member["best_step"] == member["best_epoch"] * per_epoch
+    assert [h["step"] for h in member.history] == \
+        [per_epoch * (k + 1) for k in range(member.rounds)]
+    assert member.steps == member.epochs * per_epoch
+    assert member.best_step == member.best_epoch * per_epoch
 
 
 def test_same_schedule_gives_every_training_set_size_the_same_steps(conformer_sets,
@@ -160,7 +160,7 @@ def test_resume_mid_pass_matches_uninterrupted(conformer_sets, tmp_path):
     assert steps_seen == [10, 14]  # resumed after round 1's checkpoint
     train(data, valid_set, out=tmp_path / "whole", **options)
     resumed, whole = load_run(tmp_path / "killed"), load_run(tmp_path / "whole")
-    losses = [[h["train_loss"] for h in run.meta["members"][0]["history"]]
+    losses = [[h["train_loss"] for h in run.record.members[0].history]
               for run in (resumed, whole)]
     np.testing.assert_allclose(losses[0], losses[1], rtol=1e-12)
     for a, b in zip(resumed.predict(valid_set), whole.predict(valid_set), strict=True):
@@ -207,7 +207,7 @@ def test_convergence_rule():
 
 def test_rerun_with_other_settings_is_refused(trained, conformer_sets):
     with pytest.raises(MlipdivError, match="different run"):
-        train(*conformer_sets, model=trained.meta["model"], size="fast", out=trained.path,
+        train(*conformer_sets, model=trained.record.model, size="fast", out=trained.path,
               progress=False)
 
 
@@ -261,7 +261,7 @@ def test_bad_training_input_is_one_line_error(conformer_sets, tmp_path):
         with pytest.raises(MlipdivError, match="CUDA is not available"):
             resolve_device("cuda")
     (tmp_path / "bad").mkdir()
-    (tmp_path / "bad" / "run.json").write_text(json.dumps({"status": "complete",
+    (tmp_path / "bad" / "run.json").write_text(json.dumps({"status": "complete", "spec": {},
                                                            "model": "ani", "ensemble": 1}))
     with pytest.raises(MlipdivError, match="no such checkpoint"):
         load_run(tmp_path / "bad")
@@ -327,9 +327,9 @@ def test_cli_design_cell_train_and_evaluate_splits(tmp_path):
                                  str(tmp_path / "run"), "--steps", "9", "--steps-per-round",
                                  "3"])
     assert result.exit_code == 0, result.output
-    meta = load_run(tmp_path / "run").meta
-    assert meta["n_train"] == cell.n_train and meta["members"][0]["steps"] == 9
-    assert meta["schedule"] == {"max_steps": 9, "steps_per_round": 3, "policy": "steps"}
+    record = load_run(tmp_path / "run").record
+    assert record.n_train == cell.n_train and record.members[0].steps == 9
+    assert record.schedule == {"max_steps": 9, "steps_per_round": 3, "policy": "steps"}
     result = runner.invoke(app, ["evaluate", str(tmp_path / "run"), "--splits",
                                  str(tmp_path / "splits"), "--json"])
     assert result.exit_code == 0, result.output

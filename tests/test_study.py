@@ -99,6 +99,13 @@ def test_data_too_small_names_every_unfillable_cell(diverse_store, tmp_path):
     assert not (tmp_path / "small" / "runs").exists()
 
 
+def test_a_bad_value_in_a_study_is_named_by_its_config_key(diverse_store, tmp_path):
+    text = STUDY_TOML.format(store=diverse_store).replace("st = 1\n", "st = 999\n")
+    with pytest.raises(MlipdivError, match=r"^config key split\.st 999: exceeds") as error:
+        run_study(parse_config(text), text, tmp_path / "big", progress=False)
+    assert "--" not in str(error.value)
+
+
 # ---------------------------------------------------------------- fit and advice
 def synthetic_errors(alpha=0.7, beta=0.4, replicates=3, noise=0.03, seed=0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
@@ -159,7 +166,7 @@ def test_advisor_warns_when_extrapolating_and_prices_molecules():
 def test_weights_parsing():
     assert parse_weights("cf=1, st=2.5,sf=0") == {"cf": 1.0, "st": 2.5, "sf": 0.0}
     for bad in ("cf", "xx=1", "cf=-1", "cf=0", "cf=nan", "st=inf"):
-        with pytest.raises(MlipdivError, match="--weights"):
+        with pytest.raises(MlipdivError, match=r"^advice\.weights"):
             parse_weights(bad)
 
 

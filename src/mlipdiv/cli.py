@@ -376,10 +376,10 @@ def train(
         skipped_train, skipped_valid = Counter(), Counter()
         path = train_run(read_records(train_file, skipped_train),
                          read_records(valid_file, skipped_valid),
-                         meta={"train": str(train_file.resolve()),
-                               "valid": str(valid_file.resolve()),
-                               "skipped_train": dict(skipped_train),
-                               "skipped_valid": dict(skipped_valid)}, **options)
+                         source={"train": str(train_file.resolve()),
+                                 "valid": str(valid_file.resolve()),
+                                 "skipped_train": dict(skipped_train),
+                                 "skipped_valid": dict(skipped_valid)}, **options)
         for name, skipped in (("training", skipped_train), ("validation", skipped_valid)):
             if skipped:
                 console.print(f"{sum(skipped.values())} {name} conformers skipped: "

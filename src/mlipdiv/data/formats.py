@@ -25,7 +25,7 @@ import numpy as np
 
 from mlipdiv.data.identity import SUPPORTED_ELEMENTS
 from mlipdiv.data.units import energy_to_ev, force_to_ev_per_angstrom, length_to_angstrom
-from mlipdiv.errors import MlipdivError, first_line
+from mlipdiv.errors import FieldError, MlipdivError, first_line
 
 FORMATS = ("auto", "spice", "qm7x", "ani1x", "extxyz", "asedb")
 MAX_ATOMIC_NUMBER = 118
@@ -474,7 +474,7 @@ def open_format(path: str | Path, format: str = "auto", energy_key: str | None =
                 forces_key: str | None = None) -> DatasetFormat:
     """A reader for `path` (`format` one of FORMATS; 'auto' detects it)."""
     if format not in FORMATS:
-        raise MlipdivError(f"--format: unknown format '{format}' (choose from "
-                           f"{', '.join(FORMATS)})")
+        raise FieldError("format", None, f"unknown format '{format}' (choose from "
+                         f"{', '.join(FORMATS)})")
     name = detect_format(path) if format == "auto" else format
     return READERS[name](path, energy_key, forces_key)

@@ -40,7 +40,7 @@ from mlipdiv.data.qm import LabelError, QMMethod
 from mlipdiv.data.sampling import SAMPLERS, SamplingError, prepare_molecule, sample_conformers
 from mlipdiv.data.sources import MoleculeEntry, MoleculeFilter, describe_source, select_molecules
 from mlipdiv.data.store import ConformerStore, MoleculeRecord, StoreWriter
-from mlipdiv.errors import MlipdivError, first_line
+from mlipdiv.errors import FieldError, MlipdivError, first_line
 from mlipdiv.files import read_json, reading
 from mlipdiv.locking import input_size, locks_output
 from mlipdiv.workers import init_worker
@@ -157,9 +157,9 @@ def generate(
     molecule_filter = molecule_filter or MoleculeFilter()
     _check_counts(n_molecules=n_molecules, conformers=options.n_conformers, workers=workers)
     if options.sampler not in SAMPLERS:
-        raise MlipdivError(f"--sampler {options.sampler}: choose from {', '.join(SAMPLERS)}")
+        raise FieldError("data.sampler", options.sampler, f"choose from {', '.join(SAMPLERS)}")
     if not options.temperature > 0:
-        raise MlipdivError(f"--temperature {options.temperature}: must be above 0 K")
+        raise FieldError("data.temperature", options.temperature, "must be above 0 K")
     selection = select_molecules(source, n_molecules, molecule_filter, options.seed)
     for name, reason in selection.skipped_names:
         log.warning("skipped %s: %s", name, reason)
@@ -419,6 +419,6 @@ def _molecule_seed(seed: int, index: int) -> int:
 
 
 def _check_counts(**counts: int) -> None:
-    for option, value in counts.items():
+    for name, value in counts.items():
         if value < 1:
-            raise MlipdivError(f"--{option.replace('_', '-')} must be at least 1 (got {value})")
+            raise FieldError(name, value, "must be at least 1")

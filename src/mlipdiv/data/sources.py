@@ -26,7 +26,7 @@ from rdkit import Chem
 from rdkit.Chem import Descriptors
 
 from mlipdiv.data.identity import SUPPORTED_ELEMENTS
-from mlipdiv.errors import MlipdivError
+from mlipdiv.errors import FieldError, MlipdivError
 
 
 def _nci_path() -> Path:
@@ -113,7 +113,7 @@ def parse_elements(text: str | None) -> frozenset[int] | None:
         except RuntimeError:
             number = 0
         if number == 0:
-            raise MlipdivError(f"--elements: unknown element symbol '{symbol}'")
+            raise FieldError("data.elements", None, f"unknown element symbol '{symbol}'")
         numbers.add(number)
     return frozenset(numbers)
 
@@ -125,9 +125,9 @@ def parse_heavy_atoms(text: str) -> tuple[int, int]:
         low_n = int(low) if low.strip() else 1
         high_n = (int(high) if high.strip() else 1000) if sep else low_n
     except ValueError:
-        raise MlipdivError(f"--heavy-atoms: '{text}' is not a range like 3:9") from None
+        raise FieldError("heavy_atoms", None, f"'{text}' is not a range like 3:9") from None
     if low_n < 1 or high_n < low_n:
-        raise MlipdivError(f"--heavy-atoms: '{text}' is an empty range")
+        raise FieldError("heavy_atoms", None, f"'{text}' is an empty range")
     return low_n, high_n
 
 
@@ -141,13 +141,13 @@ def read_entries(source: str) -> list[tuple[str, str]]:
     path = Path(source)
     if not path.exists():
         names = ", ".join(sorted(NAMED_SOURCES))
-        raise MlipdivError(f"--molecules {source}: no such file and not a named set ({names})")
+        raise FieldError("data.molecules", source, f"no such file and not a named set ({names})")
     suffix = path.suffix.lower()
     if suffix == ".csv":
         return _read_csv(path)
     if suffix in (".smi", ".smiles", ".txt"):
         return _read_smi(path, prefix=f"{path.name}:")
-    raise MlipdivError(f"--molecules {source}: expected a .smi or .csv file (got '{suffix}')")
+    raise FieldError("data.molecules", source, f"expected a .smi or .csv file (got '{suffix}')")
 
 
 def select_molecules(

@@ -38,12 +38,16 @@ from mlipdiv.diversity.conformational import (
 from mlipdiv.diversity.entropy import EnvironmentReservoir
 from mlipdiv.diversity.profile import quartiles
 from mlipdiv.diversity.structural import maxmin_order, mean_tanimoto_distance, morgan_fingerprint
-from mlipdiv.errors import MlipdivError
+from mlipdiv.errors import FieldError, MlipdivError
 from mlipdiv.files import reading
 
 EXPERIMENTS = ("fixed-budget", "fixed-molecules")
 MOLECULE_SELECTIONS = ("random", "maxmin")
 CONFORMER_SELECTIONS = ("random", "farthest")
+# the grid as errors name it, rendered as the flags --molecules-grid / --conformers-grid
+# (the config keys are fixed_budget.molecules / fixed_molecules.conformers)
+GRID_FIELDS = {"fixed-budget": "fixed_budget.molecules_grid",
+               "fixed-molecules": "fixed_molecules.conformers_grid"}
 CELL_RMSD_MOLECULES = 200  # molecules per cell whose RMSD / entropy enter its diversity figures
 CELL_ENVIRONMENTS = 2000
 
@@ -161,30 +165,32 @@ def _check_options(options: DesignOptions) -> None:
     if options.experiment not in EXPERIMENTS:
         raise MlipdivError(f"design: unknown experiment '{options.experiment}'")
     if options.molecule_selection not in MOLECULE_SELECTIONS:
-        raise MlipdivError(f"--molecule-selection {options.molecule_selection}: choose from "
-                           f"{', '.join(MOLECULE_SELECTIONS)}")
+        raise FieldError("design.molecule_selection", options.molecule_selection,
+                         f"choose from {', '.join(MOLECULE_SELECTIONS)}")
     if options.conformer_selection not in CONFORMER_SELECTIONS:
-        raise MlipdivError(f"--conformer-selection {options.conformer_selection}: choose from "
-                           f"{', '.join(CONFORMER_SELECTIONS)}")
+        raise FieldError("design.conformer_selection", options.conformer_selection,
+                         f"choose from {', '.join(CONFORMER_SELECTIONS)}")
     if options.replicates < 1:
-        raise MlipdivError(f"--replicates {options.replicates}: must be at least 1")
+        raise FieldError("design.replicates", options.replicates, "must be at least 1")
     if not 0 <= options.valid_fraction < 1:
-        raise MlipdivError(f"--valid-fraction {options.valid_fraction}: must be in [0, 1)")
+        # the option's name (flag --valid-fraction), not the config's design.validation_fraction
+        raise FieldError("design.valid_fraction", options.valid_fraction, "must be in [0, 1)")
     if options.grid_points < 1:
-        raise MlipdivError(f"--grid-points {options.grid_points}: must be at least 1")
+        raise FieldError("design.grid_points", options.grid_points, "must be at least 1")
     if options.experiment == "fixed-budget" and (options.budget is None or options.budget < 1):
-        raise MlipdivError(f"--budget {options.budget}: fixed-budget needs a budget >= 1")
+        raise FieldError("fixed_budget.budget", options.budget, "fixed-budget needs a budget >= 1")
     if options.experiment == "fixed-molecules" and (options.molecules is None
                                                     or options.molecules < 1):
-        raise MlipdivError(f"--molecules {options.molecules}: fixed-molecules needs M >= 1")
+        raise FieldError("fixed_molecules.molecules", options.molecules,
+                         "fixed-molecules needs M >= 1")
     if options.grid is not None:
-        option = "--molecules-grid" if options.experiment == "fixed-budget" else "--conformers-grid"
+        field = GRID_FIELDS[options.experiment]
         name = "M" if options.experiment == "fixed-budget" else "C"
+        values = ",".join(map(str, options.grid))
         if not options.grid or min(options.grid) < 1:
-            raise MlipdivError(f"{option}: every {name} must be at least 1 (got "
-                               f"{','.join(map(str, options.grid))})")
+            raise FieldError(field, None, f"every {name} must be at least 1 (got {values})")
         if len(set(options.grid)) != len(options.grid):
-            raise MlipdivError(f"{option}: repeats a value ({','.join(map(str, options.grid))})")
+            raise FieldError(field, None, f"repeats a value ({values})")
 
 
 class _Planner:
@@ -214,21 +220,20 @@ class _Planner:
         options, n_pool = self.options, len(self.keys)
         if options.experiment == "fixed-molecules":
             if options.molecules > n_pool:
-                raise MlipdivError(f"--molecules {options.molecules}: the pool has only "
-                                   f"{n_pool} molecules")
+                raise FieldError("fixed_molecules.molecules", options.molecules,
+                                 f"the pool has only {n_pool} molecules")
             return
         budget, total = options.budget, int(self.available.sum())
         if budget + self._n_valid(budget) > total:
-            raise MlipdivError(
-                f"--budget {budget}: with {self._n_valid(budget)} validation conformers it "
-                f"exceeds the pool's {total} conformers")
+            raise FieldError("fixed_budget.budget", budget, f"with {self._n_valid(budget)} "
+                             f"validation conformers it exceeds the pool's {total} conformers")
+        field = GRID_FIELDS[options.experiment]
         for m in options.grid or ():
             if m > budget:
-                raise MlipdivError(f"--molecules-grid M={m}: larger than --budget {budget} "
-                                   "gives C = 0 conformers per molecule")
+                raise FieldError(field, f"M={m}", f"larger than budget {budget} gives C = 0 "
+                                 "conformers per molecule")
             if m > n_pool:
-                raise MlipdivError(f"--molecules-grid M={m}: the pool has only {n_pool} "
-                                   "molecules")
+                raise FieldError(field, f"M={m}", f"the pool has only {n_pool} molecules")
 
     def _largest_m(self) -> int:
         if self.options.experiment == "fixed-molecules":
@@ -252,17 +257,17 @@ class _Planner:
             ms = np.arange(1, min(budget, len(self.keys)) + 1)
             fits = capacity[ms - 1] >= -(-budget // ms) + -(-n_valid // ms)
             if not fits.any():
-                raise MlipdivError(f"--budget {budget}: no molecule count M lets the pool's "
-                                   "molecules hold it; use --allow-short or a smaller budget")
+                raise FieldError("fixed_budget.budget", budget, "no molecule count M lets the "
+                                 "pool's molecules hold it; use allow_short or a smaller budget")
             return _log_grid(int(ms[fits][0]), int(ms[-1]), options.grid_points)
         m = options.molecules
         cs = np.arange(1, int(capacity[m - 1]) + 1)
         n_valid = np.array([self._n_valid(m * c) for c in cs], dtype=np.int64)
         fits = capacity[m - 1] >= cs + -(-n_valid // m)
         if not fits.any():
-            raise MlipdivError(f"--molecules {m}: the first {m} molecules hold "
-                               f"{int(capacity[m - 1])} conformer(s), too few for C = 1 plus "
-                               "validation; use --allow-short or a smaller M")
+            raise FieldError("fixed_molecules.molecules", m, f"the first {m} molecules hold "
+                             f"{int(capacity[m - 1])} conformer(s), too few for C = 1 plus "
+                             "validation; use allow_short or a smaller M")
         return _log_grid(1, int(cs[fits][-1]), options.grid_points)
 
     def _cell_sizes(self, value: int) -> tuple[int, np.ndarray, np.ndarray]:
@@ -351,7 +356,7 @@ class _Planner:
             raise MlipdivError(
                 f"cell {cell_id}: molecule {first} has {len(self.pool[first])} pool conformers, "
                 f"the cell needs {int(needed[lacking[0]])} (train + validation); use "
-                "--allow-short or a smaller C")
+                "allow_short or a smaller C")
         chosen, spares = list(prefix), iter(order[m:])
         while (molecules := self._match(chosen, needed)) is None:
             weakest = min(chosen, key=lambda k: len(self.pool[k]))

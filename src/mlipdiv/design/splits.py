@@ -41,7 +41,7 @@ from mlipdiv.data.store import ConformerStore, MoleculeRecord
 from mlipdiv.design.leaks import assert_no_leaks, near_duplicate_conformers
 from mlipdiv.diversity.conformational import DUPLICATE_RMSD_ANGSTROM
 from mlipdiv.diversity.structural import morgan_fingerprint, scaffolds
-from mlipdiv.errors import MlipdivError
+from mlipdiv.errors import FieldError, MlipdivError
 from mlipdiv.files import read_json, read_parquet, reading
 from mlipdiv.locking import locks_output
 
@@ -52,6 +52,9 @@ MOLECULE_TABLE = "molecules.parquet"
 
 ByMolecule = dict[str, np.ndarray]  # inchikey -> conformer indices
 CF_ALL = "all"  # every eligible pool molecule withholds CF conformers
+# the CF size as errors name it: `split.cf` renders as the flag --cf (the config key is
+# split.cf_molecules)
+CF_FIELD = "split.cf"
 
 
 # ---------------------------------------------------------------- sets and their files
@@ -223,18 +226,19 @@ def _units(candidates: set[str]) -> dict[str, list[str]]:
 
 
 # ---------------------------------------------------------------- sizes
-def resolve_size(value: float, total: int, option: str) -> int:
-    """A size given as a fraction (0 < value < 1) or a count (whole number >= 1) of `total`."""
+def resolve_size(value: float, total: int, field: str) -> int:
+    """A size given as a fraction (0 < value < 1) or a count (whole number >= 1) of `total`;
+    errors name it `field`."""
     if not np.isfinite(value) or value < 0:
-        raise MlipdivError(f"{option} {value}: must be a fraction in (0, 1) or a count >= 1")
+        raise FieldError(field, value, "must be a fraction in (0, 1) or a count >= 1")
     if value == 0:
         return 0
     if value < 1:
         return max(1, round(value * total))
     if value != int(value):
-        raise MlipdivError(f"{option} {value}: a count must be a whole number")
+        raise FieldError(field, value, "a count must be a whole number")
     if value > total:
-        raise MlipdivError(f"{option} {int(value)}: exceeds the store's {total} molecules")
+        raise FieldError(field, int(value), f"exceeds the store's {total} molecules")
     return int(value)
 
 
@@ -262,7 +266,7 @@ class ScaffoldSplit(MoleculeSplit):
         rows = table[table["inchikey"].isin(candidates) & (table["scaffold"] != "")]
         groups = {s: set(f["inchikey"]) for s, f in rows.groupby("scaffold")}
         if len(groups) < 2:
-            raise SplitSkipped(f"--sf: the pool has {len(groups)} ring scaffold(s); a scaffold "
+            raise SplitSkipped(f"SF: the pool has {len(groups)} ring scaffold(s); a scaffold "
                                "split needs at least 2, so SF is skipped")
         taken: set[str] = set()
         for scaffold in rng.permutation(sorted(groups))[:-1]:
@@ -270,8 +274,8 @@ class ScaffoldSplit(MoleculeSplit):
                 break
             taken |= _close_over_connectivity(groups[scaffold], table, candidates)
         if len(taken) < self.n_molecules:
-            raise MlipdivError(f"--sf {self.n_molecules}: only {len(taken)} molecules can be "
-                               "withheld while one ring scaffold stays in the pool")
+            raise FieldError("split.sf", self.n_molecules, f"only {len(taken)} molecules can "
+                             "be withheld while one ring scaffold stays in the pool")
         return taken
 
 
@@ -298,8 +302,8 @@ class StructureSplit(MoleculeSplit):
                 remaining[scaffold] -= 1
                 taken.update(units[block])
         if len(taken) < self.n_molecules:
-            raise MlipdivError(f"--st {self.n_molecules}: only {len(taken)} molecules can be "
-                               "withheld with their scaffold still in the pool")
+            raise FieldError("split.st", self.n_molecules, f"only {len(taken)} molecules can "
+                             "be withheld with their scaffold still in the pool")
         return taken
 
 
@@ -345,7 +349,7 @@ class ClusterShift(MoleculeSplit):
         rows = table[table["inchikey"].isin(candidates)].reset_index(drop=True)
         n_clusters = min(self.n_clusters, len(rows))
         if n_clusters < 2:
-            raise MlipdivError("--ood cluster: needs at least 2 molecules")
+            raise FieldError("split.ood", "cluster", "needs at least 2 molecules")
         bits = [list(morgan_fingerprint(s).GetOnBits()) for s in rows["smiles"]]
         matrix = csr_matrix(
             (np.ones(sum(map(len, bits)), np.float32),
@@ -388,8 +392,8 @@ class ExternalStore:
                 else:
                     kept[key] = np.arange(n)
         if not kept:
-            raise MlipdivError(f"--ood-store {self.path}: every molecule also occurs in the "
-                               "main store (by connectivity); no OOD set is left")
+            raise FieldError("split.ood_store", self.path, "every molecule also occurs in the "
+                             "main store (by connectivity); no OOD set is left")
         return kept, dropped
 
 
@@ -409,7 +413,7 @@ def parse_ood(spec: str) -> MoleculeSplit:
             return ClusterShift(int(argument) if argument else 8)
     except ValueError:
         pass
-    raise MlipdivError(f"--ood {spec}: expected size:MIN_HEAVY, elements:S,Cl or cluster[:K]")
+    raise FieldError("split.ood", spec, "expected size:MIN_HEAVY, elements:S,Cl or cluster[:K]")
 
 
 @dataclass
@@ -428,7 +432,7 @@ class ConformerSplit:
                  rng: np.random.Generator) -> tuple[ByMolecule, ByMolecule, int]:
         """(withheld, pool after withholding, number of near-duplicates dropped)."""
         if self.conformers < 1:
-            raise MlipdivError(f"--cf-conformers {self.conformers}: must be at least 1")
+            raise FieldError("split.cf_conformers", self.conformers, "must be at least 1")
         eligible = [k for k in sorted(pool) if len(pool[k]) > self.conformers]
         withheld: ByMolecule = {}
         pool = dict(pool)
@@ -448,13 +452,11 @@ class ConformerSplit:
             pool[key] = np.setdiff1d(kept, duplicates)
             dropped += len(duplicates)
         if self.n_molecules is None and not withheld:
-            raise MlipdivError(f"--cf all: no pool molecule has more than --cf-conformers "
-                               f"{self.conformers} distinct conformers")
+            raise FieldError(CF_FIELD, CF_ALL, "no pool molecule has more than cf_conformers "
+                             f"{self.conformers} distinct conformers")
         if self.n_molecules is not None and len(withheld) < self.n_molecules:
-            raise MlipdivError(
-                f"--cf {self.n_molecules}: only {len(withheld)} pool molecules have more than "
-                f"--cf-conformers {self.conformers} distinct conformers"
-            )
+            raise FieldError(CF_FIELD, self.n_molecules, f"only {len(withheld)} pool molecules "
+                             f"have more than cf_conformers {self.conformers} distinct conformers")
         return withheld, pool, dropped
 
 
@@ -479,14 +481,14 @@ class SplitOptions:
 
     def check(self) -> None:
         if isinstance(self.cf, str) and self.cf != CF_ALL:
-            raise MlipdivError(f"--cf {self.cf}: expected 'all', a fraction or a count")
-        sizes = (("--cf", self.cf), ("--st", self.st), ("--sf", self.sf))
+            raise FieldError(CF_FIELD, self.cf, "expected 'all', a fraction or a count")
+        sizes = (("cf", self.cf), ("st", self.st), ("sf", self.sf))
         fractions = {name: v for name, v in sizes if not isinstance(v, str) and 0 < v < 1}
         if sum(fractions.values()) > 1:
             raise MlipdivError(f"{' + '.join(fractions)}: fractions sum to "
                                f"{sum(fractions.values()):.3g}, above the limit 1")
         if self.ood and self.ood_store:
-            raise MlipdivError("--ood and --ood-store: give one OOD shift, not both")
+            raise MlipdivError("ood and ood_store: give one OOD shift, not both")
 
 
 @locks_output("out")
@@ -517,11 +519,11 @@ def make_splits(store_path: str | os.PathLike, out: str | os.PathLike,
             withheld["ood"] = _close_over_connectivity(
                 parse_ood(options.ood).withhold(table, candidates, rng), table, candidates)
             if not withheld["ood"] or withheld["ood"] == candidates:
-                raise MlipdivError(f"--ood {options.ood}: selects {len(withheld['ood'])} of "
-                                   f"{n_total} molecules; it must leave some in the pool")
+                raise FieldError("split.ood", options.ood, f"selects {len(withheld['ood'])} of "
+                                 f"{n_total} molecules; it must leave some in the pool")
             candidates -= withheld["ood"]
-        strategies = (ScaffoldSplit(resolve_size(options.sf, n_total, "--sf")),
-                      StructureSplit(resolve_size(options.st, n_total, "--st")))
+        strategies = (ScaffoldSplit(resolve_size(options.sf, n_total, "split.sf")),
+                      StructureSplit(resolve_size(options.st, n_total, "split.st")))
         for strategy in strategies:
             if strategy.n_molecules == 0:
                 continue
@@ -532,10 +534,10 @@ def make_splits(store_path: str | os.PathLike, out: str | os.PathLike,
                 continue
             candidates -= withheld[strategy.name]
         if not candidates:
-            raise MlipdivError("--st/--sf/--ood: no molecule is left for the training pool")
+            raise MlipdivError("st/sf/ood: no molecule is left for the training pool")
         counts = store.conformer_counts()
         pool = {k: np.arange(counts[k]) for k in sorted(candidates)}
-        n_cf = None if options.cf == CF_ALL else resolve_size(options.cf, n_total, "--cf")
+        n_cf = None if options.cf == CF_ALL else resolve_size(options.cf, n_total, CF_FIELD)
         if n_cf != 0:
             cf, pool, extra["cf_near_duplicates_dropped"] = ConformerSplit(
                 n_cf, options.cf_conformers).withhold(store, pool, rng)

@@ -29,7 +29,7 @@ from mlipdiv.domain.reference import (
 )
 from mlipdiv.domain.scores import DOMAIN_REMEDY, committee_sigma
 from mlipdiv.domain.stats import miscalibration_area, sigma_scale, threshold_at_coverage
-from mlipdiv.errors import MlipdivError
+from mlipdiv.errors import FieldError, MlipdivError
 from mlipdiv.files import read_json, reading
 
 DOMAIN_DIR = "domain"
@@ -72,7 +72,7 @@ class Domain:
         and every element was seen in training."""
         name = score or self.primary
         if name not in self.thresholds:
-            raise MlipdivError(f"--score {name!r}: choose from {', '.join(self.thresholds)}")
+            raise FieldError("score", repr(name), f"choose from {', '.join(self.thresholds)}")
         return (scores.scores[name] <= self.thresholds[name]) & (
             scores.scores["unseen_elements"] == 0)
 
@@ -194,7 +194,7 @@ def fit_domain(run, train: Sequence[MoleculeRecord], valid: Sequence[MoleculeRec
     names = [*(COMMITTEE_SCORES if run.n_members > 1 else ()), *MODEL_SCORES, *MODEL_FREE_SCORES]
     primary = primary or DEFAULT_PRIMARY
     if primary not in names:
-        raise MlipdivError(f"--score {primary!r}: choose from {', '.join(names)}")
+        raise FieldError("score", repr(primary), f"choose from {', '.join(names)}")
     features = run.atom_features(train)
     reference = DomainReference.build(
         numbers=np.concatenate([np.tile(r.atomic_numbers, r.n_conformers) for r in train]),
@@ -220,23 +220,23 @@ def training_data(run, train_path: str | os.PathLike | None = None,
                   valid_path: str | os.PathLike | None = None,
                   ) -> tuple[list[MoleculeRecord], list[MoleculeRecord]]:
     """The run's training and validation conformers: from the given files, else from the
-    design cell (or files) recorded in the run's meta."""
+    design cell (or files) recorded in the run's record."""
     from mlipdiv.models import read_records
 
     if train_path is not None or valid_path is not None:
         if train_path is None or valid_path is None:
             raise MlipdivError("give both --train and --valid (or neither)")
         return read_records(train_path), read_records(valid_path)
-    meta = run.meta.get("meta", {})
-    if "design" in meta and "cell" in meta:
+    source = run.record.source
+    if source.design and source.cell:
         from mlipdiv.design import load_design, load_splits
 
-        design = load_design(meta["design"])
-        cell = design.cell(meta["cell"])
+        design = load_design(source.design)
+        cell = design.cell(source.cell)
         with ConformerStore(load_splits(design.splits_path).store_path) as store:
             return list(store.select(cell.train)), list(store.select(cell.valid))
-    if "train" in meta and "valid" in meta:
-        return read_records(meta["train"]), read_records(meta["valid"])
+    if source.train and source.valid:
+        return read_records(source.train), read_records(source.valid)
     raise MlipdivError(f"{run.path}: the run does not record its training data; "
                        "give --train FILE --valid FILE")
 

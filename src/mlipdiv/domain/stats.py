@@ -10,7 +10,7 @@ import numpy as np
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
-from mlipdiv.errors import MlipdivError
+from mlipdiv.errors import FieldError, MlipdivError
 from mlipdiv.metrics.stats import spearman as _spearman
 
 RETENTION_POINTS = 51  # fractions 0, 0.02, ..., 1 in the stored error-retention curves
@@ -20,7 +20,7 @@ def threshold_at_coverage(scores: np.ndarray, coverage: float = 0.95) -> float:
     """The score at or below which a fraction `coverage` of `scores` lies (in-domain means
     score <= threshold). Non-finite scores count as out of domain."""
     if not 0.0 < coverage <= 1.0:
-        raise MlipdivError(f"--coverage {coverage}: must be in (0, 1]")
+        raise FieldError("coverage", coverage, "must be in (0, 1]")
     values = np.sort(np.asarray(scores, dtype=float))
     if len(values) == 0:
         raise MlipdivError("no validation conformers to choose a threshold from")

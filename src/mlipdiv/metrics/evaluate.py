@@ -127,12 +127,11 @@ def score_split(run, records: Iterable[MoleculeRecord], split: str, *,
 
 def result_record(run, metrics: SplitMetrics) -> ResultRecord:
     """Attach the run's identity (cell, model, size, seed, ...) to a split's metrics."""
-    meta = run.meta
+    record = run.record
     return ResultRecord(
-        run=str(run.path), cell=meta.get("meta", {}).get("cell"), model=meta["model"],
-        size=meta["size"], seed=meta["seed"], ensemble=meta["ensemble"],
-        n_train=meta["n_train"], wall_time_s=meta["wall_time_s"], device=meta["device_name"],
-        **metrics.model_dump(),
+        run=str(run.path), cell=record.source.cell, model=record.model, size=record.size,
+        seed=record.seed, ensemble=record.ensemble, n_train=record.n_train,
+        wall_time_s=record.wall_time_s, device=record.device_name, **metrics.model_dump(),
     )
 
 

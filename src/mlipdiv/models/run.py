@@ -23,22 +23,26 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mlipdiv.atomic import write_json_atomic
 from mlipdiv.data.store import ConformerStore, MoleculeRecord
 from mlipdiv.errors import MlipdivError
-from mlipdiv.files import read_json, reading
 from mlipdiv.locking import locks_output
 from mlipdiv.models.base import DTYPES, Conformer, EnsembleCalculator, Potential, conformers
 from mlipdiv.models.e0 import fit_e0
+from mlipdiv.models.record import (
+    COMPLETE,
+    RUN_FILE,
+    TRAINING,
+    DataSource,
+    MemberRecord,
+    RunRecord,
+)
 from mlipdiv.models.registry import potential_class, run_size
 from mlipdiv.models.sizes import RunSize
 from mlipdiv.models.training import EpochStats, FitState, Schedule, fit
 
 log = logging.getLogger(__name__)
 
-RUN_FILE = "run.json"
 LOG_FILE = "train.log"
-RUN_REMEDY = "train it again (a study: rerun it; the damaged cell is redone with --force)"
 
 
 def resolve_device(device: str | None) -> str:
@@ -106,14 +110,13 @@ def _check_training_data(train: Sequence[MoleculeRecord],
         raise MlipdivError(f"molecule {unlabelled[0]}: no energy/force labels to train on")
 
 
-def _open_run(out: Path, spec: dict) -> dict | None:
-    """Existing run.json of `out` (None if new); MlipdivError when it is another run."""
-    path = out / RUN_FILE
-    if not path.exists():
+def _open_run(out: Path, spec: dict) -> RunRecord | None:
+    """Existing run record of `out` (None if new); MlipdivError when it is another run."""
+    if not (out / RUN_FILE).exists():
         return None
-    existing = read_json(path, "run file", f"delete {out} to start over")
-    if existing.get("spec") != spec:
-        other = existing.get("spec", {})
+    existing = RunRecord.read(out, remedy=f"delete {out} to start over")
+    if existing.spec != spec:
+        other = existing.spec
         raise MlipdivError(
             f"{out}: holds a different run (model {other.get('model')}, size "
             f"{other.get('size')}, schedule {other.get('schedule')}); choose another --out "
@@ -134,7 +137,7 @@ def train(
     seed: int = 0,
     dtype: str = "float32",
     device: str | None = None,
-    meta: dict | None = None,
+    source: dict | None = None,
     progress: bool = True,
     max_epochs: int | None = None,
     steps: int | None = None,
@@ -142,7 +145,8 @@ def train(
     on_epoch: Callable[[int, EpochStats], None] | None = None,
 ) -> Path:
     """Train `ensemble` members (seeds seed, seed+1, ...) of `model` at `size`, resuming
-    from checkpoints in `out`; returns the run directory. `meta` is stored in the run.
+    from checkpoints in `out`; returns the run directory. `source` (where the data came from:
+    design and cell, or files) is stored in the run record.
     Compute: `steps` optimiser steps validated every `steps_per_round` (both or neither),
     or else `max_epochs` (default: the size's) epochs of this training set, one round each.
     `on_epoch(member, stats)` is called after every round's checkpoint."""
@@ -164,10 +168,10 @@ def train(
             "hyperparameters": chosen.as_dict(), "schedule": schedule.as_dict(),
             "data": data_fingerprint(train) + data_fingerprint(valid)}
     existing = _open_run(out, spec)
-    if existing is not None and existing.get("status") == "complete":
+    if existing is not None and existing.complete:
         return out
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / RUN_FILE, {"status": "training", "spec": spec})
+    RunRecord(status=TRAINING, spec=spec).write(out)
     log = RunLog(out / LOG_FILE)
     device = resolve_device(device)
     log(f"run {out}: model={model} size={size} ensemble={ensemble} seed={seed} dtype={dtype} "
@@ -185,22 +189,21 @@ def train(
               "stats": training_statistics(train, potential_class(model).cutoff(chosen.model))}
     members = _train_members(train, valid, config, chosen, schedule, out, spec, device,
                              progress, log, on_epoch)
-    run_meta = {
-        "status": "complete", "spec": spec, "model": model, "size": size,
-        "hyperparameters": chosen.as_dict(),
-        "schedule": {**schedule.as_dict(), "policy": policy},
-        "seed": seed, "member_seeds": members["seeds"],
-        "ensemble": ensemble, "dtype": dtype, "device": device,
-        "device_name": _device_name(device), "elements": elements,
-        "e0": e0.as_dict(), "n_train": n_train, "n_train_molecules": len(train),
-        "train_molecules": sorted({r.inchikey for r in train}),
-        "n_valid": sum(r.n_conformers for r in valid), "members": members["summaries"],
-        "wall_time_s": members["seconds"] + (time.perf_counter() - started
-                                             - members["session_seconds"]),
-        "versions": _versions(model), "meta": meta or {},
-    }
-    write_json_atomic(out / RUN_FILE, run_meta)
-    log(f"run complete: {json.dumps(members['summaries'])}")
+    RunRecord(
+        status=COMPLETE, spec=spec, model=model, size=size,
+        hyperparameters=chosen.as_dict(),
+        schedule={**schedule.as_dict(), "policy": policy},
+        seed=seed, member_seeds=members["seeds"],
+        ensemble=ensemble, dtype=dtype, device=device,
+        device_name=_device_name(device), elements=elements,
+        e0=e0.as_dict(), n_train=n_train, n_train_molecules=len(train),
+        train_molecules=sorted({r.inchikey for r in train}),
+        n_valid=sum(r.n_conformers for r in valid), members=members["summaries"],
+        wall_time_s=members["seconds"] + (time.perf_counter() - started
+                                          - members["session_seconds"]),
+        versions=_versions(model), source=DataSource(**(source or {})),
+    ).write(out)
+    log(f"run complete: {json.dumps([m.model_dump(mode='json') for m in members['summaries']])}")
     return out
 
 
@@ -271,14 +274,14 @@ def _train_members(train, valid, config, chosen: RunSize, schedule: Schedule, ou
             "session_seconds": session_seconds}
 
 
-def _member_summary(member: int, seed: int, state: FitState) -> dict:
-    """run.json's entry of one member; `epochs`/`best_epoch` count rounds (as `rounds`)."""
-    return {"member": member, "seed": seed, "steps": state.steps_done,
-            "best_step": state.best_step, "rounds": state.epochs_done,
-            "epochs": state.epochs_done, "best_epoch": state.best_epoch,
-            "stopped_by": state.stopped_by, "converged": state.converged,
-            "best_valid_loss": state.best_loss, "training_seconds": state.seconds,
-            "history": state.history}
+def _member_summary(member: int, seed: int, state: FitState) -> MemberRecord:
+    """The run record's entry of one member; `epochs`/`best_epoch` count rounds."""
+    return MemberRecord(member=member, seed=seed, steps=state.steps_done,
+                        best_step=state.best_step, rounds=state.epochs_done,
+                        epochs=state.epochs_done, best_epoch=state.best_epoch,
+                        stopped_by=state.stopped_by, converged=state.converged,
+                        best_valid_loss=state.best_loss, training_seconds=state.seconds,
+                        history=state.history)
 
 
 def _warn(message: str) -> None:
@@ -306,7 +309,7 @@ def train_cell(design_path: str | os.PathLike, cell_id: str, *, model: str, size
                progress: bool = True, max_epochs: int | None = None,
                steps: int | None = None, steps_per_round: int | None = None) -> Path:
     """Train on a design cell's training/validation pairs (compute as in `train`); the
-    cell's figures go into meta."""
+    cell's figures go into the record's source."""
     from mlipdiv.design import load_design, load_splits
 
     design = load_design(design_path)
@@ -316,11 +319,11 @@ def train_cell(design_path: str | os.PathLike, cell_id: str, *, model: str, size
         train_records = list(store.select(cell.train))
         valid_records = list(store.select(cell.valid))
     # absolute paths: the run is read later from other working directories (domain fit)
-    meta = {"cell": cell.id, "design": str(Path(design_path).resolve()),
-            "splits": str(Path(design.splits_path).resolve()),
-            **cell.model_dump(exclude={"id", "train", "valid"})}
+    source = {"cell": cell.id, "design": str(Path(design_path).resolve()),
+              "splits": str(Path(design.splits_path).resolve()),
+              **cell.model_dump(exclude={"id", "train", "valid"})}
     return train(train_records, valid_records, model=model, size=size, out=out,
-                 ensemble=ensemble, seed=seed, dtype=dtype, device=device, meta=meta,
+                 ensemble=ensemble, seed=seed, dtype=dtype, device=device, source=source,
                  progress=progress, max_epochs=max_epochs, steps=steps,
                  steps_per_round=steps_per_round)
 
@@ -345,11 +348,11 @@ class Prediction:
 
 
 class TrainedRun:
-    """A finished run: its meta and its members, loaded for prediction."""
+    """A finished run: its record and its members, loaded for prediction."""
 
-    def __init__(self, path: Path, meta: dict, members: list[Potential]):
+    def __init__(self, path: Path, record: RunRecord, members: list[Potential]):
         self.path = path
-        self.meta = meta
+        self.record = record
         self.members = members
 
     @property
@@ -363,14 +366,13 @@ class TrainedRun:
     def training_molecules(self) -> set[str] | None:
         """InChIKeys the run trained on: recorded in the run, or read from its design cell;
         None when the run does not say (trained on files by an older version)."""
-        recorded = self.meta.get("train_molecules")
-        if recorded:
-            return set(recorded)
-        meta = self.meta.get("meta", {})
-        if meta.get("design") and meta.get("cell") and Path(meta["design"]).exists():
+        if self.record.train_molecules:
+            return set(self.record.train_molecules)
+        source = self.record.source
+        if source.design and source.cell and Path(source.design).exists():
             from mlipdiv.design import load_design
 
-            return {key for key, _ in load_design(meta["design"]).cell(meta["cell"]).train}
+            return {key for key, _ in load_design(source.design).cell(source.cell).train}
         return None
 
     def out_of_domain(self, record: MoleculeRecord) -> bool:
@@ -426,18 +428,12 @@ def load_run(path: str | os.PathLike, device: str | None = None) -> TrainedRun:
     """Load a complete run directory; MlipdivError if it is missing, unfinished or
     incompatible."""
     path = Path(path)
-    run_file = path / RUN_FILE
-    if not run_file.exists():
-        raise MlipdivError(f"{path}: not a run directory (no {RUN_FILE})")
-    meta = read_json(run_file, "run file", RUN_REMEDY)
-    if meta.get("status") != "complete":
-        raise MlipdivError(f"{path}: training is not finished; rerun the same train command")
-    with reading(run_file, "run file", RUN_REMEDY):
-        cls = potential_class(meta["model"])
-        n_members = int(meta["ensemble"])
+    record = RunRecord.read_complete(path)
+    cls = potential_class(record.model)
     device = resolve_device(device)
-    members = [cls.load(path / f"member-{k}" / "model.pt", device) for k in range(n_members)]
-    return TrainedRun(path, meta, members)
+    members = [cls.load(path / f"member-{k}" / "model.pt", device)
+               for k in range(record.ensemble)]
+    return TrainedRun(path, record, members)
 
 
 def read_records(path: str | os.PathLike, skipped: Counter | None = None

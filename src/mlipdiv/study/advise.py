@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel
 
-from mlipdiv.errors import MlipdivError
+from mlipdiv.errors import FieldError, MlipdivError
 from mlipdiv.metrics.hierarchical import cover
 from mlipdiv.study.fit import SurfaceFit
 
@@ -87,23 +87,25 @@ def parse_weights(text: str) -> dict[str, float]:
             weight = -1.0
         if (not sep or name.strip() not in ("cf", "st", "sf", "ood")
                 or not np.isfinite(weight) or weight < 0):
-            raise MlipdivError(f"--weights item {item!r}: expected SPLIT=WEIGHT with SPLIT one "
-                               "of cf, st, sf, ood and WEIGHT a finite number >= 0")
+            raise FieldError("advice.weights", f"item {item!r}", "expected SPLIT=WEIGHT with "
+                             "SPLIT one of cf, st, sf, ood and WEIGHT a finite number >= 0")
         weights[name.strip()] = weight
     if not any(weights.values()):
-        raise MlipdivError("--weights: at least one weight must be positive")
+        raise FieldError("advice.weights", None, "at least one weight must be positive")
     return weights
 
 
 def feasible_designs(budget: float, cost_per_molecule: float,
                      cost_per_conformer: float) -> tuple[np.ndarray, np.ndarray]:
     """Candidate integer (M, C) pairs spending at most `budget`, C as large as it allows."""
-    if cost_per_conformer <= 0 or cost_per_molecule < 0:
-        raise MlipdivError("--cost-per-conformer must be > 0 and --cost-per-molecule >= 0")
+    if cost_per_conformer <= 0:
+        raise FieldError("advice.cost_per_conformer", cost_per_conformer, "must be > 0")
+    if cost_per_molecule < 0:
+        raise FieldError("advice.cost_per_molecule", cost_per_molecule, "must be >= 0")
     max_molecules = int(budget // (cost_per_molecule + cost_per_conformer))
     if max_molecules < 1:
-        raise MlipdivError(f"--budget {budget:g}: not enough for one molecule with one "
-                           "conformer at the given costs")
+        raise FieldError("budget", f"{budget:g}", "not enough for one molecule with one "
+                         "conformer at the given costs")
     molecules = np.unique(np.round(np.geomspace(1, max_molecules, MAX_CANDIDATES)).astype(int))
     conformers = np.floor((budget - cost_per_molecule * molecules)
                           / (cost_per_conformer * molecules)).astype(int)
@@ -159,7 +161,7 @@ def advise(fits: list[SurfaceFit], budget: float, *, model: str | None = None,
         raise MlipdivError("advice: the study has no fitted error surfaces")
     model = model or models[0]
     if model not in models:
-        raise MlipdivError(f"--model {model!r}: the study has fits for {', '.join(models)}")
+        raise FieldError("model", repr(model), f"the study has fits for {', '.join(models)}")
     weights = weights or {"cf": 1.0, "st": 1.0, "sf": 1.0}
     selected = _select_fits(fits, model, selection, weights)
     first = next(iter(selected.values()))

@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mlipdiv.data.sources import parse_elements
-from mlipdiv.errors import MlipdivError
+from mlipdiv.errors import FieldError, MlipdivError
 from mlipdiv.models.registry import backend_names, study_schedule
 from mlipdiv.models.sizes import SIZES
 
@@ -303,7 +303,7 @@ def load_config(path: str | Path) -> StudyConfig:
 def preset_text(name: str) -> str:
     """The TOML text of a shipped preset (`quick` or `standard`)."""
     if name not in PRESETS:
-        raise MlipdivError(f"--preset {name!r}: choose from {', '.join(PRESETS)}")
+        raise FieldError("preset", repr(name), f"choose from {', '.join(PRESETS)}")
     return resources.files("mlipdiv").joinpath("resources", f"study_{name}.toml").read_text()
 
 

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 
-from mlipdiv.errors import MlipdivError, first_line
+from mlipdiv.errors import FieldError, first_line
 from mlipdiv.threads import limit_threads
 from mlipdiv.workers import init_worker
 
@@ -71,8 +71,9 @@ def run_ray(function: Callable, tasks: Sequence[tuple[str, tuple]], workers: int
                          log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             where = address or "a local instance"
-            raise MlipdivError(f"--executor ray: cannot start or reach Ray at {where} "
-                               f"({first_line(exc, with_type=True)})") from None
+            # `executor` (the config key is executor.kind) renders as the flag --executor
+            raise FieldError("executor", "ray", f"cannot start or reach Ray at {where} "
+                             f"({first_line(exc, with_type=True)})") from None
     remote = ray.remote(num_cpus=threads, max_retries=max_retries)(_ray_task)
     try:
         pending = {remote.remote(function, threads, *args): key for key, args in tasks}

@@ -22,8 +22,8 @@ from pathlib import Path
 import pandas as pd
 
 from mlipdiv.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
-from mlipdiv.errors import MlipdivError, first_line
-from mlipdiv.files import read_json, reading
+from mlipdiv.errors import FieldError, MlipdivError, first_line
+from mlipdiv.files import read_json
 from mlipdiv.locking import locks_output
 from mlipdiv.study.config import StudyConfig, config_differences
 from mlipdiv.study.executors import plan_parallelism, run_local, run_ray
@@ -325,13 +325,12 @@ def cell_columns(cell) -> dict:
 def training_columns(run_dir: Path) -> dict:
     """How the run trained: optimiser steps done, best step, whether every member converged
     (validation loss no longer falling at the end, or early stopping)."""
-    path = Path(run_dir) / "run.json"
-    members = read_json(path, "run file", RESTART_REMEDY)
-    with reading(path, "run file", RESTART_REMEDY):
-        members = members["members"]
-        return {"train_steps": int(max(m["steps"] for m in members)),
-                "best_step": int(min(m["best_step"] for m in members)),
-                "converged": bool(all(m["converged"] for m in members))}
+    from mlipdiv.models.record import RunRecord
+
+    members = RunRecord.read_complete(run_dir, remedy=RESTART_REMEDY).members
+    return {"train_steps": max(m.steps for m in members),
+            "best_step": min(m.best_step for m in members),
+            "converged": all(m.converged for m in members)}
 
 
 def execute(config: StudyConfig, tasks: list[CellTask], progress: bool) -> list[str]:
@@ -535,6 +534,10 @@ def run_study(config: StudyConfig, config_text: str, out: Path | None = None, *,
             raise MlipdivError(f"{len(failures)} cell(s) failed (rerun to retry them; "
                                f"details in {paths.log}): {failures[0]}")
         return paths.root
+    except FieldError as exc:  # a study is configured by keys, not by flags
+        if "." not in exc.field:
+            raise
+        raise MlipdivError(exc.render(f"config key {exc.field}")) from None
     finally:
         log.removeHandler(handler)
         handler.close()

@@ -24,7 +24,7 @@ import pandas as pd
 from pydantic import BaseModel
 
 from mlipdiv.atomic import write_json_atomic
-from mlipdiv.errors import MlipdivError
+from mlipdiv.errors import FieldError, MlipdivError
 from mlipdiv.files import read_json, reading
 from mlipdiv.locking import locks_output
 from mlipdiv.metrics.hierarchical import DesignComparison, compare_designs
@@ -122,9 +122,10 @@ def run_verify(study_dir: str | Path, budget: int, *, replicates: int = 3,
     if not study.fit.exists() or not study.settings.exists():
         raise MlipdivError(f"{study.root}: no finished study (no fit.json); run `mlipdiv "
                            "study` first")
-    if budget < 2 or replicates < 1:
-        raise MlipdivError(f"verify: --budget {budget} must be >= 2 and --replicates "
-                           f"{replicates} >= 1")
+    if budget < 2:
+        raise FieldError("budget", budget, "must be >= 2")
+    if replicates < 1:
+        raise FieldError("replicates", replicates, "must be >= 1")
     config = load_config(study.config)
     fits, _ = load_fits(study.fit)
     weights = weights or dict(config.advice.weights)
@@ -132,7 +133,7 @@ def run_verify(study_dir: str | Path, budget: int, *, replicates: int = 3,
     weights = {s: w for s, w in weights.items() if s in fitted and w > 0}
     model = model or config.models.architectures[0]
     if model not in config.models.architectures:
-        raise MlipdivError(f"--model {model}: the study trained {config.models.architectures}")
+        raise FieldError("model", model, f"the study trained {config.models.architectures}")
     selection = (config.design.molecule_selection[0], config.design.conformer_selection[0])
     selection_name = "-".join(selection)
     limits = pool_limits(config, study)
