@@ -79,7 +79,8 @@ def info(
 def import_(
     path: Path = typer.Argument(..., help="Dataset file (HDF5, extxyz or ASE db)."),
     format: str = typer.Option(
-        "auto", "--format", help="auto, spice, qm7x, ani1x, extxyz or asedb."),
+        "auto", "--format",
+        help="auto (detect) or a registered format: see `mlipdiv formats`."),
     out: Path = typer.Option(..., "--out", help="Conformer store to write (.h5)."),
     energy_key: str | None = typer.Option(
         None, "--energy-key", help="Energy dataset/key (another level of theory)."),
@@ -87,7 +88,8 @@ def import_(
         None, "--forces-key", help="Forces (or SPICE gradient) dataset/key."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
 ) -> None:
-    """Import SPICE / QM7-X / ANI-1x / extxyz / ASE db into a store (identity from geometry)."""
+    """Import a public or own dataset into a store (identity from geometry); `mlipdiv
+    formats` lists the layouts."""
     from rich.progress import Progress
 
     from mlipdiv.data.importer import import_dataset
@@ -103,6 +105,24 @@ def import_(
         print_json(summary.as_dict())
     else:
         print(summary.text())
+
+
+@app.command()
+def formats(
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """The dataset layouts `import` reads, with their native units and default keys."""
+    from mlipdiv.data.formats import format_table
+
+    rows = format_table()
+    if as_json:
+        print_json(rows)
+        return
+    table = Table("format", "layout", "energy", "length", "forces", "energy key", "forces key")
+    for row in rows:
+        table.add_row(row["name"], row["title"], row["energy_unit"], row["length_unit"],
+                      row["forces_unit"], row["energy_key"], row["forces_key"])
+    Console().print(table)
 
 
 @app.command()
@@ -622,6 +642,7 @@ def advise(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """The (M, C) minimising the weighted predicted error under a budget, with intervals."""
+    from mlipdiv.design.kinds import default_advice_weights
     from mlipdiv.files import read_parquet
     from mlipdiv.study import StudyPaths, advise, load_config, load_fits, parse_weights
     from mlipdiv.study.layout import RESULTS_REMEDY
@@ -634,7 +655,8 @@ def advise(
     results = (read_parquet(paths.results_parquet, "study results", RESULTS_REMEDY)
                if paths.results_parquet.exists() else None)
     chosen = (parse_weights(weights) if weights is not None else
-              {split: 1.0 for split in ("cf", "st", "sf") if any(f.split == split for f in fits)})
+              {split: weight for split, weight in default_advice_weights().items()
+               if any(f.split == split for f in fits)})
     limits = (pool_limits(load_config(paths.config), paths)
               if (paths.splits / "manifest.json").exists() else None)
     advice = advise(fits, budget, model=model, selection=selection,

@@ -27,7 +27,7 @@ from mlipdiv.data.identity import SUPPORTED_ELEMENTS
 from mlipdiv.data.units import energy_to_ev, force_to_ev_per_angstrom, length_to_angstrom
 from mlipdiv.errors import FieldError, MlipdivError, first_line
 
-FORMATS = ("auto", "spice", "qm7x", "ani1x", "extxyz", "asedb")
+AUTO = "auto"
 MAX_ATOMIC_NUMBER = 118
 # extxyz / ASE db runs of one molecule are cut into groups of at most this many frames so that
 # memory stays bounded however long the run is.
@@ -65,10 +65,31 @@ class SourceGroup:
         return sum(block.n_conformers for block in self.blocks)
 
 
+@dataclass(frozen=True)
+class Probe:
+    """What auto-detection knows of a file: its lower-case suffix, its first 16 bytes and, for
+    HDF5, the keys of its first top-level group (and whether they are all subgroups)."""
+
+    path: Path
+    suffix: str
+    header: bytes
+    hdf5_keys: frozenset[str] | None = None  # None: not HDF5
+    first_group: h5py.Group | None = None
+
+
+# every concrete format by name, in definition order (which is the order auto-detection tries)
+REGISTERED: dict[str, type[DatasetFormat]] = {}
+
+
 class DatasetFormat:
-    """Base reader: subclasses declare units and keys and implement `groups()`."""
+    """Base reader: subclasses declare units and keys and implement `groups()`.
+
+    A concrete format declares `name` (the `--format` choice) in its class body; defining it
+    registers it, and `recognises(probe)` is how `--format auto` finds it. Intermediate bases
+    (Hdf5Format, AseFramesFormat...) declare no name and do not register."""
 
     name: ClassVar[str]
+    title: ClassVar[str]  # a few words for `mlipdiv formats`
     default_energy_key: ClassVar[str]
     default_forces_key: ClassVar[str]
     default_level_of_theory: ClassVar[str]
@@ -78,6 +99,22 @@ class DatasetFormat:
     forces_are_gradient: ClassVar[bool] = False
     # True: a group is one molecule by construction (SPICE), so minority graphs are distortions.
     one_molecule_per_group: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "name" not in cls.__dict__:
+            return
+        missing = [a for a in ("title", "default_energy_key", "default_forces_key",
+                               "default_level_of_theory") if not hasattr(cls, a)]
+        if missing:
+            raise TypeError(f"format {cls.name} must declare {', '.join(missing)}")
+        if REGISTERED.setdefault(cls.name, cls) is not cls:
+            raise TypeError(f"format {cls.name} is defined twice")
+
+    @classmethod
+    def recognises(cls, probe: Probe) -> bool:
+        """Whether `--format auto` should read this file with this format."""
+        return False
 
     def __init__(self, path: str | Path, energy_key: str | None = None,
                  forces_key: str | None = None):
@@ -237,6 +274,7 @@ class SpiceFormat(ArrayGroupFormat):
     `dft_total_gradient` in Hartree/Bohr (minus the force); the charge comes from `smiles`."""
 
     name = "spice"
+    title = "SPICE HDF5 (a group per molecule)"
     positions_key = "conformations"
     default_energy_key = "dft_total_energy"
     default_forces_key = "dft_total_gradient"
@@ -246,6 +284,10 @@ class SpiceFormat(ArrayGroupFormat):
     force_length_unit = "bohr"
     forces_are_gradient = True
     one_molecule_per_group = True
+
+    @classmethod
+    def recognises(cls, probe):
+        return probe.hdf5_keys is not None and cls.positions_key in probe.hdf5_keys
 
 
 def _smiles_charge(group: h5py.Group) -> int:
@@ -267,9 +309,16 @@ class Qm7xFormat(Hdf5Format):
     groups are split into molecules by perception."""
 
     name = "qm7x"
+    title = "QM7-X HDF5 (a subgroup per conformer)"
     default_energy_key = "ePBE0+MBD"
     default_forces_key = "totFOR"
     default_level_of_theory = "PBE0+MBD"
+
+    @classmethod
+    def recognises(cls, probe):
+        keys, group = probe.hdf5_keys, probe.first_group
+        return bool(keys) and all(isinstance(group[k], h5py.Group) and "atXYZ" in group[k]
+                                  for k in keys)
 
     def read_group(self, name, group):
         by_layout: dict[bytes, list] = {}
@@ -306,11 +355,16 @@ class Ani1xFormat(ArrayGroupFormat):
     `wb97x_dz.forces` (Hartree/Angstrom). Values a conformer lacks are NaN (skipped)."""
 
     name = "ani1x"
+    title = "ANI-1x release HDF5 (a group per formula)"
     positions_key = "coordinates"
     default_energy_key = "wb97x_dz.energy"
     default_forces_key = "wb97x_dz.forces"
     default_level_of_theory = "wB97X/6-31G(d)"
     energy_unit = "hartree"
+
+    @classmethod
+    def recognises(cls, probe):
+        return probe.hdf5_keys is not None and cls.positions_key in probe.hdf5_keys
 
 
 # ---------------------------------------------------------------- ASE layouts
@@ -390,6 +444,11 @@ class ExtxyzFormat(AseFramesFormat):
     """Extended XYZ read with `ase.io.iread` (streamed frame by frame)."""
 
     name = "extxyz"
+    title = "extended XYZ frames"
+
+    @classmethod
+    def recognises(cls, probe):
+        return probe.suffix in (".xyz", ".extxyz")
 
     def frames(self):
         from ase.io import iread
@@ -413,6 +472,11 @@ class AseDbFormat(AseFramesFormat):
     """ASE database (`ase.db`); key-value pairs and `data` entries are usable as keys."""
 
     name = "asedb"
+    title = "ASE database rows"
+
+    @classmethod
+    def recognises(cls, probe):
+        return probe.header.startswith(b"SQLite format 3") or probe.suffix == ".db"
 
     def frames(self):
         import ase.db
@@ -437,44 +501,59 @@ class AseDbFormat(AseFramesFormat):
             ) from None
 
 
-READERS: dict[str, type[DatasetFormat]] = {
-    cls.name: cls for cls in (SpiceFormat, Qm7xFormat, Ani1xFormat, ExtxyzFormat, AseDbFormat)
-}
+def format_names() -> tuple[str, ...]:
+    """The `--format` choices: "auto" and every registered format."""
+    return (AUTO, *REGISTERED)
+
+
+def format_table() -> list[dict]:
+    """One row per registered format: name, title, native units, default keys (what
+    `mlipdiv formats` prints)."""
+    rows = []
+    for name, cls in REGISTERED.items():
+        forces_unit = f"{cls.energy_unit}/{cls.force_length_unit}"
+        rows.append({
+            "name": name, "energy_unit": cls.energy_unit, "length_unit": cls.length_unit,
+            "forces_unit": f"-d({forces_unit})" if cls.forces_are_gradient else forces_unit,
+            "energy_key": cls.default_energy_key, "forces_key": cls.default_forces_key,
+            "title": cls.title,
+        })
+    return rows
 
 
 def detect_format(path: str | Path) -> str:
-    """Guess the format of a file from its suffix and, for HDF5, from its first group."""
+    """The first registered format (definition order) that recognises the file by its
+    suffix, its first bytes or, for HDF5, its first group's keys."""
     path = Path(path)
     if not path.is_file():
         raise MlipdivError(f"{path}: no such file")
     suffix = path.suffix.lower()
-    if suffix in (".xyz", ".extxyz"):
-        return "extxyz"
     with path.open("rb") as handle:
         header = handle.read(16)
-    if header.startswith(b"SQLite format 3") or suffix == ".db":
-        return "asedb"
+    probe = Probe(path, suffix, header)
+    found = next((name for name, cls in REGISTERED.items() if cls.recognises(probe)), None)
+    if found:
+        return found
     if not h5py.is_hdf5(path) and suffix not in (".h5", ".hdf5"):
-        raise MlipdivError(f"{path}: cannot detect the format (not HDF5, extxyz or ASE db); "
-                           f"pass --format")
+        raise MlipdivError(f"{path}: cannot detect the format (not one of "
+                           f"{', '.join(REGISTERED)}); pass --format")
     with open_hdf5(path) as file:
         first = next(iter(file.values()), None)
-        keys = set(first.keys()) if isinstance(first, h5py.Group) else set()
-        if "conformations" in keys:
-            return "spice"
-        if "coordinates" in keys:
-            return "ani1x"
-        if keys and all(isinstance(first[k], h5py.Group) and "atXYZ" in first[k] for k in keys):
-            return "qm7x"
-    raise MlipdivError(f"{path}: HDF5 layout not recognised as SPICE, QM7-X or ANI-1x; "
-                       f"pass --format")
+        group = first if isinstance(first, h5py.Group) else None
+        probe = Probe(path, suffix, header, frozenset(group.keys()) if group else frozenset(),
+                      group)
+        found = next((name for name, cls in REGISTERED.items() if cls.recognises(probe)), None)
+    if found:
+        return found
+    raise MlipdivError(f"{path}: HDF5 layout not recognised as any of "
+                       f"{', '.join(REGISTERED)}; pass --format")
 
 
 def open_format(path: str | Path, format: str = "auto", energy_key: str | None = None,
                 forces_key: str | None = None) -> DatasetFormat:
-    """A reader for `path` (`format` one of FORMATS; 'auto' detects it)."""
-    if format not in FORMATS:
+    """A reader for `path` (`format` one of `format_names()`; 'auto' detects it)."""
+    if format != AUTO and format not in REGISTERED:
         raise FieldError("format", None, f"unknown format '{format}' (choose from "
-                         f"{', '.join(FORMATS)})")
-    name = detect_format(path) if format == "auto" else format
-    return READERS[name](path, energy_key, forces_key)
+                         f"{', '.join(format_names())})")
+    name = detect_format(path) if format == AUTO else format
+    return REGISTERED[name](path, energy_key, forces_key)

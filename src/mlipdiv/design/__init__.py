@@ -11,12 +11,14 @@ from mlipdiv.design.designs import (
     spread,
     write_design,
 )
+from mlipdiv.design.kinds import TestSetKind, test_set_kind, test_set_kinds, test_set_names
 from mlipdiv.design.leaks import Leak, assert_no_leaks, find_leaks, leak_report
 from mlipdiv.design.splits import (
     ClusterShift,
     ConformerSplit,
     ElementShift,
-    ExternalStore,
+    OodShift,
+    OutOfDistribution,
     ScaffoldSplit,
     SizeShift,
     SplitOptions,
@@ -36,14 +38,16 @@ __all__ = [
     "Design",
     "DesignOptions",
     "ElementShift",
-    "ExternalStore",
     "Leak",
+    "OodShift",
+    "OutOfDistribution",
     "ScaffoldSplit",
     "SizeShift",
     "SplitOptions",
     "SplitSet",
     "Splits",
     "StructureSplit",
+    "TestSetKind",
     "assert_no_leaks",
     "farthest_point_order",
     "find_leaks",
@@ -55,6 +59,9 @@ __all__ = [
     "make_splits",
     "molecule_table",
     "spread",
+    "test_set_kind",
+    "test_set_kinds",
+    "test_set_names",
     "write_design",
     "write_splits",
 ]

@@ -1,6 +1,7 @@
 """`mlipdiv split`: held-out test sets carved out of a store, the rest left as the training pool.
 
-Each test set is one small strategy object (as SchNetPack's splitting strategies):
+Each test set is one test-set kind (`mlipdiv.design.kinds`): a small class, as SchNetPack's
+splitting strategies, that carves itself and declares its leak rules:
 
 * CF (`ConformerSplit`): k conformers withheld from pool molecules, which keep the rest; by
   default from every pool molecule with more than k conformers (`cf="all"`), so that each
@@ -9,8 +10,8 @@ Each test set is one small strategy object (as SchNetPack's splitting strategies
 * ST (`StructureSplit`): whole molecules withheld whose Murcko scaffold stays in the pool.
 * SF (`ScaffoldSplit`): whole ring-scaffold groups withheld (MoleculeNet / nablaDFT scaffold
   split); an all-acyclic store has no scaffold groups and SF is skipped with a message.
-* OOD: a chosen shift (`SizeShift`, `ElementShift`, `ClusterShift`) or a second store
-  (`ExternalStore`).
+* OOD (`OutOfDistribution`): a registered shift (`OodShift`: `SizeShift`, `ElementShift`,
+  `ClusterShift`) or a second store.
 
 Whole-molecule sets move connectivity groups (molecules sharing the first InChIKey block, so
 stereoisomers travel together). Carving order: OOD, SF, ST, CF. A SPLITS directory holds the
@@ -28,6 +29,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -38,6 +40,13 @@ from ase.data import chemical_symbols
 
 from mlipdiv.atomic import atomic_directory
 from mlipdiv.data.store import ConformerStore, MoleculeRecord
+from mlipdiv.design.kinds import (
+    Leak,
+    TestSetKind,
+    test_set_kind,
+    test_set_kinds,
+    test_set_names,
+)
 from mlipdiv.design.leaks import assert_no_leaks, near_duplicate_conformers
 from mlipdiv.diversity.conformational import DUPLICATE_RMSD_ANGSTROM
 from mlipdiv.diversity.structural import morgan_fingerprint, scaffolds
@@ -46,7 +55,6 @@ from mlipdiv.files import read_json, read_parquet, reading
 from mlipdiv.locking import locks_output
 
 SPLITS_FORMAT = "mlipdiv-splits"
-TEST_SETS = ("cf", "st", "sf", "ood")
 MANIFEST = "manifest.json"
 MOLECULE_TABLE = "molecules.parquet"
 
@@ -93,7 +101,7 @@ class SplitSet:
 
 @dataclass
 class Splits:
-    """A SPLITS directory: the training pool and the test sets ("cf", "st", "sf", "ood")."""
+    """A SPLITS directory: the training pool and the test sets (`test_set_names()`)."""
 
     path: Path
     store_path: Path
@@ -112,6 +120,17 @@ class Splits:
     @property
     def test_sets(self) -> dict[str, SplitSet]:
         return {name: s for name, s in self.sets.items() if name != "pool"}
+
+    def scored_sets(self, trained_on: Iterable[str] | None
+                    ) -> Iterator[tuple[str, SplitSet, bool]]:
+        """(name, set, restricted) for each test set as a run is scored on it: a kind scored
+        on training molecules (CF) keeps only the run's own training molecules `trained_on`
+        (when known: then `restricted` is True)."""
+        for name, split_set in self.test_sets.items():
+            if trained_on is not None and test_set_kind(name).scored_on_training_molecules:
+                yield name, split_set.restricted(trained_on), True
+            else:
+                yield name, split_set, False
 
     def records(self, name: str) -> Iterator[MoleculeRecord]:
         """Records of "pool" or a test set, read from the store that set comes from."""
@@ -140,7 +159,7 @@ def load_splits(path: str | os.PathLike, verify: bool = True) -> Splits:
             if ood_store:
                 _verify_checksum(ood_path, ood_store["checksum"])
     sets = {}
-    for name in ("pool", *TEST_SETS):
+    for name in ("pool", *test_set_names()):
         file = path / f"{name}.parquet"
         if file.is_file():
             sets[name] = SplitSet(name, ood_path if name == "ood" else store_path,
@@ -211,7 +230,7 @@ def molecule_table(store: ConformerStore) -> pd.DataFrame:
                                        "n_conformers"])
 
 
-def _close_over_connectivity(keys: set[str], table: pd.DataFrame, candidates: set[str]) -> set[str]:
+def _close_over_connectivity(keys: set[str], candidates: set[str]) -> set[str]:
     """Add the candidate molecules that share a connectivity block with `keys`."""
     blocks = {k[:14] for k in keys}
     return keys | {k for k in candidates if k[:14] in blocks}
@@ -242,52 +261,167 @@ def resolve_size(value: float, total: int, field: str) -> int:
     return int(value)
 
 
-# ---------------------------------------------------------------- strategies
-class MoleculeSplit(ABC):
-    """Withholds whole molecules: returns the keys taken out of the candidates."""
+# ---------------------------------------------------------------- carving
+class SplitSkipped(MlipdivError):
+    """A requested test set cannot be made for this store (said, then skipped)."""
 
-    name: str
 
+@dataclass
+class Carving:
+    """A split being carved: the options, the store and its molecule table, the molecules still
+    free (`candidates`), the sets made so far, and what the manifest will say about them."""
+
+    options: SplitOptions
+    store: ConformerStore
+    store_path: Path
+    table: pd.DataFrame
+    rng: np.random.Generator
+    candidates: set[str]
+    sets: dict[str, SplitSet] = field(default_factory=dict)
+    messages: list[str] = field(default_factory=list)
+    extra: dict[str, object] = field(default_factory=dict)
+    pool: ByMolecule | None = None  # made from the candidates when first asked for
+
+    @property
+    def n_total(self) -> int:
+        return len(self.table)
+
+    @cached_property
+    def counts(self) -> dict[str, int]:
+        return self.store.conformer_counts()
+
+    def withhold_molecules(self, name: str, keys: set[str]) -> None:
+        """Record a whole-molecule set and take it out of the candidates; molecules sharing a
+        connectivity block with a withheld one (stereoisomers) go with it."""
+        keys = _close_over_connectivity(keys, self.candidates)
+        self.candidates -= keys
+        self.sets[name] = SplitSet(name, self.store_path,
+                                   {k: np.arange(self.counts[k]) for k in sorted(keys)})
+
+    def training_pool(self) -> ByMolecule:
+        """Every conformer of the molecules left once the whole-molecule sets are carved."""
+        if self.pool is None:
+            if not self.candidates:
+                raise MlipdivError("st/sf/ood: no molecule is left for the training pool")
+            self.pool = {k: np.arange(self.counts[k]) for k in sorted(self.candidates)}
+        return self.pool
+
+
+# ---------------------------------------------------------------- the test-set kinds
+class WholeMoleculeSet(TestSetKind):
+    """A kind that withholds whole molecules chosen by `withhold` from the candidates."""
+
+    whole_molecules = True
+    size_field: ClassVar[str]  # its size option in SplitOptions, named in errors as split.X
+
+    @classmethod
+    def carve(cls, carving: Carving) -> None:
+        value = getattr(carving.options, cls.size_field)
+        n_molecules = resolve_size(value, carving.n_total, f"split.{cls.size_field}")
+        if n_molecules == 0:
+            return
+        try:
+            keys = cls.withhold(carving.table, carving.candidates, carving.rng, n_molecules)
+        except SplitSkipped as skipped:
+            carving.messages.append(str(skipped))
+            return
+        carving.withhold_molecules(cls.name, keys)
+
+    @classmethod
     @abstractmethod
-    def withhold(self, table: pd.DataFrame, candidates: set[str],
-                 rng: np.random.Generator) -> set[str]:
+    def withhold(cls, table: pd.DataFrame, candidates: set[str], rng: np.random.Generator,
+                 n_molecules: int) -> set[str]:
         """Keys of the molecules this set takes from `candidates`."""
 
 
-@dataclass
-class ScaffoldSplit(MoleculeSplit):
-    """SF: whole Murcko-scaffold groups, in random order, until `n_molecules` are reached; at
-    least one ring scaffold stays in the pool. Acyclic molecules are never an SF group."""
+class ConformerSplit(TestSetKind):
+    """CF: `cf_conformers` conformers withheld from each of `cf` random pool molecules with at
+    least one more conformer (`cf="all"`: from every such molecule); pool conformers within
+    0.05 Angstrom RMSD of a withheld conformer are dropped. A molecule left without pool
+    conformers is not used. Runs are scored on the CF molecules they trained on."""
 
-    n_molecules: int
-    name: str = "sf"
+    name = "cf"
+    label = "CF"
+    title = "unseen conformers"
+    order, carve_order = 0, 3
+    whole_molecules = False
+    leak_rules = ("near_duplicate",)
+    scored_on_training_molecules = True
 
-    def withhold(self, table, candidates, rng):
-        rows = table[table["inchikey"].isin(candidates) & (table["scaffold"] != "")]
-        groups = {s: set(f["inchikey"]) for s, f in rows.groupby("scaffold")}
-        if len(groups) < 2:
-            raise SplitSkipped(f"SF: the pool has {len(groups)} ring scaffold(s); a scaffold "
-                               "split needs at least 2, so SF is skipped")
-        taken: set[str] = set()
-        for scaffold in rng.permutation(sorted(groups))[:-1]:
-            if len(taken) >= self.n_molecules:
+    @classmethod
+    def carve(cls, carving: Carving) -> None:
+        options = carving.options
+        n_cf = None if options.cf == CF_ALL else resolve_size(options.cf, carving.n_total,
+                                                              CF_FIELD)
+        pool = carving.training_pool()
+        if n_cf == 0:
+            return
+        cf, carving.pool, carving.extra["cf_near_duplicates_dropped"] = cls.withhold(
+            carving.store, pool, carving.rng, n_cf, options.cf_conformers)
+        carving.sets[cls.name] = SplitSet(cls.name, carving.store_path, cf)
+
+    @staticmethod
+    def withhold(store: ConformerStore, pool: ByMolecule, rng: np.random.Generator,
+                 n_molecules: int | None, conformers: int,
+                 duplicate_rmsd: float = DUPLICATE_RMSD_ANGSTROM,
+                 ) -> tuple[ByMolecule, ByMolecule, int]:
+        """(withheld, pool after withholding, number of near-duplicates dropped)."""
+        if conformers < 1:
+            raise FieldError("split.cf_conformers", conformers, "must be at least 1")
+        eligible = [k for k in sorted(pool) if len(pool[k]) > conformers]
+        withheld: ByMolecule = {}
+        pool = dict(pool)
+        dropped = 0
+        wanted = len(eligible) if n_molecules is None else n_molecules
+        for key in rng.permutation(eligible) if eligible else []:
+            if len(withheld) >= wanted:
                 break
-            taken |= _close_over_connectivity(groups[scaffold], table, candidates)
-        if len(taken) < self.n_molecules:
-            raise FieldError("split.sf", self.n_molecules, f"only {len(taken)} molecules can "
-                             "be withheld while one ring scaffold stays in the pool")
-        return taken
+            available = pool[key]
+            chosen = np.sort(rng.choice(available, conformers, replace=False))
+            kept = np.setdiff1d(available, chosen)
+            duplicates = np.array(sorted({p for p, _, _ in near_duplicate_conformers(
+                store, key, chosen, kept, duplicate_rmsd)}), dtype=np.int64)
+            if len(duplicates) == len(kept):
+                continue
+            withheld[key] = chosen
+            pool[key] = np.setdiff1d(kept, duplicates)
+            dropped += len(duplicates)
+        if n_molecules is None and not withheld:
+            raise FieldError(CF_FIELD, CF_ALL, "no pool molecule has more than cf_conformers "
+                             f"{conformers} distinct conformers")
+        if n_molecules is not None and len(withheld) < n_molecules:
+            raise FieldError(CF_FIELD, n_molecules, f"only {len(withheld)} pool molecules "
+                             f"have more than cf_conformers {conformers} distinct conformers")
+        return withheld, pool, dropped
+
+    @classmethod
+    def near_duplicate_leaks(cls, splits: Splits, threshold: float) -> list[Leak]:
+        """No pool conformer within `threshold` heavy-atom RMSD of a CF conformer."""
+        pool = splits.pool_set.by_molecule
+        leaks = []
+        with ConformerStore(splits.store_path) as store:
+            for key, withheld in splits.sets[cls.name].by_molecule.items():
+                kept = pool.get(key, np.empty(0, np.int64))
+                leaks += [Leak("near_duplicate", cls.name, f"{key} pool conformer {p} is "
+                               f"{rmsd:.3f} Å from CF conformer {w}")
+                          for p, w, rmsd in near_duplicate_conformers(store, key, withheld, kept,
+                                                                      threshold)]
+        return leaks
 
 
-@dataclass
-class StructureSplit(MoleculeSplit):
+class StructureSplit(WholeMoleculeSet):
     """ST: connectivity groups withheld only while another group with their scaffold (the empty
     one for acyclic molecules) stays in the pool."""
 
-    n_molecules: int
-    name: str = "st"
+    name = "st"
+    label = "ST"
+    title = "unseen molecules"
+    order, carve_order = 1, 2
+    size_field = "st"
+    leak_rules = ("connectivity",)
 
-    def withhold(self, table, candidates, rng):
+    @classmethod
+    def withhold(cls, table, candidates, rng, n_molecules):
         scaffold_of = dict(zip(table["inchikey"], table["scaffold"], strict=True))
         units = _units(candidates)
         remaining: dict[str, int] = {}
@@ -295,24 +429,148 @@ class StructureSplit(MoleculeSplit):
             remaining[scaffold_of[members[0]]] = remaining.get(scaffold_of[members[0]], 0) + 1
         taken: set[str] = set()
         for block in rng.permutation(sorted(units)):
-            if len(taken) >= self.n_molecules:
+            if len(taken) >= n_molecules:
                 break
             scaffold = scaffold_of[units[block][0]]
             if remaining[scaffold] > 1:
                 remaining[scaffold] -= 1
                 taken.update(units[block])
-        if len(taken) < self.n_molecules:
-            raise FieldError("split.st", self.n_molecules, f"only {len(taken)} molecules can "
+        if len(taken) < n_molecules:
+            raise FieldError("split.st", n_molecules, f"only {len(taken)} molecules can "
                              "be withheld with their scaffold still in the pool")
         return taken
 
 
+class ScaffoldSplit(WholeMoleculeSet):
+    """SF: whole Murcko-scaffold groups, in random order, until `sf` molecules are reached; at
+    least one ring scaffold stays in the pool. Acyclic molecules are never an SF group, and
+    an all-acyclic store has no SF set (skipped with a message)."""
+
+    name = "sf"
+    label = "SF"
+    title = "unseen scaffolds"
+    order, carve_order = 2, 1
+    size_field = "sf"
+    leak_rules = ("connectivity", "scaffold")
+
+    @classmethod
+    def withhold(cls, table, candidates, rng, n_molecules):
+        rows = table[table["inchikey"].isin(candidates) & (table["scaffold"] != "")]
+        groups = {s: set(f["inchikey"]) for s, f in rows.groupby("scaffold")}
+        if len(groups) < 2:
+            raise SplitSkipped(f"SF: the pool has {len(groups)} ring scaffold(s); a scaffold "
+                               "split needs at least 2, so SF is skipped")
+        taken: set[str] = set()
+        for scaffold in rng.permutation(sorted(groups))[:-1]:
+            if len(taken) >= n_molecules:
+                break
+            taken |= _close_over_connectivity(groups[scaffold], candidates)
+        if len(taken) < n_molecules:
+            raise FieldError("split.sf", n_molecules, f"only {len(taken)} molecules can "
+                             "be withheld while one ring scaffold stays in the pool")
+        return taken
+
+    @classmethod
+    def scaffold_leaks(cls, splits: Splits, threshold: float) -> list[Leak]:
+        """No SF ring scaffold occurs in the pool."""
+        table = splits.molecules
+        scaffold_of = dict(zip(table["inchikey"], table["scaffold"], strict=True))
+        pool_scaffolds = {scaffold_of.get(key, "") for key in splits.pool_set.by_molecule}
+        sf_scaffolds = {scaffold_of.get(key, "")
+                        for key in splits.sets[cls.name].by_molecule} - {""}
+        return [Leak("scaffold", cls.name, f"scaffold {s} occurs in the pool")
+                for s in sorted(sf_scaffolds & pool_scaffolds)]
+
+
+class OutOfDistribution(TestSetKind):
+    """OOD: the molecules an `OodShift` selects (`split.ood`, e.g. `size:9`), or every
+    molecule of a second store (`split.ood_store`) whose connectivity block does not occur in
+    the main store (the overlap is dropped and counted)."""
+
+    name = "ood"
+    label = "OOD"
+    title = "out of distribution"
+    order, carve_order = 3, 0
+    whole_molecules = True
+    leak_rules = ("connectivity",)
+    advice_weight = 0.0
+
+    @classmethod
+    def carve(cls, carving: Carving) -> None:
+        options = carving.options
+        if options.ood_store:
+            pairs, carving.extra["ood_overlap_dropped"] = cls.external_pairs(
+                Path(options.ood_store), carving.table)
+            carving.sets[cls.name] = SplitSet(cls.name, Path(options.ood_store), pairs)
+        elif options.ood:
+            keys = parse_ood(options.ood).withhold(carving.table, carving.candidates,
+                                                   carving.rng)
+            closed = _close_over_connectivity(keys, carving.candidates)
+            if not closed or closed == carving.candidates:
+                raise FieldError("split.ood", options.ood, f"selects {len(closed)} of "
+                                 f"{carving.n_total} molecules; it must leave some in the pool")
+            carving.withhold_molecules(cls.name, closed)
+
+    @staticmethod
+    def external_pairs(path: Path, main_table: pd.DataFrame) -> tuple[ByMolecule, int]:
+        """(every conformer of the second store's molecules new to the main store, the number
+        of its molecules dropped because their connectivity block is in the main store)."""
+        blocks = set(main_table["connectivity"])
+        kept: ByMolecule = {}
+        dropped = 0
+        with ConformerStore(path) as store:
+            for key, n in store.conformer_counts().items():
+                if key[:14] in blocks:
+                    dropped += 1
+                else:
+                    kept[key] = np.arange(n)
+        if not kept:
+            raise FieldError("split.ood_store", path, "every molecule also occurs in the "
+                             "main store (by connectivity); no OOD set is left")
+        return kept, dropped
+
+
+# ---------------------------------------------------------------- OOD shifts
+OOD_SHIFTS: dict[str, type[OodShift]] = {}
+
+
+class OodShift(ABC):
+    """A distribution shift chosen by `split.ood = "KIND[:ARGUMENT]"`: declares its `kind`
+    and `syntax`, parses its argument and picks the OOD molecules. Defining a subclass
+    registers it."""
+
+    kind: ClassVar[str]
+    syntax: ClassVar[str]
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if not hasattr(cls, "kind") or not hasattr(cls, "syntax"):
+            raise TypeError(f"OOD shift {cls.__name__} must declare kind and syntax")
+        if OOD_SHIFTS.setdefault(cls.kind, cls) is not cls:
+            raise TypeError(f"OOD shift {cls.kind} is defined twice")
+
+    @classmethod
+    @abstractmethod
+    def parse(cls, argument: str) -> OodShift:
+        """The shift for the text after `KIND:` (ValueError when it is malformed)."""
+
+    @abstractmethod
+    def withhold(self, table: pd.DataFrame, candidates: set[str],
+                 rng: np.random.Generator) -> set[str]:
+        """Keys of the candidate molecules outside the training distribution."""
+
+
 @dataclass
-class SizeShift(MoleculeSplit):
+class SizeShift(OodShift):
     """OOD `size:MIN_HEAVY`: molecules with at least MIN_HEAVY heavy atoms."""
 
     min_heavy_atoms: int
-    name: str = "ood"
+    kind: ClassVar[str] = "size"
+    syntax: ClassVar[str] = "size:MIN_HEAVY"
+
+    @classmethod
+    def parse(cls, argument):
+        return cls(int(argument))
 
     def withhold(self, table, candidates, rng):
         rows = table[table["inchikey"].isin(candidates)]
@@ -320,11 +578,19 @@ class SizeShift(MoleculeSplit):
 
 
 @dataclass
-class ElementShift(MoleculeSplit):
+class ElementShift(OodShift):
     """OOD `elements:S,Cl`: molecules containing any of the elements."""
 
     elements: tuple[str, ...]
-    name: str = "ood"
+    kind: ClassVar[str] = "elements"
+    syntax: ClassVar[str] = "elements:S,Cl"
+
+    @classmethod
+    def parse(cls, argument):
+        elements = tuple(e.strip() for e in argument.split(",") if e.strip())
+        if not elements or any(e not in symbol_to_number for e in elements):
+            raise ValueError(argument)
+        return cls(elements)
 
     def withhold(self, table, candidates, rng):
         rows = table[table["inchikey"].isin(candidates)]
@@ -334,16 +600,21 @@ class ElementShift(MoleculeSplit):
 
 
 @dataclass
-class ClusterShift(MoleculeSplit):
+class ClusterShift(OodShift):
     """OOD `cluster[:K]`: k-means (K clusters) on Morgan fingerprints; the cluster whose centroid
     lies farthest from the centroid of all other molecules, among clusters holding at most half
     of the molecules."""
 
     n_clusters: int = 8
-    name: str = "ood"
+    kind: ClassVar[str] = "cluster"
+    syntax: ClassVar[str] = "cluster[:K]"
+
+    @classmethod
+    def parse(cls, argument):
+        return cls(int(argument)) if argument else cls()
 
     def withhold(self, table, candidates, rng):
-        from scipy.sparse import csr_matrix
+        from scipy.sparse import csr_matrix  # only this shift needs scipy.sparse / sklearn
         from sklearn.cluster import KMeans
 
         rows = table[table["inchikey"].isin(candidates)].reset_index(drop=True)
@@ -373,95 +644,21 @@ class ClusterShift(MoleculeSplit):
         return set(rows.loc[labels == best, "inchikey"])
 
 
-@dataclass
-class ExternalStore:
-    """OOD `--ood-store FILE`: every molecule of a second store whose connectivity block does
-    not occur in the main store (the overlap is dropped from the OOD set and counted)."""
-
-    path: Path
-    name: str = "ood"
-
-    def pairs(self, main_table: pd.DataFrame) -> tuple[ByMolecule, int]:
-        blocks = set(main_table["connectivity"])
-        kept: ByMolecule = {}
-        dropped = 0
-        with ConformerStore(self.path) as store:
-            for key, n in store.conformer_counts().items():
-                if key[:14] in blocks:
-                    dropped += 1
-                else:
-                    kept[key] = np.arange(n)
-        if not kept:
-            raise FieldError("split.ood_store", self.path, "every molecule also occurs in the "
-                             "main store (by connectivity); no OOD set is left")
-        return kept, dropped
+def ood_syntax() -> str:
+    """The accepted `split.ood` forms, e.g. "size:MIN_HEAVY, elements:S,Cl or cluster[:K]"."""
+    forms = [cls.syntax for cls in OOD_SHIFTS.values()]
+    return ", ".join(forms[:-1]) + f" or {forms[-1]}" if len(forms) > 1 else forms[0]
 
 
-def parse_ood(spec: str) -> MoleculeSplit:
-    """`size:MIN_HEAVY`, `elements:S,Cl` or `cluster[:K]`."""
+def parse_ood(spec: str) -> OodShift:
+    """The registered shift `spec` names (`size:9`, `elements:S,Cl`, `cluster`...)."""
     kind, _, argument = spec.partition(":")
-    try:
-        if kind == "size":
-            return SizeShift(int(argument))
-        if kind == "elements":
-            elements = tuple(e.strip() for e in argument.split(",") if e.strip())
-            unknown = [e for e in elements if e not in symbol_to_number]
-            if not elements or unknown:
-                raise ValueError
-            return ElementShift(elements)
-        if kind == "cluster":
-            return ClusterShift(int(argument) if argument else 8)
-    except ValueError:
-        pass
-    raise FieldError("split.ood", spec, "expected size:MIN_HEAVY, elements:S,Cl or cluster[:K]")
-
-
-@dataclass
-class ConformerSplit:
-    """CF: `conformers` conformers withheld from each of `n_molecules` random pool molecules
-    with at least one more conformer (`n_molecules=None`: from every such molecule); pool
-    conformers within `duplicate_rmsd` of a withheld conformer are dropped. A molecule left
-    without pool conformers is not used."""
-
-    n_molecules: int | None
-    conformers: int = 2
-    duplicate_rmsd: float = DUPLICATE_RMSD_ANGSTROM
-    name: str = "cf"
-
-    def withhold(self, store: ConformerStore, pool: ByMolecule,
-                 rng: np.random.Generator) -> tuple[ByMolecule, ByMolecule, int]:
-        """(withheld, pool after withholding, number of near-duplicates dropped)."""
-        if self.conformers < 1:
-            raise FieldError("split.cf_conformers", self.conformers, "must be at least 1")
-        eligible = [k for k in sorted(pool) if len(pool[k]) > self.conformers]
-        withheld: ByMolecule = {}
-        pool = dict(pool)
-        dropped = 0
-        wanted = len(eligible) if self.n_molecules is None else self.n_molecules
-        for key in rng.permutation(eligible) if eligible else []:
-            if len(withheld) >= wanted:
-                break
-            available = pool[key]
-            chosen = np.sort(rng.choice(available, self.conformers, replace=False))
-            kept = np.setdiff1d(available, chosen)
-            duplicates = np.array(sorted({p for p, _, _ in near_duplicate_conformers(
-                store, key, chosen, kept, self.duplicate_rmsd)}), dtype=np.int64)
-            if len(duplicates) == len(kept):
-                continue
-            withheld[key] = chosen
-            pool[key] = np.setdiff1d(kept, duplicates)
-            dropped += len(duplicates)
-        if self.n_molecules is None and not withheld:
-            raise FieldError(CF_FIELD, CF_ALL, "no pool molecule has more than cf_conformers "
-                             f"{self.conformers} distinct conformers")
-        if self.n_molecules is not None and len(withheld) < self.n_molecules:
-            raise FieldError(CF_FIELD, self.n_molecules, f"only {len(withheld)} pool molecules "
-                             f"have more than cf_conformers {self.conformers} distinct conformers")
-        return withheld, pool, dropped
-
-
-class SplitSkipped(MlipdivError):
-    """A requested test set cannot be made for this store (said, then skipped)."""
+    if kind in OOD_SHIFTS:
+        try:
+            return OOD_SHIFTS[kind].parse(argument)
+        except ValueError:
+            pass
+    raise FieldError("split.ood", spec, f"expected {ood_syntax()}")
 
 
 # ---------------------------------------------------------------- making a split
@@ -494,76 +691,42 @@ class SplitOptions:
 @locks_output("out")
 def make_splits(store_path: str | os.PathLike, out: str | os.PathLike,
                 options: SplitOptions = SplitOptions()) -> tuple[Splits, list[str]]:
-    """Carve the test sets, run the leak check, and write SPLITS only if it passes.
-    Returns the splits and the messages about skipped sets."""
+    """Carve the test sets (each registered kind in its carving order), run the leak check,
+    and write SPLITS only if it passes. Returns the splits and the messages about skipped
+    sets."""
 
     options.check()
     out = Path(out)
     store_path = Path(store_path)
-    rng = np.random.default_rng(options.seed)
-    messages: list[str] = []
     with ConformerStore(store_path) as store:
         if len(store) == 0:
             raise MlipdivError(f"{store_path}: the store holds no molecules")
         table = molecule_table(store)
-        n_total = len(table)
-        candidates = set(table["inchikey"])
-        withheld: dict[str, set[str]] = {}
-        extra: dict[str, object] = {}
-        sets: dict[str, SplitSet] = {}
-        if options.ood_store:
-            ood_pairs, extra["ood_overlap_dropped"] = ExternalStore(
-                Path(options.ood_store)).pairs(table)
-            sets["ood"] = SplitSet("ood", Path(options.ood_store), ood_pairs)
-        elif options.ood:
-            withheld["ood"] = _close_over_connectivity(
-                parse_ood(options.ood).withhold(table, candidates, rng), table, candidates)
-            if not withheld["ood"] or withheld["ood"] == candidates:
-                raise FieldError("split.ood", options.ood, f"selects {len(withheld['ood'])} of "
-                                 f"{n_total} molecules; it must leave some in the pool")
-            candidates -= withheld["ood"]
-        strategies = (ScaffoldSplit(resolve_size(options.sf, n_total, "split.sf")),
-                      StructureSplit(resolve_size(options.st, n_total, "split.st")))
-        for strategy in strategies:
-            if strategy.n_molecules == 0:
-                continue
-            try:
-                withheld[strategy.name] = strategy.withhold(table, candidates, rng)
-            except SplitSkipped as skipped:
-                messages.append(str(skipped))
-                continue
-            candidates -= withheld[strategy.name]
-        if not candidates:
-            raise MlipdivError("st/sf/ood: no molecule is left for the training pool")
-        counts = store.conformer_counts()
-        pool = {k: np.arange(counts[k]) for k in sorted(candidates)}
-        n_cf = None if options.cf == CF_ALL else resolve_size(options.cf, n_total, CF_FIELD)
-        if n_cf != 0:
-            cf, pool, extra["cf_near_duplicates_dropped"] = ConformerSplit(
-                n_cf, options.cf_conformers).withhold(store, pool, rng)
-            sets["cf"] = SplitSet("cf", store_path, cf)
-        sets["pool"] = SplitSet("pool", store_path, pool)
-        for name, keys in withheld.items():
-            sets[name] = SplitSet(name, store_path, {k: np.arange(counts[k]) for k in sorted(keys)})
+        carving = Carving(options, store, store_path, table, np.random.default_rng(options.seed),
+                          set(table["inchikey"]))
+        for kind in test_set_kinds(carving=True):
+            kind.carve(carving)
+        carving.sets["pool"] = SplitSet("pool", store_path, carving.training_pool())
         manifest = {
             "format": SPLITS_FORMAT, "version": 1,
             "store": _store_entry(store, out),
             "ood_store": None,
             "options": {**options.__dict__, "ood_store": str(options.ood_store or "") or None},
             "seed": options.seed,
-            "skipped": messages,
-            **extra,
+            "skipped": carving.messages,
+            **carving.extra,
         }
     if options.ood_store:
         with ConformerStore(options.ood_store) as ood:
             manifest["ood_store"] = _store_entry(ood, out)
-    ordered = {name: sets[name] for name in ("pool", *TEST_SETS) if name in sets}
+    ordered = {name: carving.sets[name] for name in ("pool", *test_set_names())
+               if name in carving.sets}
     manifest["counts"] = {name: {"molecules": s.n_molecules, "conformers": s.n_conformers}
                           for name, s in ordered.items()}
     splits = Splits(out, store_path, ordered, table, manifest)
     assert_no_leaks(splits)
     write_splits(splits)
-    return splits, messages
+    return splits, carving.messages
 
 
 def write_splits(splits: Splits) -> None:

@@ -206,10 +206,8 @@ def evaluate_run(run_path: str | os.PathLike, splits_path: str | os.PathLike,
         raise MlipdivError(f"{splits_path}: no test splits to evaluate on")
     data = {}
     trained_on = run.training_molecules()
-    for name, split_set in splits.test_sets.items():
-        if name == "cf" and trained_on is not None:
-            # in distribution = unseen conformers of the run's own training molecules
-            split_set = split_set.restricted(trained_on)
+    # in distribution = unseen conformers of the run's own training molecules
+    for name, split_set, _ in splits.scored_sets(trained_on):
         records = list(split_set.records())
         if not records:
             continue

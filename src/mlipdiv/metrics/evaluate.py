@@ -19,7 +19,6 @@ from mlipdiv.metrics.stats import (
     split_estimates,
 )
 
-CF_SPLIT = "cf"
 SCOPE_TRAINING = "training molecules"  # CF scored on the run's own training molecules only
 SCOPE_ALL = "all molecules of the split"
 
@@ -155,10 +154,8 @@ def score_run(run_path: str | os.PathLike, splits_path: str | os.PathLike,
     splits = load_splits(splits_path)
     trained_on = run.training_molecules()
     scored = []
-    for name, split_set in splits.test_sets.items():
-        scope = SCOPE_ALL
-        if name == CF_SPLIT and trained_on is not None:
-            split_set, scope = split_set.restricted(trained_on), SCOPE_TRAINING
+    for name, split_set, restricted in splits.scored_sets(trained_on):
+        scope = SCOPE_TRAINING if restricted else SCOPE_ALL
         metrics, terms = score_split(run, split_set.records(), name, scope=scope)
         scored.append((result_record(run, metrics), terms))
     return scored

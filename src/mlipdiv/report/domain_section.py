@@ -59,7 +59,7 @@ def retention_figure(curves: list[RetentionCurve], quantity: str, title: str) ->
     """Error-retention curves, one panel per split: the key scores and the oracle."""
     import matplotlib.pyplot as plt
 
-    from mlipdiv.report.figures import SPLIT_NAMES
+    from mlipdiv.report.figures import split_name
 
     chosen = [c for c in curves if c.quantity == quantity
               and (c.score in KEY_SCORES or c.score == ORACLE)]
@@ -73,7 +73,7 @@ def retention_figure(curves: list[RetentionCurve], quantity: str, title: str) ->
             oracle = curve.score == ORACLE
             ax.plot(curve.fraction, curve.mean_error, label=curve.score,
                     color="black" if oracle else None, linestyle="--" if oracle else "-")
-        ax.set_title(SPLIT_NAMES.get(split, split), fontsize=10)
+        ax.set_title(split_name(split), fontsize=10)
         ax.set_xlabel("fraction of predictions kept")
         ax.grid(True, alpha=0.3)
     axes[0][0].set_ylabel(f"mean {quantity} error of kept ({UNITS[quantity]})")

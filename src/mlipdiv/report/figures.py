@@ -13,12 +13,22 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from mlipdiv.design.kinds import test_set_kinds  # noqa: E402
 from mlipdiv.study.advise import Advice  # noqa: E402
 from mlipdiv.study.fit import SurfaceFit  # noqa: E402
 
-SPLIT_COLOURS = {"cf": "tab:blue", "st": "tab:orange", "sf": "tab:green", "ood": "tab:red"}
-SPLIT_NAMES = {"cf": "CF (unseen conformers)", "st": "ST (unseen molecules)",
-               "sf": "SF (unseen scaffolds)", "ood": "OOD"}
+
+def split_colour(name: str) -> str | None:
+    """A test set's colour: matplotlib's cycle colour of the kind's listing order."""
+    kinds = {kind.name: kind for kind in test_set_kinds()}
+    return f"C{kinds[name].order}" if name in kinds else None
+
+
+def split_name(name: str) -> str:
+    """A test set as figures name it: "CF (unseen conformers)"."""
+    kinds = {kind.name: kind for kind in test_set_kinds()}
+    return f"{kinds[name].label} ({kinds[name].title})" if name in kinds else name
+
 DIVERSITY_LABELS = {"n_scaffolds": "scaffolds", "mean_tanimoto_distance": "mean Tanimoto distance",
                     "median_rmsd_angstrom": "median RMSD (Å)",
                     "quests_entropy_nats": "QUESTS entropy (nats)",
@@ -49,8 +59,8 @@ def experiment_curves(cells: pd.DataFrame, experiment: str, metric_label: str) -
             line = line.sort_values(axis)
             ax.errorbar(line[axis], line.value,
                         yerr=[line.value - line.ci_low, line.ci_high - line.value],
-                        marker="o", capsize=3, color=SPLIT_COLOURS.get(split),
-                        label=SPLIT_NAMES.get(split, split))
+                        marker="o", capsize=3, color=split_colour(split),
+                        label=split_name(split))
         _log_x(ax, panel[axis])
         ax.set_yscale("log")
         ax.set_xlabel("molecules M" if axis == "M" else "conformers per molecule C")
@@ -126,7 +136,7 @@ def surface_map(fits: list[SurfaceFit], cells: pd.DataFrame, advice: Advice | No
         for axis in (ax.xaxis, ax.yaxis):
             axis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
             axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        ax.set_title(f"{SPLIT_NAMES.get(fit.split, fit.split)}\n{fit.form}", fontsize=9)
+        ax.set_title(f"{split_name(fit.split)}\n{fit.form}", fontsize=9)
     axes[0][0].legend(fontsize=7, loc="lower left")
     fig.suptitle(f"fitted error surfaces: {fits[0].model} ({fits[0].selection})", fontsize=10)
     fig.tight_layout()
@@ -209,7 +219,7 @@ def parity(title: str, reference_energy: np.ndarray, predicted_energy: np.ndarra
             (right, reference_forces, predicted_forces, split_of_force, "force (eV/Å)")):
         for split in np.unique(labels):
             mask = labels == split
-            ax.scatter(ref[mask], pred[mask], s=6, alpha=0.6, color=SPLIT_COLOURS.get(split),
+            ax.scatter(ref[mask], pred[mask], s=6, alpha=0.6, color=split_colour(split),
                        label=split.upper())
         span = [float(np.nanmin([ref.min(), pred.min()])),
                 float(np.nanmax([ref.max(), pred.max()]))]

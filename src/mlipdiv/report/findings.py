@@ -6,17 +6,18 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from mlipdiv.design.kinds import test_set_kinds
 from mlipdiv.errors import MlipdivError
 from mlipdiv.metrics.hierarchical import trend_slope
 from mlipdiv.report.tables import Z95
 from mlipdiv.study.advise import Advice
 from mlipdiv.study.fit import NULL_FORM, SurfaceFit
 
-SPLIT_WORDS = {"cf": "CF", "st": "ST", "sf": "SF", "ood": "OOD"}
-
 
 def _split(name: str) -> str:
-    return SPLIT_WORDS.get(name, name)
+    """A test set's short label ("CF"); a file stem scored by `evaluate --data` as it is."""
+    kinds = {kind.name: kind for kind in test_set_kinds()}
+    return kinds[name].label if name in kinds else name
 
 
 def trend_findings(terms: pd.DataFrame, metric_label: str, root: bool = False,

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel
 
+from mlipdiv.design.kinds import default_advice_weights, test_set_names
 from mlipdiv.errors import FieldError, MlipdivError
 from mlipdiv.metrics.hierarchical import cover
 from mlipdiv.study.fit import SurfaceFit
@@ -85,10 +86,11 @@ def parse_weights(text: str) -> dict[str, float]:
             weight = float(value)
         except ValueError:
             weight = -1.0
-        if (not sep or name.strip() not in ("cf", "st", "sf", "ood")
+        if (not sep or name.strip() not in test_set_names()
                 or not np.isfinite(weight) or weight < 0):
             raise FieldError("advice.weights", f"item {item!r}", "expected SPLIT=WEIGHT with "
-                             "SPLIT one of cf, st, sf, ood and WEIGHT a finite number >= 0")
+                             f"SPLIT one of {', '.join(test_set_names())} and WEIGHT a finite "
+                             "number >= 0")
         weights[name.strip()] = weight
     if not any(weights.values()):
         raise FieldError("advice.weights", None, "at least one weight must be positive")
@@ -162,7 +164,7 @@ def advise(fits: list[SurfaceFit], budget: float, *, model: str | None = None,
     model = model or models[0]
     if model not in models:
         raise FieldError("model", repr(model), f"the study has fits for {', '.join(models)}")
-    weights = weights or {"cf": 1.0, "st": 1.0, "sf": 1.0}
+    weights = weights or default_advice_weights()
     selected = _select_fits(fits, model, selection, weights)
     first = next(iter(selected.values()))
     molecules, conformers = _supported(feasible_designs(budget, cost_per_molecule,

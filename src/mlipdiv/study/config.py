@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mlipdiv.data.sources import parse_elements
+from mlipdiv.design.kinds import default_advice_weights, test_set_names
 from mlipdiv.errors import FieldError, MlipdivError
 from mlipdiv.models.registry import backend_names, study_schedule
 from mlipdiv.models.sizes import SIZES
@@ -23,7 +24,7 @@ PRESETS = ("quick", "standard")
 # choices that come from the registries: a new backend is a valid `models.architectures` entry
 BackendName = Literal[backend_names()]
 SizeName = Literal[SIZES]
-SPLITS = ("cf", "st", "sf", "ood")
+TestSetName = Literal[test_set_names()]
 
 
 class _Strict(BaseModel):
@@ -168,7 +169,7 @@ class ExecutorConfig(_Strict):
 class AdviceConfig(_Strict):
     """Defaults for the budget advice written with the study."""
 
-    weights: dict[Literal["cf", "st", "sf", "ood"], float] = {"cf": 1.0, "st": 1.0, "sf": 1.0}
+    weights: dict[TestSetName, float] = Field(default_factory=default_advice_weights)
     metric: str = "energy_mae_mev_per_atom"
     cost_per_molecule: float = Field(0.0, ge=0)
     cost_per_conformer: float = Field(1.0, gt=0)
