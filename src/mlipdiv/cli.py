@@ -334,16 +334,19 @@ def design(
     """Training cells: fixed-budget (N conformers, M x N/M over a grid of M) or
     fixed-molecules (the same M molecules, a grid of C conformers each)."""
     from mlipdiv.design.designs import DesignOptions, make_design, write_design
+    from mlipdiv.design.experiments import EXPERIMENTS
 
-    wrong = {"fixed-budget": (("--molecules", molecules), ("--conformers-grid", conformers_grid)),
-             "fixed-molecules": (("--budget", budget), ("--molecules-grid", molecules_grid))}
-    if experiment not in wrong:
-        raise MlipdivError(f"design {experiment}: choose fixed-budget or fixed-molecules")
-    for option, value in wrong[experiment]:
-        if value is not None:
-            raise MlipdivError(f"{option}: not an option of design {experiment}")
-    grid = (_grid(molecules_grid, "--molecules-grid") if experiment == "fixed-budget"
-            else _grid(conformers_grid, "--conformers-grid"))
+    if experiment not in EXPERIMENTS:
+        raise MlipdivError(f"design {experiment}: choose {' or '.join(EXPERIMENTS)}")
+    kind = EXPERIMENTS[experiment]
+    grid_option = kind.grid_field.rpartition(".")[2]  # molecules_grid / conformers_grid
+    given = {"budget": budget, "molecules": molecules, "molecules_grid": molecules_grid,
+             "conformers_grid": conformers_grid}
+    for option, value in given.items():
+        if value is not None and option not in (kind.fixed_field, grid_option):
+            raise MlipdivError(f"--{option.replace('_', '-')}: not an option of design "
+                               f"{experiment}")
+    grid = _grid(given[grid_option], f"--{grid_option.replace('_', '-')}")
     result = make_design(splits, DesignOptions(
         experiment, budget, molecules, grid, grid_points, replicates, valid_fraction,
         molecule_selection, conformer_selection, allow_short, seed))

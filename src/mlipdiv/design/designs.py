@@ -13,6 +13,7 @@ in each molecule's order), never from a test set.
 
 Selection: molecules `random` or `maxmin` (RDKit MaxMinPicker on Morgan fingerprints);
 conformers `random` or `farthest` (scikit-matter FPS on sorted inverse interatomic distances).
+The experiments and selections are registered classes in `experiments.py`.
 """
 
 from __future__ import annotations
@@ -21,13 +22,20 @@ import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel
 
 from mlipdiv.atomic import write_text_atomic
 from mlipdiv.data.store import ConformerStore
+from mlipdiv.design.experiments import (
+    conformer_selection,
+    experiment,
+    experiment_names,
+    farthest_point_order,
+    inverse_distance_descriptor,
+    molecule_selection,
+)
 from mlipdiv.design.splits import ByMolecule, Splits, load_splits
 from mlipdiv.diversity.conformational import (
     DISTINCT_RMSD_ANGSTROM,
@@ -37,17 +45,13 @@ from mlipdiv.diversity.conformational import (
 )
 from mlipdiv.diversity.entropy import EnvironmentReservoir
 from mlipdiv.diversity.profile import quartiles
-from mlipdiv.diversity.structural import maxmin_order, mean_tanimoto_distance, morgan_fingerprint
+from mlipdiv.diversity.structural import mean_tanimoto_distance, morgan_fingerprint
 from mlipdiv.errors import FieldError, MlipdivError
 from mlipdiv.files import reading
 
-EXPERIMENTS = ("fixed-budget", "fixed-molecules")
-MOLECULE_SELECTIONS = ("random", "maxmin")
-CONFORMER_SELECTIONS = ("random", "farthest")
-# the grid as errors name it, rendered as the flags --molecules-grid / --conformers-grid
-# (the config keys are fixed_budget.molecules / fixed_molecules.conformers)
-GRID_FIELDS = {"fixed-budget": "fixed_budget.molecules_grid",
-               "fixed-molecules": "fixed_molecules.conformers_grid"}
+__all__ = ["Cell", "Design", "DesignOptions", "farthest_point_order",
+           "inverse_distance_descriptor", "load_design", "make_design", "spread",
+           "write_design"]
 CELL_RMSD_MOLECULES = 200  # molecules per cell whose RMSD / entropy enter its diversity figures
 CELL_ENVIRONMENTS = 2000
 
@@ -56,7 +60,7 @@ class Cell(BaseModel):
     """One training set of a design."""
 
     id: str
-    experiment: Literal["fixed-budget", "fixed-molecules"]
+    experiment: str  # a registered experiment (`experiments.experiment_names()`)
     n_molecules: int
     conformers_per_molecule: int
     n_train: int
@@ -141,35 +145,13 @@ def spread(total: int, parts: int) -> np.ndarray:
     return counts
 
 
-def inverse_distance_descriptor(positions: np.ndarray) -> np.ndarray:
-    """Sorted inverse interatomic distances per conformer, (n_conf, n_pairs): invariant to
-    rotation, translation and atom permutation."""
-    i, j = np.triu_indices(positions.shape[1], k=1)
-    distances = np.linalg.norm(positions[:, i] - positions[:, j], axis=-1)
-    return np.sort(1.0 / distances, axis=1)
-
-
-def farthest_point_order(positions: np.ndarray, n_select: int, first: int) -> np.ndarray:
-    """Indices of `n_select` conformers in farthest-point order (scikit-matter FPS) in the
-    inverse-distance descriptor, starting from conformer `first`."""
-    from skmatter.sample_selection import FPS
-
-    if n_select <= 1 or len(positions) == 1:
-        return np.array([first])[:n_select]
-    selector = FPS(n_to_select=n_select, initialize=int(first))
-    selector.fit(inverse_distance_descriptor(positions))
-    return np.asarray(selector.selected_idx_, dtype=np.int64)
-
-
 def _check_options(options: DesignOptions) -> None:
-    if options.experiment not in EXPERIMENTS:
-        raise MlipdivError(f"design: unknown experiment '{options.experiment}'")
-    if options.molecule_selection not in MOLECULE_SELECTIONS:
-        raise FieldError("design.molecule_selection", options.molecule_selection,
-                         f"choose from {', '.join(MOLECULE_SELECTIONS)}")
-    if options.conformer_selection not in CONFORMER_SELECTIONS:
-        raise FieldError("design.conformer_selection", options.conformer_selection,
-                         f"choose from {', '.join(CONFORMER_SELECTIONS)}")
+    if options.experiment not in experiment_names():
+        raise MlipdivError(f"design: unknown experiment '{options.experiment}' (choose from "
+                           f"{', '.join(experiment_names())})")
+    kind = experiment(options.experiment)
+    molecule_selection(options.molecule_selection)
+    conformer_selection(options.conformer_selection)
     if options.replicates < 1:
         raise FieldError("design.replicates", options.replicates, "must be at least 1")
     if not 0 <= options.valid_fraction < 1:
@@ -177,20 +159,14 @@ def _check_options(options: DesignOptions) -> None:
         raise FieldError("design.valid_fraction", options.valid_fraction, "must be in [0, 1)")
     if options.grid_points < 1:
         raise FieldError("design.grid_points", options.grid_points, "must be at least 1")
-    if options.experiment == "fixed-budget" and (options.budget is None or options.budget < 1):
-        raise FieldError("fixed_budget.budget", options.budget, "fixed-budget needs a budget >= 1")
-    if options.experiment == "fixed-molecules" and (options.molecules is None
-                                                    or options.molecules < 1):
-        raise FieldError("fixed_molecules.molecules", options.molecules,
-                         "fixed-molecules needs M >= 1")
+    kind.check(options)
     if options.grid is not None:
-        field = GRID_FIELDS[options.experiment]
-        name = "M" if options.experiment == "fixed-budget" else "C"
         values = ",".join(map(str, options.grid))
         if not options.grid or min(options.grid) < 1:
-            raise FieldError(field, None, f"every {name} must be at least 1 (got {values})")
+            raise FieldError(kind.grid_field, None, f"every {kind.axis} must be at least 1 "
+                             f"(got {values})")
         if len(set(options.grid)) != len(options.grid):
-            raise FieldError(field, None, f"repeats a value ({values})")
+            raise FieldError(kind.grid_field, None, f"repeats a value ({values})")
 
 
 class _Planner:
@@ -199,6 +175,7 @@ class _Planner:
     def __init__(self, splits: Splits, options: DesignOptions):
         self.splits = splits
         self.options = options
+        self.experiment = experiment(options.experiment)
         self.pool: ByMolecule = splits.pool_set.by_molecule
         self.keys = sorted(self.pool)
         self.available = np.array([len(self.pool[k]) for k in self.keys])
@@ -206,41 +183,18 @@ class _Planner:
         self.scaffold = table["scaffold"].to_dict()
         self.smiles = table["smiles"].to_dict()
         self._fingerprints: dict[str, object] = {}
-        self._check_sizes()
-        self.orders = [self.molecule_order(r, self._largest_m()) for r in
+        self.experiment.check_sizes(self)
+        self.orders = [self.molecule_order(r, self.experiment.largest_m(self)) for r in
                        range(options.replicates)]
-        self.grid = options.grid or self._automatic_grid()
+        self.grid = options.grid or self.experiment.automatic_grid(self)
 
     # ------------------------------------------------------------ grid and cell sizes
-    def _n_valid(self, n_train: int) -> int:
+    def n_valid(self, n_train: int) -> int:
+        """Validation conformers of a cell with `n_train` training conformers."""
         fraction = self.options.valid_fraction
         return 0 if fraction == 0 else max(1, round(fraction * n_train))
 
-    def _check_sizes(self) -> None:
-        options, n_pool = self.options, len(self.keys)
-        if options.experiment == "fixed-molecules":
-            if options.molecules > n_pool:
-                raise FieldError("fixed_molecules.molecules", options.molecules,
-                                 f"the pool has only {n_pool} molecules")
-            return
-        budget, total = options.budget, int(self.available.sum())
-        if budget + self._n_valid(budget) > total:
-            raise FieldError("fixed_budget.budget", budget, f"with {self._n_valid(budget)} "
-                             f"validation conformers it exceeds the pool's {total} conformers")
-        field = GRID_FIELDS[options.experiment]
-        for m in options.grid or ():
-            if m > budget:
-                raise FieldError(field, f"M={m}", f"larger than budget {budget} gives C = 0 "
-                                 "conformers per molecule")
-            if m > n_pool:
-                raise FieldError(field, f"M={m}", f"the pool has only {n_pool} molecules")
-
-    def _largest_m(self) -> int:
-        if self.options.experiment == "fixed-molecules":
-            return self.options.molecules
-        return max(self.options.grid or [min(self.options.budget, len(self.keys))])
-
-    def _capacity(self) -> np.ndarray:
+    def capacity(self) -> np.ndarray:
         """capacity[p]: conformers every replicate's first p+1 molecules each hold at least
         (with --allow-short: the (p+1)-th largest molecule's count)."""
         if self.options.allow_short:
@@ -249,35 +203,11 @@ class _Planner:
         return np.min([np.minimum.accumulate(self.available[[position[k] for k in order]])
                        for order in self.orders], axis=0)
 
-    def _automatic_grid(self) -> tuple[int, ...]:
-        """Log-spaced values between the smallest and largest cell the pool can fill."""
-        options, capacity = self.options, self._capacity()
-        if options.experiment == "fixed-budget":
-            budget, n_valid = options.budget, self._n_valid(options.budget)
-            ms = np.arange(1, min(budget, len(self.keys)) + 1)
-            fits = capacity[ms - 1] >= -(-budget // ms) + -(-n_valid // ms)
-            if not fits.any():
-                raise FieldError("fixed_budget.budget", budget, "no molecule count M lets the "
-                                 "pool's molecules hold it; use allow_short or a smaller budget")
-            return _log_grid(int(ms[fits][0]), int(ms[-1]), options.grid_points)
-        m = options.molecules
-        cs = np.arange(1, int(capacity[m - 1]) + 1)
-        n_valid = np.array([self._n_valid(m * c) for c in cs], dtype=np.int64)
-        fits = capacity[m - 1] >= cs + -(-n_valid // m)
-        if not fits.any():
-            raise FieldError("fixed_molecules.molecules", m, f"the first {m} molecules hold "
-                             f"{int(capacity[m - 1])} conformer(s), too few for C = 1 plus "
-                             "validation; use allow_short or a smaller M")
-        return _log_grid(1, int(cs[fits][-1]), options.grid_points)
-
     def _cell_sizes(self, value: int) -> tuple[int, np.ndarray, np.ndarray]:
         """(M, train per molecule, validation per molecule) for one grid value."""
-        if self.options.experiment == "fixed-budget":
-            m, n_train = value, self.options.budget
-        else:
-            m, n_train = self.options.molecules, self.options.molecules * value
+        m, n_train = self.experiment.cell_size(self.options, value)
         train = spread(n_train, m)
-        valid = spread(self._n_valid(n_train), m)[::-1]  # extras on molecules without them
+        valid = spread(self.n_valid(n_train), m)[::-1]  # extras on molecules without them
         return m, train, valid
 
     # ------------------------------------------------------------ orders
@@ -289,26 +219,14 @@ class _Planner:
     def molecule_order(self, replicate: int, n_needed: int) -> list[str]:
         rng = np.random.default_rng([self.options.seed, replicate])
         shuffled = [self.keys[i] for i in rng.permutation(len(self.keys))]
-        if self.options.molecule_selection == "random":
-            return shuffled
-        # MaxMin over the shuffled pool (the replicate's seed picks the start), then the rest
-        picked = maxmin_order([self.fingerprint(k) for k in shuffled], n_needed,
-                              seed=self.options.seed * 1000 + replicate)
-        chosen = [shuffled[i] for i in picked]
-        chosen_set = set(chosen)
-        return chosen + [k for k in shuffled if k not in chosen_set]
+        return molecule_selection(self.options.molecule_selection).order(
+            self, shuffled, n_needed, replicate)
 
     def conformer_order(self, store: ConformerStore, replicate: int, key: str,
                         n_needed: int) -> np.ndarray:
-        available = self.pool[key]
         rng = np.random.default_rng([self.options.seed, replicate, zlib.crc32(key.encode())])
-        if self.options.conformer_selection == "random":
-            return rng.permutation(available)
-        record = store.molecule(key, available)
-        order = farthest_point_order(record.positions, min(n_needed, len(available)),
-                                     int(rng.integers(len(available))))
-        rest = np.setdiff1d(np.arange(len(available)), order)
-        return available[np.concatenate([order, rng.permutation(rest)])]
+        return conformer_selection(self.options.conformer_selection).order(
+            store, key, self.pool[key], rng, n_needed)
 
     # ------------------------------------------------------------ cells
     def replicate_cells(self, replicate: int) -> list[Cell]:
@@ -446,8 +364,3 @@ class _Planner:
 
 def _float_or_none(value) -> float | None:
     return None if value is None else float(value)
-
-
-def _log_grid(low: int, high: int, points: int) -> tuple[int, ...]:
-    values = np.unique(np.round(np.geomspace(low, high, points)).astype(int))
-    return tuple(int(v) for v in values)

@@ -14,6 +14,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from mlipdiv.atomic import write_bytes_atomic, write_text_atomic
+from mlipdiv.design.experiments import experiment as design_experiment
+from mlipdiv.design.experiments import experiment_names
 from mlipdiv.errors import MlipdivError, first_line
 from mlipdiv.files import read_json, read_parquet, reading
 from mlipdiv.metrics.stats import is_root_metric
@@ -262,11 +264,11 @@ def _experiment_section(view: StudyView) -> Section:
          for line in view.trends(metric) + selection_findings(cells[metric],
                                                                metric_label(metric))])
         + _scoring_note(view) + _convergence_html(view) + _effective_conformers_html(view))
-    for experiment in ("fixed-budget", "fixed-molecules"):
+    for experiment in experiment_names():
         for metric in metrics:
             figure = figures.experiment_curves(cells[metric], experiment, metric_label(metric))
             if figure is not None:
-                axis = "M (log axis)" if experiment == "fixed-budget" else "C (log axis)"
+                axis = f"{design_experiment(experiment).axis} (log axis)"
                 section.figures.append((f"{experiment}_{metric}",
                                         f"{experiment}: {metric_label(metric)} vs {axis}, "
                                         "mean over replicates with 95 % CI (hierarchical "

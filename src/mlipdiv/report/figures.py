@@ -13,6 +13,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from mlipdiv.design.experiments import experiment as design_experiment  # noqa: E402
 from mlipdiv.design.kinds import test_set_kinds  # noqa: E402
 from mlipdiv.study.advise import Advice  # noqa: E402
 from mlipdiv.study.fit import SurfaceFit  # noqa: E402
@@ -50,7 +51,7 @@ def experiment_curves(cells: pd.DataFrame, experiment: str, metric_label: str) -
     rows = cells[cells.experiment == experiment]
     if rows.empty:
         return None
-    axis = "M" if experiment == "fixed-budget" else "C"
+    axis = design_experiment(experiment).axis
     panels = sorted(rows.groupby(["model", "selection"]).groups)
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4), squeeze=False)
     for ax, (model, selection) in zip(axes[0], panels, strict=True):
@@ -194,7 +195,7 @@ def cell_diversity(results: pd.DataFrame) -> Figure | None:
                              figsize=(3.4 * len(columns), 3.0 * len(experiments)), squeeze=False)
     for row_axes, experiment in zip(axes, experiments, strict=True):
         rows = cells[cells.experiment == experiment]
-        axis = "M" if experiment == "fixed-budget" else "C"
+        axis = design_experiment(experiment).axis
         for ax, column in zip(row_axes, columns, strict=True):
             for selection, group in rows.groupby("selection"):
                 ax.scatter(group[axis], group[f"div_{column}"], s=20, label=selection)

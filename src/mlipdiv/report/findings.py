@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from mlipdiv.design.experiments import experiment as design_experiment
 from mlipdiv.design.kinds import test_set_kinds
 from mlipdiv.errors import MlipdivError
 from mlipdiv.metrics.hierarchical import trend_slope
@@ -29,7 +30,7 @@ def trend_findings(terms: pd.DataFrame, metric_label: str, root: bool = False,
     lines = []
     for (experiment, model, selection, split), group in terms.groupby(
             ["experiment", "model", "selection", "split"], sort=True):
-        axis = "M" if experiment == "fixed-budget" else "C"
+        axis = design_experiment(experiment).axis
         points = group.drop_duplicates("cell").set_index("cell")[axis]
         if points.nunique() < 2:
             continue

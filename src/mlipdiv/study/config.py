@@ -8,23 +8,47 @@ and the reason, in one line. Presets (`quick`, `standard`) are TOML files shippe
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Callable, Iterable
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mlipdiv.data.sources import parse_elements
+from mlipdiv.design.experiments import (
+    CONFORMER_SELECTIONS,
+    EXPERIMENTS,
+    MOLECULE_SELECTIONS,
+)
 from mlipdiv.design.kinds import default_advice_weights, test_set_names
 from mlipdiv.errors import FieldError, MlipdivError
 from mlipdiv.models.registry import backend_names, study_schedule
 from mlipdiv.models.sizes import SIZES
 
 PRESETS = ("quick", "standard")
+
+
+def _registered(choices: Callable[[], Iterable[str]]) -> Any:
+    """A str that must be a name in a registry, read when a config is validated (not when
+    this module is imported), so a class registered later is a valid entry too."""
+
+    def check(value: str) -> str:
+        *others, last = (repr(name) for name in choices())
+        if value not in choices():
+            allowed = f"{', '.join(others)} or {last}" if others else last
+            raise ValueError(f"Input should be {allowed}")
+        return value
+
+    return Annotated[str, AfterValidator(check)]
+
+
 # choices that come from the registries: a new backend is a valid `models.architectures` entry
-BackendName = Literal[backend_names()]
+BackendName = _registered(backend_names)
 SizeName = Literal[SIZES]
-TestSetName = Literal[test_set_names()]
+TestSetName = _registered(test_set_names)
+MoleculeSelectionName = _registered(lambda: MOLECULE_SELECTIONS)
+ConformerSelectionName = _registered(lambda: CONFORMER_SELECTIONS)
 
 
 class _Strict(BaseModel):
@@ -117,8 +141,8 @@ class DesignConfig(_Strict):
     """Draws per cell and how molecules and conformers are selected."""
 
     replicates: int = Field(1, ge=1)
-    molecule_selection: list[Literal["random", "maxmin"]] = ["random"]
-    conformer_selection: list[Literal["random", "farthest"]] = ["random"]
+    molecule_selection: list[MoleculeSelectionName] = ["random"]
+    conformer_selection: list[ConformerSelectionName] = ["random"]
     validation_fraction: float = Field(0.1, gt=0, lt=1)
     allow_short: bool = False
 
@@ -223,8 +247,7 @@ class StudyConfig(_Strict):
 
     def experiments(self) -> list[str]:
         """The experiments this study runs, in report order."""
-        return [name for name, part in (("fixed-budget", self.fixed_budget),
-                                        ("fixed-molecules", self.fixed_molecules)) if part]
+        return [name for name, kind in EXPERIMENTS.items() if getattr(self, kind.config_key)]
 
     def largest_training_set(self) -> int:
         """Training conformers of the study's largest cell (N, or M × the largest C)."""

@@ -22,11 +22,30 @@ from pathlib import Path
 import pandas as pd
 
 from mlipdiv.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
+from mlipdiv.data.generate import GenerateOptions, generate
+from mlipdiv.data.qm import QMMethod
+from mlipdiv.data.sources import MoleculeFilter, parse_elements
+from mlipdiv.design import (
+    DesignOptions,
+    SplitOptions,
+    load_design,
+    load_splits,
+    make_design,
+    make_splits,
+    write_design,
+)
+from mlipdiv.design.experiments import experiment as design_experiment
+from mlipdiv.diversity import plot_profile, profile_store
 from mlipdiv.errors import FieldError, MlipdivError, first_line
 from mlipdiv.files import read_json
 from mlipdiv.locking import locks_output
+from mlipdiv.metrics.evaluate import score_run
+from mlipdiv.models import train_cell
+from mlipdiv.models.record import RunRecord
+from mlipdiv.study.advise import DataLimits, advise
 from mlipdiv.study.config import StudyConfig, config_differences
 from mlipdiv.study.executors import plan_parallelism, run_local, run_ray
+from mlipdiv.study.fit import fit_results, write_fits
 from mlipdiv.study.layout import RESTART_REMEDY, StudyPaths
 
 MIN_FREE_BYTES = 50 * 1024**2
@@ -130,9 +149,6 @@ def data_step(config: StudyConfig, paths: StudyPaths, workers: int, progress: bo
         return store
     if paths.data.exists():
         return paths.data
-    from mlipdiv.data.generate import GenerateOptions, generate
-    from mlipdiv.data.qm import QMMethod
-    from mlipdiv.data.sources import MoleculeFilter, parse_elements
 
     data = config.data
     options = {"n_conformers": data.conformers, "method": QMMethod(data.method),
@@ -156,7 +172,6 @@ def profile_step(store: Path, paths: StudyPaths) -> None:
     """The dataset's diversity profile (JSON summary, per-molecule CSV, plot)."""
     if paths.profile.exists():
         return
-    from mlipdiv.diversity import plot_profile, profile_store
 
     profile = profile_store(store)
     write_text_atomic(paths.profile_molecules, profile.per_molecule.to_csv(index=False))
@@ -168,7 +183,6 @@ def split_step(config: StudyConfig, store: Path, paths: StudyPaths) -> None:
     """CF/ST/SF(/OOD) test sets and the training pool."""
     if (paths.splits / "manifest.json").exists():
         return
-    from mlipdiv.design import SplitOptions, make_splits
 
     split = config.split
     _, messages = make_splits(store, paths.splits, SplitOptions(
@@ -180,21 +194,17 @@ def split_step(config: StudyConfig, store: Path, paths: StudyPaths) -> None:
 
 def _design_options(config: StudyConfig, experiment: str, molecule_selection: str,
                     conformer_selection: str, grid: tuple[int, ...] | None = None):
-    from mlipdiv.design import DesignOptions
 
     design = config.design
     common = dict(replicates=design.replicates, valid_fraction=design.validation_fraction,
                   molecule_selection=molecule_selection,
                   conformer_selection=conformer_selection, allow_short=design.allow_short,
                   seed=config.seed)
-    if experiment == "fixed-budget":
-        budget = config.fixed_budget
-        return DesignOptions(experiment, budget=budget.budget,
-                             grid=grid or (tuple(budget.molecules) if budget.molecules else None),
-                             **common)
-    fixed = config.fixed_molecules
-    return DesignOptions(experiment, molecules=fixed.molecules,
-                         grid=grid or tuple(fixed.conformers), **common)
+    kind = design_experiment(experiment)
+    section = getattr(config, kind.config_key)
+    configured = getattr(section, kind.config_grid_key)
+    return DesignOptions(experiment, grid=grid or (tuple(configured) if configured else None),
+                         **{kind.fixed_field: getattr(section, kind.fixed_field)}, **common)
 
 
 def selections(config: StudyConfig) -> list[tuple[str, str]]:
@@ -206,7 +216,6 @@ def selections(config: StudyConfig) -> list[tuple[str, str]]:
 def design_step(config: StudyConfig, paths: StudyPaths) -> list[Path]:
     """One design file per experiment and selection pair. When the pool cannot fill the grid,
     every cell that cannot be filled is named before any training starts."""
-    from mlipdiv.design import make_design, write_design
 
     designs, problems = [], []
     for experiment in config.experiments():
@@ -229,7 +238,6 @@ def design_step(config: StudyConfig, paths: StudyPaths) -> list[Path]:
 def _unfillable_cells(config: StudyConfig, paths: StudyPaths, experiment: str, options,
                       error: MlipdivError) -> list[str]:
     """Try each grid value alone to name every cell that cannot be filled."""
-    from mlipdiv.design import make_design
 
     grid = options.grid or ()
     found = []
@@ -239,8 +247,7 @@ def _unfillable_cells(config: StudyConfig, paths: StudyPaths, experiment: str, o
         try:
             make_design(paths.splits, single)
         except MlipdivError as exc:
-            axis = "M" if experiment == "fixed-budget" else "C"
-            found.append(f"{experiment} {axis}={value}: {exc}")
+            found.append(f"{experiment} {design_experiment(experiment).axis}={value}: {exc}")
     return found or [f"{experiment}: {error}"]
 
 
@@ -259,7 +266,6 @@ def cell_tasks(config: StudyConfig, paths: StudyPaths, designs: list[Path],
     fixed-molecules M = 8, C = 4 of one replicate) reuses that cell's run instead of training
     the same model twice. `paths` says where runs and cell results go; `splits` (default
     the study's own) what they are scored on."""
-    from mlipdiv.design import load_design
 
     schedule = config.training_schedule()
     tasks, first_run = [], {}
@@ -286,9 +292,6 @@ def cell_tasks(config: StudyConfig, paths: StudyPaths, designs: list[Path],
 def run_cell(task: CellTask) -> dict:
     """Train (resuming) and evaluate one cell with one model; write its result rows
     atomically. Returns a short summary for the log."""
-    from mlipdiv.design import load_design
-    from mlipdiv.metrics.evaluate import score_run
-    from mlipdiv.models import train_cell
 
     started = time.perf_counter()
     cell = load_design(task.design).cell(task.cell_id)
@@ -325,7 +328,6 @@ def cell_columns(cell) -> dict:
 def training_columns(run_dir: Path) -> dict:
     """How the run trained: optimiser steps done, best step, whether every member converged
     (validation loss no longer falling at the end, or early stopping)."""
-    from mlipdiv.models.record import RunRecord
 
     members = RunRecord.read_complete(run_dir, remedy=RESTART_REMEDY).members
     return {"train_steps": max(m.steps for m in members),
@@ -444,8 +446,6 @@ def study_budget(config: StudyConfig) -> float:
 def pool_limits(config: StudyConfig, paths: StudyPaths):
     """What the study's training pool holds: its molecules, and the most training conformers
     one molecule can give once validation conformers are set aside."""
-    from mlipdiv.design import load_splits
-    from mlipdiv.study.advise import DataLimits
 
     # the split was checked against the store when the designs were drawn: no checksum pass
     pool = load_splits(paths.splits, verify=False).pool_set.by_molecule
@@ -456,8 +456,6 @@ def pool_limits(config: StudyConfig, paths: StudyPaths):
 
 def fit_and_advise(config: StudyConfig, results: pd.DataFrame, paths: StudyPaths) -> None:
     """fit.json (a surface per model, selection and split) and advice.json (per model)."""
-    from mlipdiv.study.advise import advise
-    from mlipdiv.study.fit import fit_results, write_fits
 
     fits, skipped = fit_results(results, config.advice.metric, seed=config.seed)
     write_fits(fits, skipped, paths.fit)

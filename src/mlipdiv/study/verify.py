@@ -24,6 +24,7 @@ import pandas as pd
 from pydantic import BaseModel
 
 from mlipdiv.atomic import write_json_atomic
+from mlipdiv.design.experiments import FixedBudget
 from mlipdiv.errors import FieldError, MlipdivError
 from mlipdiv.files import read_json, reading
 from mlipdiv.locking import locks_output
@@ -102,7 +103,7 @@ def _design(config: StudyConfig, study: StudyPaths, root: Path, molecules: list[
     path = root / "design.json"
     if not path.exists():
         options = DesignOptions(
-            "fixed-budget", budget=budget, grid=tuple(sorted(set(molecules))),
+            FixedBudget.name, budget=budget, grid=tuple(sorted(set(molecules))),
             replicates=replicates, valid_fraction=config.design.validation_fraction,
             molecule_selection=selection[0], conformer_selection=selection[1],
             allow_short=config.design.allow_short, seed=config.seed + VERIFY_SEED_OFFSET)
