@@ -422,6 +422,7 @@ def evaluate(
 ) -> None:
     """Score a run on every test split (energy, force, conformational errors, 95 % CIs)."""
     from mlipdiv.metrics import evaluate_file, evaluate_run
+    from mlipdiv.metrics.stats import METRIC_DECLARATIONS
 
     if (splits is None) == (data is None):
         raise MlipdivError("evaluate: give exactly one of --splits or --data")
@@ -430,16 +431,15 @@ def evaluate(
     if as_json:
         print_json([r.model_dump() for r in records])
         return
+    shown = [metric for metric in METRIC_DECLARATIONS if metric.summary]
     table = Table(title=f"{run}")
-    for column in ("split", "molecules", "conformers", "out of domain", "E MAE meV/atom",
-                   "F MAE meV/A", "conf. E MAE meV", "Spearman"):
+    for column in ("split", "molecules", "conformers", "out of domain",
+                   *(metric.summary for metric in shown)):
         table.add_column(column)
     for r in records:
         table.add_row(r.split, str(r.n_molecules), str(r.n_conformers),
                       str(r.out_of_domain_conformers),
-                      *(_with_ci(r, name) for name in (
-                          "energy_mae_mev_per_atom", "forces_mae_mev_per_angstrom",
-                          "conformational_energy_mae_mev", "spearman_mean")))
+                      *(_with_ci(r, metric.name) for metric in shown))
     Console().print(table)
     for r in records:
         if r.skipped_conformers:

@@ -11,6 +11,7 @@ from ase.calculators.calculator import Calculator, all_changes
 from mlipdiv.data.store import MoleculeRecord
 from mlipdiv.domain.model import Domain, load_domain
 from mlipdiv.errors import MlipdivError
+from mlipdiv.models.base import Committee
 
 ON_EXIT = (None, "warn", "raise")
 
@@ -51,13 +52,12 @@ class DomainCalculator(Calculator):
         record = MoleculeRecord("", self._smiles(), "", self.atoms.numbers,
                                 self.atoms.positions[None])
         scored = self.domain.score(self.run, [record])[0]
-        energies, forces = scored.member_energy[:, 0], scored.member_forces[:, 0]
-        energy = float(energies.mean())
+        committee = Committee(scored.member_energy, scored.member_forces)
         in_domain = bool(self.domain.in_domain(scored, self.score_name)[0])
         self.results = {
-            "energy": energy, "free_energy": energy, "forces": forces.mean(axis=0),
-            "energy_std": float(energies.std()), "forces_std": forces.std(axis=0),
-            "member_energies": energies, "member_forces": forces,
+            **committee.calculator_results(),
+            "member_energies": scored.member_energy[:, 0],
+            "member_forces": scored.member_forces[:, 0],
             "domain_scores": {k: float(v[0]) for k, v in scored.scores.items()},
             "domain_atom_scores": {k: v[0] for k, v in scored.atom_scores.items()},
             "domain_score": float(scored.scores[self.score_name][0]),

@@ -31,6 +31,7 @@ from mlipdiv.domain.scores import DOMAIN_REMEDY, committee_sigma
 from mlipdiv.domain.stats import miscalibration_area, sigma_scale, threshold_at_coverage
 from mlipdiv.errors import FieldError, MlipdivError
 from mlipdiv.files import read_json, reading
+from mlipdiv.models.base import Committee
 
 DOMAIN_DIR = "domain"
 DOMAIN_FILE = "domain.json"
@@ -123,16 +124,18 @@ def conformer_errors(record: MoleculeRecord, member_energy: np.ndarray,
     if not record.labelled:
         unknown = np.full(record.n_conformers, np.nan)
         return {"energy": unknown, "forces": unknown}
-    energy = np.abs(member_energy.mean(axis=0) - record.energy) / record.n_atoms
-    forces = np.sqrt(((member_forces.mean(axis=0) - record.forces) ** 2).mean(axis=(1, 2)))
+    signed = signed_errors(record, member_energy, member_forces)
+    energy = np.abs(signed["energy"])
+    forces = np.sqrt((signed["forces"] ** 2).mean(axis=(1, 2)))
     return {"energy": 1000.0 * energy, "forces": 1000.0 * forces}
 
 
 def signed_errors(record: MoleculeRecord, member_energy: np.ndarray,
                   member_forces: np.ndarray) -> dict[str, np.ndarray]:
     """Signed errors matching `committee_sigma`: energy per atom (eV/atom), force components."""
-    return {"energy": (member_energy.mean(axis=0) - record.energy) / record.n_atoms,
-            "forces": member_forces.mean(axis=0) - record.forces}
+    committee = Committee(member_energy, member_forces)
+    return {"energy": (committee.mean_energy - record.energy) / record.n_atoms,
+            "forces": committee.mean_forces - record.forces}
 
 
 def sigma_and_errors(records: Sequence[MoleculeRecord],
@@ -282,7 +285,7 @@ def score_file(run_path: str | os.PathLike, input_path: str | os.PathLike,
     for record, scored in zip(records, domain.score(run, records), strict=True):
         flags = domain.in_domain(scored, score)
         inside += int(flags.sum())
-        energy = scored.member_energy.mean(axis=0)
+        energy = Committee(scored.member_energy, scored.member_forces).mean_energy
         for i, atoms in enumerate(record.to_atoms()):
             atoms.info.update({f"domain_{k}": float(v[i]) for k, v in scored.scores.items()})
             atoms.info.update(in_domain=bool(flags[i]), predicted_energy=float(energy[i]),

@@ -23,6 +23,7 @@ from mlipdiv.atomic import atomic_path
 from mlipdiv.diversity.structural import morgan_fingerprint
 from mlipdiv.errors import MlipdivError
 from mlipdiv.files import reading
+from mlipdiv.models.base import Committee
 
 DOMAIN_REMEDY = "rerun `mlipdiv domain fit RUN` (in a study, rerun the study)"
 
@@ -58,7 +59,8 @@ def committee_sigma(energy: np.ndarray, forces: np.ndarray,
                     n_atoms: int) -> dict[str, np.ndarray]:
     """Committee standard deviations across members: of the energy per atom (n_conf,) eV/atom
     and of each force component (n_conf, n_atoms, 3) eV/A."""
-    return {"energy": np.std(energy / n_atoms, axis=0), "forces": np.std(forces, axis=0)}
+    committee = Committee(energy / n_atoms, forces)
+    return {"energy": committee.energy_std, "forces": committee.forces_std}
 
 
 class NeighbourIndex:

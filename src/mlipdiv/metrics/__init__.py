@@ -10,16 +10,21 @@ from mlipdiv.metrics.evaluate import (
 )
 from mlipdiv.metrics.hierarchical import SlopeEstimate, hierarchical_bootstrap, trend_slope
 from mlipdiv.metrics.stats import (
+    METRIC_DECLARATIONS,
     METRICS,
     Estimate,
+    Metric,
     MoleculeErrors,
     cluster_bootstrap,
+    metric_label,
     molecule_spearman,
     split_estimates,
 )
 
 __all__ = [
+    "METRIC_DECLARATIONS",
     "METRICS",
+    "Metric",
     "Estimate",
     "MoleculeErrors",
     "ResultRecord",
@@ -30,6 +35,7 @@ __all__ = [
     "evaluate_run",
     "evaluate_split",
     "hierarchical_bootstrap",
+    "metric_label",
     "molecule_spearman",
     "result_record",
     "split_estimates",

@@ -8,11 +8,12 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel
+from pydantic import BaseModel, create_model
 
 from mlipdiv.data.store import MoleculeRecord
 from mlipdiv.errors import MlipdivError
 from mlipdiv.metrics.stats import (
+    METRIC_DECLARATIONS,
     N_RESAMPLES,
     MoleculeErrors,
     per_molecule_sums,
@@ -23,10 +24,8 @@ SCOPE_TRAINING = "training molecules"  # CF scored on the run's own training mol
 SCOPE_ALL = "all molecules of the split"
 
 
-class SplitMetrics(BaseModel):
-    """Errors of a run's ensemble-mean prediction on one split, each with a 95 % interval from
-    a cluster bootstrap over molecules. Out-of-domain conformers (elements absent from
-    training) are counted but left out of the errors. None = not defined on this split."""
+class _SplitCounts(BaseModel):
+    """What was scored: the split, which of its molecules, how many, and what was left out."""
 
     split: str
     scope: str = SCOPE_ALL  # which of the split's molecules were scored
@@ -34,30 +33,17 @@ class SplitMetrics(BaseModel):
     n_conformers: int
     out_of_domain_conformers: int
     out_of_domain_molecules: str = ""  # their InChIKeys, comma-separated (flat row)
-    energy_mae_mev_per_atom: float | None
-    energy_mae_mev_per_atom_ci_low: float | None
-    energy_mae_mev_per_atom_ci_high: float | None
-    energy_rmse_mev_per_atom: float | None
-    energy_rmse_mev_per_atom_ci_low: float | None
-    energy_rmse_mev_per_atom_ci_high: float | None
-    energy_mae_mev: float | None
-    energy_mae_mev_ci_low: float | None
-    energy_mae_mev_ci_high: float | None
-    energy_rmse_mev: float | None
-    energy_rmse_mev_ci_low: float | None
-    energy_rmse_mev_ci_high: float | None
-    forces_mae_mev_per_angstrom: float | None
-    forces_mae_mev_per_angstrom_ci_low: float | None
-    forces_mae_mev_per_angstrom_ci_high: float | None
-    forces_rmse_mev_per_angstrom: float | None
-    forces_rmse_mev_per_angstrom_ci_low: float | None
-    forces_rmse_mev_per_angstrom_ci_high: float | None
-    conformational_energy_mae_mev: float | None
-    conformational_energy_mae_mev_ci_low: float | None
-    conformational_energy_mae_mev_ci_high: float | None
-    spearman_mean: float | None
-    spearman_mean_ci_low: float | None
-    spearman_mean_ci_high: float | None
+
+
+# Errors of a run's ensemble-mean prediction on one split: every declared metric and its 95 %
+# interval from a cluster bootstrap over molecules (three columns a metric, from
+# METRIC_DECLARATIONS). Out-of-domain conformers (elements absent from training) are counted
+# but left out of the errors. None = not defined on this split.
+SplitMetrics = create_model(
+    "SplitMetrics", __base__=_SplitCounts, __module__=__name__,
+    **{column: (float | None, ...) for metric in METRIC_DECLARATIONS
+       for column in metric.columns},
+)
 
 
 class ResultRecord(SplitMetrics):
@@ -105,10 +91,10 @@ def score_split(run, records: Iterable[MoleculeRecord], split: str, *,
                                         record.forces, prediction.mean_forces))
     estimates = split_estimates(molecules, n_resamples=n_resamples, seed=seed)
     fields = {}
-    for name, estimate in estimates.items():
-        fields[name] = estimate.value
-        fields[f"{name}_ci_low"] = estimate.ci_low
-        fields[f"{name}_ci_high"] = estimate.ci_high
+    for metric in METRIC_DECLARATIONS:
+        estimate = estimates[metric.name]
+        fields.update(zip(metric.columns, (estimate.value, estimate.ci_low, estimate.ci_high),
+                          strict=True))
     metrics = SplitMetrics(
         split=split, scope=scope, n_molecules=len(records),
         n_conformers=int(np.sum([r.n_conformers for r in records])),

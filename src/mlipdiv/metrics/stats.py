@@ -20,6 +20,48 @@ MIN_POINTS_SPEARMAN = 3  # a rank correlation of two points is only its sign
 
 
 @dataclass(frozen=True)
+class Metric:
+    """One error metric, declared once: its result column (`name`, plus `name_ci_low` /
+    `name_ci_high`), unit, the label figures and tables use, and whether it is the square
+    root of its summed terms (RMSEs)."""
+
+    name: str
+    unit: str
+    label: str
+    summary: str = ""  # a short column header for terminal tables; "" = not shown there
+
+    @property
+    def root(self) -> bool:
+        return is_root_metric(self.name)
+
+    @property
+    def columns(self) -> tuple[str, str, str]:
+        """The value and its 95 % interval as result columns."""
+        return self.name, f"{self.name}_ci_low", f"{self.name}_ci_high"
+
+
+# every metric, in the order the records list them
+METRIC_DECLARATIONS = (
+    Metric("energy_mae_mev_per_atom", "meV/atom", "energy MAE (meV/atom)", "E MAE meV/atom"),
+    Metric("energy_rmse_mev_per_atom", "meV/atom", "energy RMSE (meV/atom)"),
+    Metric("energy_mae_mev", "meV", "energy MAE (meV/molecule)"),
+    Metric("energy_rmse_mev", "meV", "energy RMSE (meV/molecule)"),
+    Metric("forces_mae_mev_per_angstrom", "meV/A", "force MAE (meV/Å)", "F MAE meV/A"),
+    Metric("forces_rmse_mev_per_angstrom", "meV/A", "force RMSE (meV/Å)"),
+    Metric("conformational_energy_mae_mev", "meV", "conformational energy MAE (meV)",
+           "conf. E MAE meV"),
+    Metric("spearman_mean", "", "mean Spearman ρ of conformer energies", "Spearman"),
+)
+METRICS = tuple(metric.name for metric in METRIC_DECLARATIONS)
+METRIC_BY_NAME = {metric.name: metric for metric in METRIC_DECLARATIONS}
+
+
+def metric_label(name: str) -> str:
+    """A metric as figures and tables name it ("force MAE (meV/Å)"); other names as given."""
+    return METRIC_BY_NAME[name].label if name in METRIC_BY_NAME else name
+
+
+@dataclass(frozen=True)
 class MoleculeErrors:
     """Reference and predicted energies (eV, n_conf) and forces (eV/A) of one molecule."""
 
@@ -58,7 +100,7 @@ def cluster_bootstrap(num: np.ndarray, den: np.ndarray, *, root: bool = False,
 
 def per_molecule_sums(molecules: Sequence[MoleculeErrors]) -> dict[str, tuple[np.ndarray, ...]]:
     """For each metric, (num, den, root) arrays over molecules, errors in meV and meV/A."""
-    rows: dict[str, list[tuple[float, float]]] = {k: [] for k in _METRIC_UNITS}
+    rows: dict[str, list[tuple[float, float]]] = {k: [] for k in METRICS}
     for mol in molecules:
         energy = 1000 * (mol.predicted_energy - mol.reference_energy)
         forces = 1000 * (mol.predicted_forces - mol.reference_forces).reshape(-1)
@@ -103,17 +145,3 @@ def split_estimates(molecules: Sequence[MoleculeErrors], *, n_resamples: int = N
     """Every metric of a split with its cluster-bootstrap 95 % interval."""
     return {name: cluster_bootstrap(num, den, root=root, n_resamples=n_resamples, seed=seed)
             for name, (num, den, root) in per_molecule_sums(molecules).items()}
-
-
-# metric name -> unit, in the order the records list them
-_METRIC_UNITS = {
-    "energy_mae_mev_per_atom": "meV/atom",
-    "energy_rmse_mev_per_atom": "meV/atom",
-    "energy_mae_mev": "meV",
-    "energy_rmse_mev": "meV",
-    "forces_mae_mev_per_angstrom": "meV/A",
-    "forces_rmse_mev_per_angstrom": "meV/A",
-    "conformational_energy_mae_mev": "meV",
-    "spearman_mean": "",
-}
-METRICS = tuple(_METRIC_UNITS)

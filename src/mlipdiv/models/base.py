@@ -77,6 +77,41 @@ def conformers(records: Sequence[MoleculeRecord]) -> list[Conformer]:
     return out
 
 
+@dataclass(frozen=True)
+class Committee:
+    """Members' predictions reduced in one place: axis 0 is the member; the mean is the
+    prediction and the population standard deviation the committee's disagreement.
+    energy (n_members, n_conf) in eV, forces (n_members, n_conf, n_atoms, 3) in eV/A."""
+
+    energy: np.ndarray
+    forces: np.ndarray
+
+    @property
+    def mean_energy(self) -> np.ndarray:
+        return self.energy.mean(axis=0)
+
+    @property
+    def mean_forces(self) -> np.ndarray:
+        return self.forces.mean(axis=0)
+
+    @property
+    def energy_std(self) -> np.ndarray:
+        return self.energy.std(axis=0)
+
+    @property
+    def forces_std(self) -> np.ndarray:
+        return self.forces.std(axis=0)
+
+    def calculator_results(self, conformer: int = 0) -> dict:
+        """What an ASE calculator reports for one conformer: mean energy and forces, and the
+        spreads `energy_std` (eV) and `forces_std` (eV/A per component)."""
+        energy = float(self.mean_energy[conformer])
+        return {"energy": energy, "free_energy": energy,
+                "forces": self.mean_forces[conformer],
+                "energy_std": float(self.energy_std[conformer]),
+                "forces_std": self.forces_std[conformer]}
+
+
 # every concrete Potential subclass, by backend name (filled as each class is defined)
 REGISTERED: dict[str, type[Potential]] = {}
 DECLARED = ("backend", "library", "cutoff_key", "sizes")
@@ -271,8 +306,5 @@ class EnsembleCalculator(Calculator):
         super().calculate(atoms, properties, system_changes)
         numbers, positions = self.atoms.numbers, self.atoms.positions[None]
         results = [m.predict_arrays(numbers, positions) for m in self.members]
-        energies = np.array([e[0] for e, _ in results])
-        forces = np.stack([f[0] for _, f in results])
-        energy = float(energies.mean())
-        self.results = {"energy": energy, "free_energy": energy, "forces": forces.mean(axis=0),
-                        "energy_std": float(energies.std()), "forces_std": forces.std(axis=0)}
+        committee = Committee(np.stack([e for e, _ in results]), np.stack([f for _, f in results]))
+        self.results = committee.calculator_results()

@@ -26,7 +26,14 @@ import torch
 from mlipdiv.data.store import ConformerStore, MoleculeRecord
 from mlipdiv.errors import MlipdivError
 from mlipdiv.locking import locks_output
-from mlipdiv.models.base import DTYPES, Conformer, EnsembleCalculator, Potential, conformers
+from mlipdiv.models.base import (
+    DTYPES,
+    Committee,
+    Conformer,
+    EnsembleCalculator,
+    Potential,
+    conformers,
+)
 from mlipdiv.models.e0 import fit_e0
 from mlipdiv.models.record import (
     COMPLETE,
@@ -328,23 +335,13 @@ def train_cell(design_path: str | os.PathLike, cell_id: str, *, model: str, size
                  steps_per_round=steps_per_round)
 
 
-@dataclass
-class Prediction:
+@dataclass(frozen=True)
+class Prediction(Committee):
     """All members' predictions for one record's conformers: energy (n_members, n_conf) in
     eV, forces (n_members, n_conf, n_atoms, 3) in eV/A. Out-of-domain records (elements
     absent from training) carry NaN and `out_of_domain=True`."""
 
-    energy: np.ndarray
-    forces: np.ndarray
     out_of_domain: bool = False
-
-    @property
-    def mean_energy(self) -> np.ndarray:
-        return self.energy.mean(axis=0)
-
-    @property
-    def mean_forces(self) -> np.ndarray:
-        return self.forces.mean(axis=0)
 
 
 class TrainedRun:
@@ -503,10 +500,12 @@ def predict_frames(run: TrainedRun, frames: Sequence) -> list:
     results = [m.predict_conformers(items) for m in run.members]
     energies = np.stack([e for e, _ in results])
     for k, atoms in enumerate(inside):
-        forces = np.mean([f[k] for _, f in results], axis=0)
-        atoms.info["energy_std"] = float(energies[:, k].std())
-        atoms.calc = SinglePointCalculator(atoms, energy=float(energies[:, k].mean()),
-                                           forces=forces)
+        committee = Committee(energies[:, k:k + 1],
+                              np.stack([f[k] for _, f in results])[:, None])
+        predicted = committee.calculator_results()
+        atoms.info["energy_std"] = predicted["energy_std"]
+        atoms.calc = SinglePointCalculator(atoms, energy=predicted["energy"],
+                                           forces=predicted["forces"])
     return out
 
 

@@ -18,7 +18,7 @@ from mlipdiv.design.experiments import experiment as design_experiment
 from mlipdiv.design.experiments import experiment_names
 from mlipdiv.errors import MlipdivError, first_line
 from mlipdiv.files import read_json, read_parquet, reading
-from mlipdiv.metrics.stats import is_root_metric
+from mlipdiv.metrics.stats import is_root_metric, metric_label
 from mlipdiv.report import figures
 from mlipdiv.report.findings import (
     advice_findings,
@@ -33,14 +33,6 @@ from mlipdiv.study.config import StudyConfig, load_config
 from mlipdiv.study.fit import load_fits
 from mlipdiv.study.layout import RESTART_REMEDY, RESULTS_REMEDY, StudyPaths
 
-METRIC_LABELS = {
-    "energy_mae_mev_per_atom": "energy MAE (meV/atom)",
-    "energy_rmse_mev_per_atom": "energy RMSE (meV/atom)",
-    "energy_mae_mev": "energy MAE (meV/molecule)",
-    "forces_mae_mev_per_angstrom": "force MAE (meV/Å)",
-    "forces_rmse_mev_per_angstrom": "force RMSE (meV/Å)",
-    "conformational_energy_mae_mev": "conformational energy MAE (meV)",
-}
 PARITY_MOLECULES_PER_SPLIT = 20
 
 # Runs first in <head>: records script and resource errors, marks figures that fail to decode,
@@ -70,10 +62,6 @@ figcaption { font-size: 0.9em; color: #555; }
 table { border-collapse: collapse; font-size: 0.85em; } td, th { border: 1px solid #ccc;
 padding: 2px 6px; } .warning { color: #a40; } img.broken { outline: 3px solid red; }
 </style>"""
-
-
-def metric_label(metric: str) -> str:
-    return METRIC_LABELS.get(metric, metric)
 
 
 class StudyView:
