@@ -23,7 +23,7 @@ from typing import ClassVar
 import h5py
 import numpy as np
 
-from mlipdiv.data.identity import SUPPORTED_ELEMENTS
+from mlipdiv.data.identity import SUPPORTED_ELEMENTS, quiet_rdkit
 from mlipdiv.data.units import energy_to_ev, force_to_ev_per_angstrom, length_to_angstrom
 from mlipdiv.errors import FieldError, MlipdivError, first_line
 
@@ -290,6 +290,7 @@ class SpiceFormat(ArrayGroupFormat):
         return probe.hdf5_keys is not None and cls.positions_key in probe.hdf5_keys
 
 
+@quiet_rdkit()
 def _smiles_charge(group: h5py.Group) -> int:
     """Total formal charge of the group's SMILES (0 when absent): bond perception needs it."""
     if "smiles" not in group:

@@ -7,18 +7,34 @@ graph (`connectivity_signature`), not once per conformer.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from dataclasses import dataclass
 
 import numpy as np
 from ase.data import covalent_radii
-from rdkit import Chem, RDLogger
+from rdkit import Chem
 from rdkit.Chem import rdDetermineBonds
 from rdkit.Chem.rdMolDescriptors import CalcMolFormula
+from rdkit.rdBase import BlockLogs
 
 from mlipdiv.errors import first_line
 
-RDLogger.DisableLog("rdApp.*")
+
+class quiet_rdkit(contextlib.ContextDecorator):  # noqa: N801 - used like contextlib's helpers
+    """RDKit's messages about the molecules mlipdiv reads (odd valences, SMILES it then skips
+    and counts) are silenced inside mlipdiv's own calls only: a block or a decorated function,
+    never the importing process (RDKit's BlockLogs restores the logs on exit)."""
+
+    def _recreate_cm(self) -> quiet_rdkit:
+        return type(self)()  # a decorated function gets a fresh blocker per call (re-entrant)
+
+    def __enter__(self) -> quiet_rdkit:
+        self._block = BlockLogs()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        del self._block  # BlockLogs restores the log levels when it is freed
 
 # Elements mlipdiv accepts (organic chemistry as in SPICE/ANI/QM7-X).
 SUPPORTED_ELEMENTS = frozenset({1, 3, 5, 6, 7, 8, 9, 11, 12, 14, 15, 16, 17, 19, 20, 35, 53})
@@ -72,6 +88,7 @@ def connectivity_signature(atomic_numbers: np.ndarray, positions: np.ndarray) ->
     return [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in packed]
 
 
+@quiet_rdkit()
 def perceive(atomic_numbers: np.ndarray, positions: np.ndarray, charge: int = 0) -> Identity:
     """Perceive bonds of one conformer (Angstrom) and return its identity.
 
@@ -93,6 +110,7 @@ def perceive(atomic_numbers: np.ndarray, positions: np.ndarray, charge: int = 0)
     return identity_of(mol.GetMol())
 
 
+@quiet_rdkit()
 def identity_of(mol: Chem.Mol) -> Identity:
     """Identity of an RDKit molecule that has explicit hydrogens (and, ideally, 3D coordinates
     for stereo perception)."""

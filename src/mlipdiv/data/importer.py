@@ -46,6 +46,7 @@ from mlipdiv.data.identity import (
     adjacency,
     connectivity_signature,
     perceive,
+    quiet_rdkit,
 )
 from mlipdiv.data.store import MoleculeRecord, StoreWriter
 from mlipdiv.errors import MlipdivError
@@ -202,6 +203,7 @@ def _perceive(graph: _Graph, charge: int) -> Identity | None:
         return None
 
 
+@quiet_rdkit()
 def _well_formed(identity: Identity, charge: int) -> bool:
     """One fragment, no radicals, and no formal charges beyond the net charge."""
     from rdkit import Chem

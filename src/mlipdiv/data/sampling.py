@@ -35,6 +35,7 @@ from rdkit import Chem
 from rdkit.Chem import AllChem
 from rdkit.Chem.EnumerateStereoisomers import EnumerateStereoisomers, StereoEnumerationOptions
 
+from mlipdiv.data.identity import quiet_rdkit
 from mlipdiv.data.qm import XTB_METHODS, QMMethod
 
 SAMPLERS = ("etkdg", "md", "nms", "etkdg+md")
@@ -68,6 +69,7 @@ class Conformers:
     temperature: list[float]
 
 
+@quiet_rdkit()
 def prepare_molecule(smiles: str) -> Chem.Mol:
     """Parse a SMILES, fix unassigned stereocentres to their first embeddable assignment (so
     every conformer is the same stereoisomer), and add explicit hydrogens."""
@@ -79,6 +81,7 @@ def prepare_molecule(smiles: str) -> Chem.Mol:
     return Chem.AddHs(mol)
 
 
+@quiet_rdkit()
 def etkdg_conformers(mol: Chem.Mol, n: int, seed: int) -> np.ndarray:
     """Up to `n` distinct ETKDGv3 conformers, force-field relaxed; (k, n_atoms, 3) Angstrom.
 
@@ -185,6 +188,7 @@ def thermal_method(method: QMMethod) -> QMMethod:
     return method if method.name in XTB_METHODS else replace(method, name="gfn2-xtb")
 
 
+@quiet_rdkit()
 def sample_conformers(
     mol: Chem.Mol, n: int, sampler: str, temperature: float, method: QMMethod, seed: int
 ) -> Conformers:

@@ -25,7 +25,7 @@ import numpy as np
 from rdkit import Chem
 from rdkit.Chem import Descriptors
 
-from mlipdiv.data.identity import SUPPORTED_ELEMENTS
+from mlipdiv.data.identity import SUPPORTED_ELEMENTS, quiet_rdkit
 from mlipdiv.errors import FieldError, MlipdivError
 
 
@@ -178,6 +178,7 @@ def select_molecules(
     return selection
 
 
+@quiet_rdkit()
 def _parse(smiles: str) -> Chem.Mol | None:
     mol = Chem.MolFromSmiles(smiles) if smiles else None
     if mol is None or mol.GetNumAtoms() == 0:
@@ -185,6 +186,7 @@ def _parse(smiles: str) -> Chem.Mol | None:
     return Chem.AddHs(mol)
 
 
+@quiet_rdkit()
 def _unusable(mol: Chem.Mol) -> tuple[str, str] | None:
     """(reason, detail) when mlipdiv cannot label a molecule, else None."""
     unsupported = sorted({a.GetSymbol() for a in mol.GetAtoms()

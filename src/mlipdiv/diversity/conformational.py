@@ -20,6 +20,7 @@ import numpy as np
 from rdkit import Chem
 from rdkit.Chem import AllChem, Lipinski, rdDetermineBonds, rdMolAlign
 
+from mlipdiv.data.identity import quiet_rdkit
 from mlipdiv.data.store import MoleculeRecord
 
 RMSD_PAIR_CAP = 100  # conformer pairs per molecule; above this a uniform random sample is used
@@ -187,6 +188,7 @@ def force_norm_spread(record: MoleculeRecord) -> tuple[float, float]:
     return float(norms.mean()), float(norms.std())
 
 
+@quiet_rdkit()
 def _bonded_molecule(record: MoleculeRecord) -> tuple[Chem.Mol, bool]:
     mol = Chem.RWMol()
     for z in record.atomic_numbers:

@@ -16,6 +16,7 @@ from rdkit.Chem import rdFingerprintGenerator
 from rdkit.Chem.Scaffolds import MurckoScaffold
 from rdkit.SimDivFilters import rdSimDivPickers
 
+from mlipdiv.data.identity import quiet_rdkit
 from mlipdiv.errors import MlipdivError
 
 MORGAN_RADIUS = 2
@@ -29,6 +30,7 @@ def _morgan_generator():
     return rdFingerprintGenerator.GetMorganGenerator(radius=MORGAN_RADIUS, fpSize=MORGAN_BITS)
 
 
+@quiet_rdkit()
 def _mol(smiles: str) -> Chem.Mol:
     mol = Chem.MolFromSmiles(smiles)
     if mol is None:

@@ -11,7 +11,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 
 from mlipdiv.errors import FieldError, first_line
-from mlipdiv.threads import limit_threads
+from mlipdiv.threads import limit_threads, thread_limit
 from mlipdiv.workers import init_worker
 
 
@@ -36,13 +36,15 @@ def plan_parallelism(n_tasks: int, workers: int = 0, threads: int = 0,
 def run_local(function: Callable, tasks: Sequence[tuple[str, tuple]], workers: int,
               threads: int) -> Iterator[Completion]:
     """Run `function(*args)` for each (key, args) in a spawn-context process pool."""
-    if workers == 1:
-        limit_threads(threads, torch=True)
+    if workers == 1:  # in the caller's process: its thread settings come back afterwards
         for key, args in tasks:
             try:
-                yield Completion(key, function(*args))
+                with thread_limit(threads, torch=True):
+                    result = function(*args)
             except Exception as exc:  # noqa: BLE001 - reported per cell, the others go on
                 yield Completion(key, error=first_line(exc, with_type=True))
+            else:
+                yield Completion(key, result)
         return
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context, initializer=init_worker,
