@@ -1,5 +1,8 @@
 """Command line: a thin typer layer over the library. Each stage keeps its commands in its own
-section below; errors become one line on stderr and exit code 2."""
+section below; errors become one line on stderr and exit code 2.
+
+Each command imports the library it needs inside its body: `mlipdiv --help` or `mlipdiv info`
+must not pay seconds for torch, mace-torch, ray or matplotlib."""
 
 from __future__ import annotations
 

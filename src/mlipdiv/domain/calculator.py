@@ -8,9 +8,11 @@ import warnings
 
 from ase.calculators.calculator import Calculator, all_changes
 
+from mlipdiv.data.identity import PerceptionError, perceive
 from mlipdiv.data.store import MoleculeRecord
 from mlipdiv.domain.model import Domain, load_domain
 from mlipdiv.errors import MlipdivError
+from mlipdiv.models import load_run
 from mlipdiv.models.base import Committee
 
 ON_EXIT = (None, "warn", "raise")
@@ -84,7 +86,6 @@ class DomainCalculator(Calculator):
         """The molecule's SMILES for the Tanimoto score, perceived once from the first
         structure (bonds may break later in MD; the score then still refers to the start)."""
         if self.smiles is None:
-            from mlipdiv.data.identity import PerceptionError, perceive
 
             try:
                 self.smiles = perceive(self.atoms.numbers, self.atoms.positions).smiles
@@ -96,6 +97,5 @@ class DomainCalculator(Calculator):
 def domain_calculator(run_path: str | os.PathLike, on_exit: str | None = None,
                       score: str | None = None, **kwargs) -> DomainCalculator:
     """The domain-aware ASE calculator of a run whose domain has been fitted."""
-    from mlipdiv.models import load_run
 
     return DomainCalculator(load_run(run_path), load_domain(run_path), on_exit, score, **kwargs)

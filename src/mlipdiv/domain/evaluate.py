@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from mlipdiv.atomic import write_text_atomic
 from mlipdiv.data.store import MoleculeRecord
+from mlipdiv.design import load_splits
 from mlipdiv.domain.model import (
     Domain,
     conformer_errors,
@@ -35,6 +36,7 @@ from mlipdiv.domain.stats import (
     spearman,
 )
 from mlipdiv.errors import MlipdivError
+from mlipdiv.models import load_run
 
 EVALUATION_FILE = "evaluation.json"
 CURVES_FILE = "retention_curves.csv"
@@ -196,8 +198,6 @@ def evaluate_run(run_path: str | os.PathLike, splits_path: str | os.PathLike,
                  out: str | os.PathLike | None = None) -> DomainEvaluation:
     """Evaluate a run's fitted domain on every test split of SPLITS; writes
     evaluation.json (to `out`, default RUN/domain/) and retention_curves.csv beside it."""
-    from mlipdiv.design import load_splits
-    from mlipdiv.models import load_run
 
     domain = load_domain(run_path)
     run = load_run(run_path)

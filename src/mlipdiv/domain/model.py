@@ -18,6 +18,7 @@ import numpy as np
 
 from mlipdiv.atomic import atomic_directory, write_extxyz_atomic, write_text_atomic
 from mlipdiv.data.store import ConformerStore, MoleculeRecord
+from mlipdiv.design import load_design, load_splits
 from mlipdiv.diversity.entropy import environment_descriptors, quests_descriptors
 from mlipdiv.domain.reference import (
     COMMITTEE_SCORES,
@@ -31,6 +32,7 @@ from mlipdiv.domain.scores import DOMAIN_REMEDY, committee_sigma
 from mlipdiv.domain.stats import miscalibration_area, sigma_scale, threshold_at_coverage
 from mlipdiv.errors import FieldError, MlipdivError
 from mlipdiv.files import read_json, reading
+from mlipdiv.models import load_run, read_records
 from mlipdiv.models.base import Committee
 
 DOMAIN_DIR = "domain"
@@ -224,7 +226,6 @@ def training_data(run, train_path: str | os.PathLike | None = None,
                   ) -> tuple[list[MoleculeRecord], list[MoleculeRecord]]:
     """The run's training and validation conformers: from the given files, else from the
     design cell (or files) recorded in the run's record."""
-    from mlipdiv.models import read_records
 
     if train_path is not None or valid_path is not None:
         if train_path is None or valid_path is None:
@@ -232,7 +233,6 @@ def training_data(run, train_path: str | os.PathLike | None = None,
         return read_records(train_path), read_records(valid_path)
     source = run.record.source
     if source.design and source.cell:
-        from mlipdiv.design import load_design, load_splits
 
         design = load_design(source.design)
         cell = design.cell(source.cell)
@@ -252,7 +252,6 @@ def fit_run(run_path: str | os.PathLike, train: str | os.PathLike | None = None,
             valid: str | os.PathLike | None = None, coverage: float = 0.95,
             primary: str | None = None, neighbours: int = 5) -> Domain:
     """Fit and save the applicability domain of a trained run (into RUN/domain/)."""
-    from mlipdiv.models import load_run
 
     run = load_run(run_path)
     train_records, valid_records = training_data(run, train, valid)
@@ -275,7 +274,6 @@ def score_file(run_path: str | os.PathLike, input_path: str | os.PathLike,
     (conformers, conformers in domain, conformers of the file skipped as unreadable: NaN/inf
     coordinates or labels)."""
 
-    from mlipdiv.models import load_run, read_records
 
     domain = load_domain(run_path)
     run = load_run(run_path)

@@ -11,6 +11,7 @@ import numpy as np
 from pydantic import BaseModel, create_model
 
 from mlipdiv.data.store import MoleculeRecord
+from mlipdiv.design import load_splits
 from mlipdiv.errors import MlipdivError
 from mlipdiv.metrics.stats import (
     METRIC_DECLARATIONS,
@@ -19,6 +20,7 @@ from mlipdiv.metrics.stats import (
     per_molecule_sums,
     split_estimates,
 )
+from mlipdiv.models import load_run, read_records
 
 SCOPE_TRAINING = "training molecules"  # CF scored on the run's own training molecules only
 SCOPE_ALL = "all molecules of the split"
@@ -133,8 +135,6 @@ def score_run(run_path: str | os.PathLike, splits_path: str | os.PathLike,
     molecules this run trained on", so the CF set is restricted to the run's training
     molecules; a run that does not say which they were is scored on the whole CF set and its
     record's `scope` says so."""
-    from mlipdiv.design import load_splits
-    from mlipdiv.models import load_run
 
     run = load_run(run_path, device)
     splits = load_splits(splits_path)
@@ -150,7 +150,6 @@ def score_run(run_path: str | os.PathLike, splits_path: str | os.PathLike,
 def evaluate_file(run_path: str | os.PathLike, data_path: str | os.PathLike,
                   device: str | None = None) -> list[ResultRecord]:
     """The run scored on every conformer of one store or extxyz file (split = file stem)."""
-    from mlipdiv.models import load_run, read_records
 
     run = load_run(run_path, device)
     skipped = Counter()

@@ -23,7 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mlipdiv.data.importer import import_dataset
 from mlipdiv.data.store import ConformerStore, MoleculeRecord
+from mlipdiv.design import load_design, load_splits
 from mlipdiv.errors import MlipdivError
 from mlipdiv.locking import locks_output
 from mlipdiv.models.base import (
@@ -317,7 +319,6 @@ def train_cell(design_path: str | os.PathLike, cell_id: str, *, model: str, size
                steps: int | None = None, steps_per_round: int | None = None) -> Path:
     """Train on a design cell's training/validation pairs (compute as in `train`); the
     cell's figures go into the record's source."""
-    from mlipdiv.design import load_design, load_splits
 
     design = load_design(design_path)
     cell = design.cell(cell_id)
@@ -367,7 +368,6 @@ class TrainedRun:
             return set(self.record.train_molecules)
         source = self.record.source
         if source.design and source.cell and Path(source.design).exists():
-            from mlipdiv.design import load_design
 
             return {key for key, _ in load_design(source.design).cell(source.cell).train}
         return None
@@ -442,7 +442,6 @@ def read_records(path: str | os.PathLike, skipped: Counter | None = None
     never dropped silently: they are logged with their reasons and added to `skipped`."""
     import tempfile
 
-    from mlipdiv.data.importer import import_dataset
 
     path = Path(path)
     if not path.exists():

@@ -14,11 +14,13 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from mlipdiv.atomic import write_bytes_atomic, write_text_atomic
+from mlipdiv.design import load_splits
 from mlipdiv.design.experiments import experiment as design_experiment
 from mlipdiv.design.experiments import experiment_names
 from mlipdiv.errors import MlipdivError, first_line
 from mlipdiv.files import read_json, read_parquet, reading
 from mlipdiv.metrics.stats import is_root_metric, metric_label
+from mlipdiv.models import load_run
 from mlipdiv.report import figures
 from mlipdiv.report.findings import (
     advice_findings,
@@ -32,6 +34,7 @@ from mlipdiv.study.advise import Advice
 from mlipdiv.study.config import StudyConfig, load_config
 from mlipdiv.study.fit import load_fits
 from mlipdiv.study.layout import RESTART_REMEDY, RESULTS_REMEDY, StudyPaths
+from mlipdiv.study.verify import load_verifications
 
 PARITY_MOLECULES_PER_SPLIT = 20
 
@@ -189,8 +192,6 @@ def setup_sentences(view: StudyView) -> list[str]:
 
 
 def _parity_data(view: StudyView, cell: str, model: str):
-    from mlipdiv.design import load_splits
-    from mlipdiv.models import load_run
 
     row = view.results[(view.results.cell == cell) & (view.results.model == model)].iloc[0]
     run = load_run(row.run)
@@ -364,7 +365,6 @@ def _surface_section(view: StudyView) -> Section:
 def verify_section(view: StudyView) -> Section | None:
     """"Does the advice hold?": the advised design and both extremes of a budget, trained anew
     (`mlipdiv verify`), with the sentence computed from their paired differences."""
-    from mlipdiv.study.verify import load_verifications
 
     verifications = load_verifications(view.paths.root)
     if not verifications:

@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 from mlipdiv.domain.evaluate import ORACLE, DomainEvaluation, RetentionCurve
 from mlipdiv.domain.reference import SCORE_DESCRIPTIONS
 from mlipdiv.files import reading
+from mlipdiv.report.figures import split_name
 from mlipdiv.report.sections import Section
 from mlipdiv.study.config import StudyConfig
 from mlipdiv.study.domain_step import AUROC_CSV, evaluation_path
@@ -59,7 +60,6 @@ def retention_figure(curves: list[RetentionCurve], quantity: str, title: str) ->
     """Error-retention curves, one panel per split: the key scores and the oracle."""
     import matplotlib.pyplot as plt
 
-    from mlipdiv.report.figures import split_name
 
     chosen = [c for c in curves if c.quantity == quantity
               and (c.score in KEY_SCORES or c.score == ORACLE)]

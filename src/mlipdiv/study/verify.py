@@ -24,6 +24,7 @@ import pandas as pd
 from pydantic import BaseModel
 
 from mlipdiv.atomic import write_json_atomic
+from mlipdiv.design import DesignOptions, load_design, make_design, write_design
 from mlipdiv.design.experiments import FixedBudget
 from mlipdiv.errors import FieldError, MlipdivError
 from mlipdiv.files import read_json, reading
@@ -98,7 +99,6 @@ def _check_settings(root: Path, settings: dict, force: bool) -> None:
 def _design(config: StudyConfig, study: StudyPaths, root: Path, molecules: list[int],
             budget: int, replicates: int, selection: tuple[str, str]) -> Path:
     """The verification design: a fixed-budget design over the compared M values."""
-    from mlipdiv.design import DesignOptions, make_design, write_design
 
     path = root / "design.json"
     if not path.exists():
@@ -117,7 +117,6 @@ def run_verify(study_dir: str | Path, budget: int, *, replicates: int = 3,
                force: bool = False, progress: bool = True) -> VerifyResult:
     """Train and compare the advised design and both extremes at `budget`; writes and returns
     `verify.json`."""
-    from mlipdiv.design import load_design
 
     study = StudyPaths(Path(study_dir))
     if not study.fit.exists() or not study.settings.exists():
