@@ -149,3 +149,30 @@ def test_report_loads_in_headless_chromium(finished_study, tmp_path):
     assert decoded and int(decoded.group(2)) > 5 and decoded.group(1) == decoded.group(2)
     assert 'data-errors="0"' in body.group(1)
     assert "CONSOLE" not in result.stderr, result.stderr
+
+
+def _advice(model: str, m: int, m_interval: tuple[int, int], c: int,
+            c_interval: tuple[int, int], determined: bool = True):
+    from mlipdiv.study.advise import Advice, Estimate
+
+    estimate = Estimate(value=100.0, ci_low=90.0, ci_high=110.0)
+    return Advice(model=model, selection="random-random", metric="forces_mae_mev_per_angstrom",
+                  budget=24, weights={"cf": 1.0}, cost_per_molecule=0.0, cost_per_conformer=1.0,
+                  n_molecules=m, conformers_per_molecule=c, n_conformers=m * c,
+                  molecules_interval=m_interval, conformers_interval=c_interval,
+                  predicted={"cf": estimate}, weighted_error=estimate, neighbours=[],
+                  forms={"cf": "M+C"}, determined=determined, warnings=[])
+
+
+def test_architecture_optima_compared_by_their_intervals():
+    from mlipdiv.report.architectures import optimum_comparison
+
+    apart = optimum_comparison([_advice("mace", 4, (3, 5), 6, (5, 8)),
+                                _advice("schnet", 12, (10, 16), 2, (1, 2))])
+    assert len(apart) == 1 and "differs between architectures" in apart[0]
+    assert "mace vs schnet" in apart[0] and "M* = 4 (3–5)" in apart[0]
+    overlapping = optimum_comparison([_advice("mace", 4, (3, 8), 6, (3, 8)),
+                                      _advice("painn", 6, (4, 10), 4, (2, 6), determined=False)])
+    assert "do not show" in overlapping[0] and "did not determine the optimum for painn" in \
+        overlapping[0]
+    assert optimum_comparison([_advice("mace", 4, (3, 5), 6, (5, 8))]) == []  # one model

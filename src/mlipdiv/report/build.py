@@ -22,6 +22,7 @@ from mlipdiv.files import read_json, read_parquet, reading
 from mlipdiv.metrics.stats import is_root_metric, metric_label
 from mlipdiv.models import load_run
 from mlipdiv.report import figures
+from mlipdiv.report.architectures import architectures_section
 from mlipdiv.report.findings import (
     advice_findings,
     selection_findings,
@@ -444,6 +445,7 @@ def domain_section(view: StudyView) -> Section | None:
 # The report's sections, in order: (title shown if the section fails, function of the view).
 SECTIONS = [
     ("Both experiments", _experiment_section),
+    ("Architectures compared", architectures_section),
     ("Error surface and budget advice", _surface_section),
     ("Does the advice hold?", verify_section),
     ("Diversity of the data and of each cell", _diversity_section),

@@ -1,0 +1,121 @@
+"""The report's architecture comparison, drawn when a study trains several model families:
+error vs M and vs C per architecture on one figure per test set, the advised (M*, C*) per
+architecture with its interval, and a sentence computed from those intervals saying whether
+the best split between molecules and conformers depends on the architecture."""
+
+from __future__ import annotations
+
+import html
+from itertools import combinations
+
+import matplotlib.pyplot as plt
+import pandas as pd
+from matplotlib.figure import Figure
+
+from mlipdiv.design.experiments import experiment as design_experiment
+from mlipdiv.design.experiments import experiment_names
+from mlipdiv.metrics.stats import metric_label
+from mlipdiv.report.figures import _log_x, split_name
+from mlipdiv.report.sections import Section
+from mlipdiv.study.advise import Advice
+
+BASELINE_SELECTION = "random-random"
+
+
+def _selection(cells: pd.DataFrame) -> str:
+    """The selection the comparison uses: random draws where the study made them."""
+    selections = sorted(cells.selection.unique())
+    return BASELINE_SELECTION if BASELINE_SELECTION in selections else selections[0]
+
+
+def architecture_curves(cells: pd.DataFrame, split: str, metric: str) -> Figure | None:
+    """One figure for one test set: a panel per experiment (error vs M, error vs C), a line
+    per architecture with its 95 % interval."""
+    rows = cells[(cells.split == split) & (cells.selection == _selection(cells))]
+    experiments = [e for e in experiment_names() if (rows.experiment == e).any()]
+    if rows.model.nunique() < 2 or not experiments:
+        return None
+    fig, axes = plt.subplots(1, len(experiments), figsize=(5.2 * len(experiments), 4),
+                             squeeze=False)
+    for ax, experiment in zip(axes[0], experiments, strict=True):
+        axis = design_experiment(experiment).axis
+        panel = rows[rows.experiment == experiment]
+        for index, (model, line) in enumerate(panel.groupby("model")):
+            line = line.sort_values(axis)
+            ax.errorbar(line[axis], line.value,
+                        yerr=[line.value - line.ci_low, line.ci_high - line.value],
+                        marker="os^vD<>p"[index % 8], capsize=3, label=model)
+        _log_x(ax, panel[axis])
+        ax.set_yscale("log")
+        ax.set_xlabel("molecules M" if axis == "M" else "conformers per molecule C")
+        ax.set_ylabel(metric_label(metric))
+        ax.set_title(f"{split_name(split)}: {experiment}", fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _disjoint(a: tuple[int, int], b: tuple[int, int]) -> bool:
+    return a[1] < b[0] or b[1] < a[0]
+
+
+def _optimum(item: Advice) -> str:
+    where = f" ({item.direction})" if item.direction else ""
+    return (f"{item.model}: M* = {item.n_molecules} ({item.molecules_interval[0]}–"
+            f"{item.molecules_interval[1]}) × C* = {item.conformers_per_molecule} "
+            f"({item.conformers_interval[0]}–{item.conformers_interval[1]}){where}")
+
+
+def optimum_comparison(advice: list[Advice]) -> list[str]:
+    """Per selection with several architectures: one sentence on whether their advised
+    (M*, C*) differ beyond the 95 % intervals (an optimum the fit did not determine, or one
+    beyond the measured range, is said as such and compared only by its interval)."""
+    lines = []
+    by_selection: dict[str, list[Advice]] = {}
+    for item in advice:
+        by_selection.setdefault(item.selection, []).append(item)
+    for selection, items in sorted(by_selection.items()):
+        if len({item.model for item in items}) < 2:
+            continue
+        optima = "; ".join(_optimum(item) for item in items)
+        undetermined = [item.model for item in items if not item.determined]
+        differ = [(a.model, b.model) for a, b in combinations(items, 2)
+                  if _disjoint(a.molecules_interval, b.molecules_interval)
+                  or _disjoint(a.conformers_interval, b.conformers_interval)]
+        budget = f"budget {items[0].budget:g}, {selection}"
+        if differ:
+            pairs = ", ".join(f"{a} vs {b}" for a, b in differ)
+            verdict = (f"the advised split differs between architectures beyond the 95 % "
+                       f"intervals ({pairs}): the best balance of molecules and conformers "
+                       "depends on the architecture here")
+        else:
+            verdict = ("the 95 % intervals of the advised splits overlap: these data do not "
+                       "show that the best balance of molecules and conformers depends on the "
+                       "architecture")
+        if undetermined:
+            verdict += (f" (the surface fit did not determine the optimum for "
+                        f"{', '.join(undetermined)}: its interval spans the measured range)")
+        lines.append(f"Architectures at {budget}: {optima}. Verdict: {verdict}.")
+    return lines
+
+
+def architectures_section(view) -> Section | None:
+    """The comparison, or None when the study trained one architecture."""
+    if view.results.model.nunique() < 2:
+        return None
+    metric = view.metric
+    cells = view.cell_summary(metric)
+    lines = optimum_comparison(view.advice) or [
+        "No advice was fitted for several architectures, so their optima are not compared."]
+    section = Section("Architectures compared", "<ul>" + "".join(
+        f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>")
+    for split in cells.split.unique():
+        figure = architecture_curves(cells, split, metric)
+        if figure is not None:
+            section.figures.append((
+                f"architectures_{split}",
+                f"{split_name(split)}: {metric_label(metric)} per architecture vs M "
+                "(fixed budget) and vs C (fixed molecules), random selection, mean over "
+                "replicates with 95 % CI (hierarchical bootstrap)", figure))
+    return section
