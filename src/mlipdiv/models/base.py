@@ -12,6 +12,7 @@ import contextlib
 import inspect
 import os
 import pickle
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -41,6 +42,16 @@ def default_dtype(dtype: torch.dtype) -> Iterator[None]:
         yield
     finally:
         torch.set_default_dtype(previous)
+
+
+@contextlib.contextmanager
+def quiet_warnings(*messages: str) -> Iterator[None]:
+    """Third-party warnings whose text starts with one of `messages` ignored for the block
+    only (a backend's library import or model build), never for the caller's process."""
+    with warnings.catch_warnings():
+        for message in messages:
+            warnings.filterwarnings("ignore", message=message)
+        yield
 
 
 @dataclass

@@ -10,14 +10,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
-import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from types import SimpleNamespace
 
 import numpy as np
 import torch
 
-from mlipdiv.models.base import Batch, Conformer, Potential
+from mlipdiv.models.base import Batch, Conformer, Potential, quiet_warnings
 from mlipdiv.models.sizes import RunSize, TrainingSettings
 
 # e3nn warns about TorchScript annotations and about the torch.load flag mace sets: not ours.
@@ -27,12 +26,8 @@ THIRD_PARTY_NOTICES = ("The TorchScript type system",
                        "`torch.jit.script` is deprecated")
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    with warnings.catch_warnings():
-        for message in THIRD_PARTY_NOTICES:
-            warnings.filterwarnings("ignore", message=message)
-        yield
+def _quiet() -> contextlib.AbstractContextManager:
+    return quiet_warnings(*THIRD_PARTY_NOTICES)
 
 
 @functools.cache
