@@ -222,6 +222,11 @@ class ConformerStore:
     def atomic_numbers(self, inchikey: str) -> np.ndarray:
         return self._group(inchikey)["atomic_numbers"][()]
 
+    def positions(self, inchikey: str) -> np.ndarray:
+        """Every conformer's positions (n_conf, n_atoms, 3), Angstrom, nothing else read (the
+        near-duplicate check reads only these)."""
+        return self._group(inchikey)["positions"][()]
+
     def molecule(self, inchikey: str, conformers: Iterable[int] | None = None) -> MoleculeRecord:
         """Load one molecule, optionally only the listed conformer indices (in that order)."""
         group = self._group(inchikey)

@@ -19,7 +19,11 @@ import numpy as np
 
 from mlipdiv.data.store import ConformerStore
 from mlipdiv.design.kinds import Leak, test_set_kind
-from mlipdiv.diversity.conformational import DUPLICATE_RMSD_ANGSTROM, ConformerGeometry
+from mlipdiv.diversity.conformational import (
+    DUPLICATE_RMSD_ANGSTROM,
+    ConformerGeometry,
+    rmsd_lower_bounds,
+)
 from mlipdiv.errors import MlipdivError
 
 if TYPE_CHECKING:  # splits.py runs this check on every split it makes
@@ -73,11 +77,21 @@ def near_duplicate_conformers(
     threshold: float = DUPLICATE_RMSD_ANGSTROM,
 ) -> list[tuple[int, int, float]]:
     """(kept conformer, withheld conformer, rmsd) for each kept conformer of a molecule within
-    `threshold` Angstrom heavy-atom RMSD of a withheld one (store conformer indices)."""
+    `threshold` Angstrom heavy-atom RMSD of a withheld one (store conformer indices).
+
+    Pairs are screened first by a lower bound on their RMSD from positions alone
+    (`rmsd_lower_bounds`); the symmetry-aware RDKit RMSD, and the RDKit molecule it needs,
+    are computed only for pairs the bound cannot rule out, so the rule stays exact."""
+    withheld, kept = np.asarray(withheld), np.asarray(kept)
     if len(kept) == 0 or len(withheld) == 0:
+        return []
+    positions = store.positions(key)
+    possible = rmsd_lower_bounds(store.atomic_numbers(key), positions[withheld],
+                                 positions[kept]) < threshold
+    if not possible.any():
         return []
     order = np.concatenate([withheld, kept])
     geometry = ConformerGeometry(store.molecule(key, order))
     found = geometry.near_duplicates(range(len(withheld)), range(len(withheld), len(order)),
-                                     threshold)
+                                     threshold, possible)
     return [(int(order[c]), int(order[r]), rmsd) for c, r, rmsd in found]

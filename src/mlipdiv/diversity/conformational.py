@@ -37,6 +37,33 @@ for _flag in ("removeDefiningBondStereo", "removeWithWedgedBond", "removeDegreeZ
     setattr(_REMOVE_EVERY_HYDROGEN, _flag, True)
 
 
+def rmsd_atoms(atomic_numbers: np.ndarray) -> np.ndarray:
+    """The atoms RMSD is computed over: the heavy atoms, or all atoms when there are fewer
+    than MIN_HEAVY_ATOMS_FOR_RMSD heavy atoms."""
+    heavy = np.flatnonzero(np.asarray(atomic_numbers) > 1)
+    return heavy if len(heavy) >= MIN_HEAVY_ATOMS_FOR_RMSD else np.arange(len(atomic_numbers))
+
+
+def rmsd_lower_bounds(atomic_numbers: np.ndarray, reference: np.ndarray,
+                      candidates: np.ndarray) -> np.ndarray:
+    """A lower bound (Angstrom) on the symmetry-aware, optimally superposed RMSD of every
+    (candidate, reference) conformer pair, shape (n_candidates, n_reference), without RDKit.
+
+    Optimal superposition puts both centroids at the origin and rotates; a rotation keeps each
+    atom's distance to the centroid, so |R x_i - y_j| >= | |x_i| - |y_j| | for the matched atom
+    j, and no atom matching (symmetry-aware RMSD allows only some) brings two lists of
+    distances closer than matching them in sorted order does. Pairs whose bound reaches a
+    threshold cannot be within it: the exact RMSD is needed only for the others."""
+
+    def profile(positions: np.ndarray) -> np.ndarray:
+        atoms = positions[:, rmsd_atoms(atomic_numbers)]
+        centred = atoms - atoms.mean(axis=1, keepdims=True)
+        return np.sort(np.linalg.norm(centred, axis=-1), axis=1)
+
+    left, right = profile(candidates), profile(reference)
+    return np.sqrt(((left[:, None, :] - right[None, :, :]) ** 2).mean(axis=-1))
+
+
 class ConformerGeometry:
     """A molecule's conformers as an RDKit molecule (the atoms RMSD is computed over, in store
     order, one RDKit conformer per stored conformer)."""
@@ -44,13 +71,11 @@ class ConformerGeometry:
     def __init__(self, record: MoleculeRecord):
         self.record = record
         full, self.bond_orders_from_smiles = _bonded_molecule(record)
-        heavy = np.flatnonzero(record.atomic_numbers > 1)
-        if len(heavy) >= MIN_HEAVY_ATOMS_FOR_RMSD:
+        self.atom_indices = rmsd_atoms(record.atomic_numbers)
+        if len(self.atom_indices) < record.n_atoms:
             self.mol = _heavy_atoms_only(full, sanitized=self.bond_orders_from_smiles)
-            self.atom_indices = heavy
         else:
             self.mol = Chem.Mol(full)
-            self.atom_indices = np.arange(record.n_atoms)
         self.mol.RemoveAllConformers()
         for xyz in record.positions[:, self.atom_indices]:
             conformer = Chem.Conformer(len(self.atom_indices))
@@ -85,13 +110,16 @@ class ConformerGeometry:
 
     def near_duplicates(
         self, reference: Sequence[int], candidates: Sequence[int],
-        threshold: float = DUPLICATE_RMSD_ANGSTROM,
+        threshold: float = DUPLICATE_RMSD_ANGSTROM, possible: np.ndarray | None = None,
     ) -> list[tuple[int, int, float]]:
         """(candidate, reference, rmsd) for every candidate conformer within `threshold`
-        Angstrom of a reference conformer."""
+        Angstrom of a reference conformer (the first such reference). `possible[c, r]` False
+        skips a pair known to be farther apart (`rmsd_lower_bounds`)."""
         found = []
-        for candidate in candidates:
-            for ref in reference:
+        for c, candidate in enumerate(candidates):
+            for r, ref in enumerate(reference):
+                if possible is not None and not possible[c, r]:
+                    continue
                 value = self.rmsd(candidate, ref)
                 if value < threshold:
                     found.append((int(candidate), int(ref), value))
