@@ -438,3 +438,27 @@ def test_damaged_internal_files_are_redone_or_named(finished_study, tmp_path):
     damaged = r"study.json: damaged study settings \(.*\); use --force"
     with pytest.raises(MlipdivError, match=damaged):
         run_study(parse_config(text), text, study, progress=False)
+
+
+def test_a_study_with_two_architectures_compares_them(diverse_store, tmp_path):
+    """ANI (descriptors) and SchNet (graph-pes message passing) on the same cells: both are
+    trained with the same steps, fitted and advised, and the report compares them."""
+    from mlipdiv.report import write_report
+
+    text = STUDY_TOML.format(store=diverse_store).replace(
+        'architectures = ["ani"]', 'architectures = ["ani", "schnet"]\nsteps = 24')
+    text = text.replace("conformers = [1, 2, 4]", "conformers = [1, 4]")
+    report = write_report(run_study(parse_config(text), text, tmp_path / "two", progress=False))
+    results = pd.read_parquet(tmp_path / "two" / "results.parquet")
+    assert set(results.model) == {"ani", "schnet"}
+    per_model = results.groupby("model").cell.nunique()
+    assert per_model["ani"] == per_model["schnet"] >= 5
+    for run in (tmp_path / "two" / "runs").glob("*/*/run.json"):  # equal compute for both
+        assert json.loads(run.read_text())["schedule"]["max_steps"] == 24
+    advice = json.loads((tmp_path / "two" / "advice.json").read_text())["advice"]
+    assert {a["model"] for a in advice} == {"ani", "schnet"}
+    html = report.read_text()
+    assert "Architectures compared" in html and "Architectures at budget 12" in html
+    assert "Verdict:" in html
+    figures = {p.stem for p in (tmp_path / "two" / "figures").glob("architectures_*.png")}
+    assert {"architectures_cf", "architectures_st"} <= figures
