@@ -46,7 +46,22 @@ def main() -> None:
 
 
 def print_json(obj) -> None:
-    print(json.dumps(obj, indent=None, default=str))
+    """One line of valid JSON: NaN and infinities (not JSON) are written as null."""
+    print(json.dumps(_json_safe(obj), indent=None, default=str, allow_nan=False))
+
+
+def _json_safe(obj):
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    if hasattr(obj, "item") and getattr(obj, "ndim", None) == 0:  # numpy scalars
+        return _json_safe(obj.item())
+    if hasattr(obj, "tolist"):  # numpy arrays
+        return _json_safe(obj.tolist())
+    return obj
 
 
 # ---------------------------------------------------------------- data: info
@@ -89,10 +104,18 @@ def import_(
         None, "--energy-key", help="Energy dataset/key (another level of theory)."),
     forces_key: str | None = typer.Option(
         None, "--forces-key", help="Forces (or SPICE gradient) dataset/key."),
+    energy_unit: str | None = typer.Option(
+        None, "--energy-unit", help="eV, hartree, kcal/mol or kJ/mol (formats whose layout "
+        "does not fix units)."),
+    length_unit: str | None = typer.Option(
+        None, "--length-unit", help="angstrom, bohr or nm (as --energy-unit)."),
+    forces_unit: str | None = typer.Option(
+        None, "--forces-unit", help="<energy>/<length>, e.g. kcal/mol/angstrom (default: "
+        "energy unit / length unit)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
 ) -> None:
     """Import a public or own dataset into a store (identity from geometry); `mlipdiv
-    formats` lists the layouts."""
+    formats` lists the layouts and which take unit flags."""
     from rich.progress import Progress
 
     from mlipdiv.data.importer import import_dataset
@@ -103,6 +126,7 @@ def import_(
         summary = import_dataset(
             path, out, format, energy_key, forces_key,
             on_group=lambda done, total: progress.update(task, completed=done, total=total),
+            energy_unit=energy_unit, length_unit=length_unit, forces_unit=forces_unit,
         )
     if as_json:
         print_json(summary.as_dict())
@@ -121,10 +145,12 @@ def formats(
     if as_json:
         print_json(rows)
         return
-    table = Table("format", "layout", "energy", "length", "forces", "energy key", "forces key")
+    table = Table("format", "layout", "energy", "length", "forces", "unit flags", "energy key",
+                  "forces key")
     for row in rows:
         table.add_row(row["name"], row["title"], row["energy_unit"], row["length_unit"],
-                      row["forces_unit"], row["energy_key"], row["forces_key"])
+                      row["forces_unit"], "yes" if row["unit_flags"] else "fixed",
+                      row["energy_key"] or "-", row["forces_key"] or "-")
     Console().print(table)
 
 
@@ -387,6 +413,9 @@ def train(
                                      help="Train N optimiser steps instead of epochs."),
     steps_per_round: int | None = typer.Option(
         None, "--steps-per-round", help="With --steps: validate / checkpoint every K steps."),
+    mask_missing_forces: bool = typer.Option(
+        False, "--mask-missing-forces",
+        help="Train conformers that have energies but no forces on their energy alone."),
 ) -> None:
     """Train a model of any backend (or an ensemble) on a design cell or on two files."""
     from mlipdiv.models import read_records, train_cell
@@ -395,7 +424,7 @@ def train(
     dtype = "float64" if float64 else "float32"
     options = dict(model=model, size=size, out=out, ensemble=ensemble, seed=seed,
                    dtype=dtype, device=device, max_epochs=epochs, steps=steps,
-                   steps_per_round=steps_per_round)
+                   steps_per_round=steps_per_round, mask_missing_forces=mask_missing_forces)
     if design is not None and cell is not None and train_file is None and valid_file is None:
         path = train_cell(design, cell, **options)
     elif train_file is not None and valid_file is not None and design is None and cell is None:

@@ -126,3 +126,91 @@ def identity_of(mol: Chem.Mol) -> Identity:
     ranks = np.array(Chem.CanonicalRankAtoms(mol, breakTies=True))
     smiles = Chem.MolToSmiles(Chem.RemoveHs(mol, sanitize=False))
     return Identity(inchikey, smiles, CalcMolFormula(mol), np.argsort(ranks, kind="stable"))
+
+
+@dataclass(frozen=True)
+class Template:
+    """A file's SMILES matched to a block's atoms: the identity its bonds and charges give
+    (stereo from the geometry) and its bond matrix in the block's atom order."""
+
+    identity: Identity
+    bonds: np.ndarray  # (n, n) bool, source atom order
+
+    def contradicts(self, bonded: np.ndarray) -> bool:
+        """Whether a geometry's covalent-radius bond matrix contradicts the SMILES: a SMILES
+        bond missing, or an extra bond between atoms the SMILES bonds to something. Contacts
+        of free ions (Na+ in a complex) and of atoms two bonds apart (P...P across P-O-P) are
+        geometry, not bonds, and do not count."""
+        bonded = np.asarray(bonded, dtype=bool)
+        if (self.bonds & ~bonded).any():
+            return True
+        free = ~self.bonds.any(axis=1)
+        two_apart = (self.bonds.astype(np.int64) @ self.bonds.astype(np.int64)) > 0
+        extra = bonded & ~self.bonds & ~two_apart
+        extra[free, :] = False
+        extra[:, free] = False
+        return bool(extra.any())
+
+
+@quiet_rdkit()
+def template_identity(smiles: str, atomic_numbers: np.ndarray, positions: np.ndarray
+                      ) -> Template:
+    """Identity of a geometry whose bonds and charges come from a SMILES: an atom-mapped
+    SMILES (SPICE: map k is atom k) is taken atom by atom; otherwise the SMILES (hydrogens
+    added) is matched onto the geometry's covalent-radius bond graph. Raises PerceptionError
+    when the SMILES does not fit the atoms."""
+    atomic_numbers = np.asarray(atomic_numbers)
+    check_elements(atomic_numbers)
+    n = len(atomic_numbers)
+    params = Chem.SmilesParserParams()
+    params.removeHs = False
+    mol = Chem.MolFromSmiles(smiles, params)
+    if mol is None:
+        raise PerceptionError(f"smiles '{smiles}' does not parse")
+    maps = [a.GetAtomMapNum() for a in mol.GetAtoms()]
+    if sorted(maps) == list(range(1, n + 1)):
+        order = [maps.index(k) for k in range(1, n + 1)]  # source atom k-1 = template atom
+    else:
+        mol = Chem.AddHs(mol)
+        if mol.GetNumAtoms() != n:
+            raise PerceptionError(f"smiles '{smiles}' has {mol.GetNumAtoms()} atoms with "
+                                  f"hydrogens, the geometry {n}")
+        order = _match_onto_geometry(mol, atomic_numbers, positions)
+    mol = Chem.RWMol(Chem.RenumberAtoms(mol, order))
+    for atom in mol.GetAtoms():
+        atom.SetAtomMapNum(0)
+    if [a.GetAtomicNum() for a in mol.GetAtoms()] != [int(z) for z in atomic_numbers]:
+        raise PerceptionError(f"smiles '{smiles}' elements do not match the atoms")
+    conf = Chem.Conformer(n)
+    for i, xyz in enumerate(np.asarray(positions, dtype=float)):
+        conf.SetAtomPosition(i, xyz.tolist())
+    mol.AddConformer(conf, assignId=True)
+    bonds = np.zeros((n, n), dtype=bool)
+    for bond in mol.GetBonds():
+        i, j = bond.GetBeginAtomIdx(), bond.GetEndAtomIdx()
+        bonds[i, j] = bonds[j, i] = True
+    return Template(identity_of(mol.GetMol()), bonds)
+
+
+def _match_onto_geometry(mol: Chem.Mol, atomic_numbers: np.ndarray,
+                         positions: np.ndarray) -> list[int]:
+    """Template atom for each source atom: the SMILES graph (bond orders ignored) as a
+    subgraph of the geometry's covalent-radius graph."""
+    geometry = Chem.RWMol()
+    for z in atomic_numbers:
+        geometry.AddAtom(Chem.Atom(int(z)))
+    bonded = adjacency(atomic_numbers, np.asarray(positions, dtype=float))
+    for i, j in zip(*np.nonzero(np.triu(bonded)), strict=True):
+        geometry.AddBond(int(i), int(j), Chem.BondType.SINGLE)
+    geometry = geometry.GetMol()
+    geometry.UpdatePropertyCache(strict=False)
+    query_params = Chem.AdjustQueryParameters.NoAdjustments()
+    query_params.makeBondsGeneric = True
+    query = Chem.AdjustQueryProperties(mol, query_params)
+    match = geometry.GetSubstructMatch(query)
+    if len(match) != len(atomic_numbers):
+        raise PerceptionError("the geometry's bonds do not contain the smiles' bonds")
+    order = [0] * len(match)
+    for template_atom, source_atom in enumerate(match):
+        order[source_atom] = template_atom
+    return order

@@ -10,12 +10,17 @@ Which graphs are molecules, and which are distorted conformers:
 * The group's most common molecule (by conformer count) is always a molecule.
 * Formats whose group is one molecule by construction (SPICE) have no other molecule: any
   other graph is a distortion of it.
-* Formula groups (ANI-1x, QM7-X, runs of extxyz / ASE db frames) may hold several molecules.
-  A less common graph is a molecule of its own when it is a well-formed closed-shell molecule
-  (one fragment, no radicals, no formal charges beyond the group's net charge) and at least
-  `MIN_CONFORMERS_PER_MOLECULE` conformers perceive to it. A stretched or compressed bond
-  almost always leaves fragments, radicals, charge separation or a failed perception, and is
-  rarely repeated exactly, so a real isomer passes and a distortion does not.
+* Formula groups (ANI-1x, ANI-2x, QM7-X, runs of extxyz / ASE db frames) may hold several
+  molecules. A less common graph is a molecule of its own when it is a well-formed
+  closed-shell molecule (one fragment, no radicals, no formal charges beyond the group's net
+  charge), even when a single conformer has it (ISO17, QM9: one structure per molecule). A
+  stretched or compressed bond almost always leaves fragments, radicals, charge separation or
+  a failed perception, so a real isomer passes and a distortion does not.
+* Where the file gives a SMILES (SPICE's mapped SMILES, ANI-1's, QM9's), it is the template
+  for bonds and charges of a graph whose geometry does not perceive, or perceives to another
+  connectivity than the SMILES (ions, metal complexes, distortions): such a graph takes the
+  SMILES' molecule, and its conformers are flagged `graph_mismatch` when their geometry
+  contradicts the SMILES (a SMILES bond missing, an extra bond between bonded atoms).
 * A distorted conformer stays with the molecule whose bond graph, in the same source atom order,
   differs from its own by the fewest bonds (for SPICE: the group's molecule), takes that
   molecule's atom order and is flagged `graph_mismatch`. It is never silently merged. When no
@@ -43,22 +48,25 @@ from mlipdiv.data.formats import ConformerBlock, SourceGroup, open_format
 from mlipdiv.data.identity import (
     Identity,
     PerceptionError,
+    Template,
     adjacency,
     connectivity_signature,
     perceive,
     quiet_rdkit,
+    template_identity,
 )
 from mlipdiv.data.store import MoleculeRecord, StoreWriter
 from mlipdiv.errors import MlipdivError
 from mlipdiv.locking import input_size, locks_output
 
 MISMATCH_FLAG = "graph_mismatch"
-MIN_CONFORMERS_PER_MOLECULE = 2
+MIN_CONFORMERS_PER_MOLECULE = 1
 # conformers x atoms^2 per vectorised connectivity batch (~50 MB of temporaries)
 SIGNATURE_BATCH = 2_000_000
 PERCEPTION_FAILED = "bond perception failed for every conformer of the group"
 NO_SHARED_ORDER = "distorted geometry with no molecule of the same atom order in its group"
 ORDER_CONFLICT = "atom order differs from earlier conformers of the same InChIKey"
+LABEL_CONFLICT = "labels (energy/forces) differ from earlier conformers of the same InChIKey"
 
 
 @dataclass
@@ -73,6 +81,10 @@ class ImportSummary:
     n_molecules: int = 0
     n_conformers: int = 0
     n_flagged: int = 0
+    n_energy_only: int = 0
+    n_unlabelled: int = 0
+    units: dict[str, str] = field(default_factory=dict)
+    messages: list[str] = field(default_factory=list)
     skipped: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -85,11 +97,17 @@ class ImportSummary:
 
     def text(self) -> str:
         """Human-readable summary, one fact per line."""
+        units = ", ".join(f"{k} {v}" for k, v in self.units.items())
+        labels = [f"{self.n_flagged} flagged {MISMATCH_FLAG}"]
+        labels += [f"{self.n_energy_only} energies only"] if self.n_energy_only else []
+        labels += [f"{self.n_unlabelled} without labels"] if self.n_unlabelled else []
         lines = [
             f"imported {self.source} ({self.format}, {self.level_of_theory}) -> {self.out}",
+            f"units read: {units}",
+            *(f"note: {m}" for m in self.messages),
             f"groups read: {self.n_groups}",
             f"molecules: {self.n_molecules}",
-            f"conformers: {self.n_conformers} ({self.n_flagged} flagged {MISMATCH_FLAG})",
+            f"conformers: {self.n_conformers} ({', '.join(labels)})",
             f"skipped: {self.n_skipped}",
         ]
         lines += [f"  {reason}: {n}" for reason, n in sorted(self.skipped.items())]
@@ -105,6 +123,7 @@ class _Graph:
     members: list[int]
     adjacency: np.ndarray
     identity: Identity | None = None
+    contradicts: bool = False  # geometry contradicts the file's SMILES
 
 
 @locks_output("out", file=True, needs=lambda a: input_size(a["path"]))
@@ -115,15 +134,21 @@ def import_dataset(
     energy_key: str | None = None,
     forces_key: str | None = None,
     on_group: Callable[[int, int | None], None] | None = None,
+    energy_unit: str | None = None,
+    length_unit: str | None = None,
+    forces_unit: str | None = None,
 ) -> ImportSummary:
     """Import `path` into a new store at `out`; returns the summary.
 
     `on_group(groups_done, groups_total_or_None)` is called after each source group (progress).
+    The unit arguments override the format's native units where its layout does not fix them.
     """
     start = time.perf_counter()
-    reader = open_format(path, format, energy_key, forces_key)
+    reader = open_format(path, format, energy_key, forces_key, energy_unit, length_unit,
+                         forces_unit)
     summary = ImportSummary(str(path), reader.name, str(out), reader.level_of_theory)
     atom_orders: dict[str, bytes] = {}
+    label_kinds: dict[str, str] = {}
     attrs = {"source_format": reader.name, "source_path": str(path),
              "energy_key": reader.energy_key, "forces_key": reader.forces_key}
     with StoreWriter(out, reader.level_of_theory, extra_attrs=attrs) as writer:
@@ -134,13 +159,29 @@ def import_dataset(
                 if atom_orders.setdefault(record.inchikey, order) != order:
                     reader.skip(ORDER_CONFLICT, record.n_conformers)
                     continue
+                if label_kinds.setdefault(record.inchikey, record.label_kind) != \
+                        record.label_kind:
+                    reader.skip(LABEL_CONFLICT, record.n_conformers)
+                    continue
                 writer.add(record)
                 summary.n_flagged += sum(MISMATCH_FLAG in f.split(",") for f in record.flags)
+                if record.label_kind == "energy":
+                    summary.n_energy_only += record.n_conformers
+                elif record.label_kind == "none":
+                    summary.n_unlabelled += record.n_conformers
             if on_group is not None:
                 on_group(summary.n_groups, reader.n_groups)
         if writer.n_conformers == 0:
             reasons = "; ".join(f"{r}: {n}" for r, n in reader.skipped.items()) or "no conformers"
             raise MlipdivError(f"{path}: nothing to import ({reasons})")
+        # units as finally read (a file's own units are known once its groups are read)
+        units = {kind: unit for kind, unit in reader.units.items()
+                 if kind == "length" or (kind == "energy" and set(label_kinds.values()) - {"none"})
+                 or (kind == "forces" and "energy+forces" in label_kinds.values())}
+        for kind, unit in units.items():
+            writer.set_attr(f"source_{kind}_unit", unit)
+    summary.units = units
+    summary.messages = list(reader.messages)
     summary.n_molecules = len(atom_orders)
     summary.n_conformers = writer.n_conformers
     summary.skipped = dict(reader.skipped)
@@ -154,6 +195,8 @@ def split_group(group: SourceGroup, one_molecule: bool, skipped: Counter) -> lis
     graphs = [g for i, block in enumerate(group.blocks) for g in _graphs_of(block, i)]
     for graph in graphs:
         graph.identity = _perceive(graph, group.charge)
+    if group.smiles:
+        _apply_template(group, graphs)
     counts: Counter[str] = Counter()
     for graph in graphs:
         if graph.identity is not None:
@@ -180,6 +223,28 @@ def split_group(group: SourceGroup, one_molecule: bool, skipped: Counter) -> lis
         nearest = min(same_order, key=lambda t: int((t.adjacency != graph.adjacency).sum()))
         placed[id(nearest)].append((graph, True))
     return [_record(target, placed[id(target)]) for target in targets]
+
+
+def _apply_template(group: SourceGroup, graphs: list[_Graph]) -> None:
+    """Graphs whose geometry does not perceive, or perceives to another connectivity than
+    the group's SMILES, take the SMILES' identity (bonds and charges), flagged when their
+    geometry contradicts it. A SMILES that does not fit the atoms changes nothing."""
+    templates: dict[int, Template | None] = {}
+    for graph in graphs:
+        if graph.block_index not in templates:
+            block = graph.block
+            try:
+                templates[graph.block_index] = template_identity(
+                    group.smiles, block.atomic_numbers, block.positions[graph.members[0]])
+            except PerceptionError:
+                templates[graph.block_index] = None
+        template = templates[graph.block_index]
+        if template is None:
+            continue
+        if (graph.identity is None
+                or graph.identity.connectivity_key != template.identity.connectivity_key):
+            graph.identity = template.identity
+            graph.contradicts = template.contradicts(graph.adjacency)
 
 
 def _graphs_of(block: ConformerBlock, block_index: int) -> list[_Graph]:
@@ -221,14 +286,17 @@ def _record(target: _Graph, parts: list[tuple[_Graph, bool]]) -> MoleculeRecord:
     those from distorted graphs are flagged."""
     block, identity = target.block, target.identity
     assert identity is not None
-    flagged = {i for graph, mismatch in parts if mismatch for i in graph.members}
+    flagged = {i for graph, mismatch in parts if mismatch or graph.contradicts
+               for i in graph.members}
     idx = np.array(sorted(i for graph, _ in parts for i in graph.members))
     order = identity.canonical_order
     flags = [_with_flag(block.flags[i]) if i in flagged else block.flags[i] for i in idx]
     return MoleculeRecord(
         identity.inchikey, identity.smiles, identity.formula,
-        block.atomic_numbers[order], block.positions[idx][:, order], block.energy[idx],
-        block.forces[idx][:, order], sampler=block.sampler[idx],
+        block.atomic_numbers[order], block.positions[idx][:, order],
+        None if block.energy is None else block.energy[idx],
+        None if block.forces is None else block.forces[idx][:, order],
+        sampler=block.sampler[idx],
         temperature=block.temperature[idx], source=block.source[idx],
         flags=np.array(flags, dtype=object),
     )

@@ -7,8 +7,8 @@ Layout::
     /<InChIKey>/            attrs: smiles, inchikey, formula
         atomic_numbers      (n_atoms,)            int
         positions           (n_conf, n_atoms, 3)  Angstrom
-        energy              (n_conf,)             eV        (absent in an unlabelled store)
-        forces              (n_conf, n_atoms, 3)  eV/Angstrom
+        energy              (n_conf,)             eV        (absent: positions only)
+        forces              (n_conf, n_atoms, 3)  eV/Angstrom (absent: positions or energies only)
         sampler, source, flags  (n_conf,)         str   provenance per conformer
         temperature         (n_conf,)             K (NaN where not applicable)
 
@@ -74,7 +74,17 @@ class MoleculeRecord:
 
     @property
     def labelled(self) -> bool:
+        """Whether the conformers have energies (forces may still be absent: `has_forces`)."""
         return self.energy is not None
+
+    @property
+    def has_forces(self) -> bool:
+        return self.forces is not None
+
+    @property
+    def label_kind(self) -> str:
+        """"energy+forces", "energy" (energies only) or "none" (positions only)."""
+        return "energy+forces" if self.has_forces else "energy" if self.labelled else "none"
 
     def validate(self) -> None:
         """Raise MlipdivError on inconsistent shapes or non-finite values."""
@@ -87,19 +97,22 @@ class MoleculeRecord:
             )
         if not np.isfinite(self.positions).all():
             raise MlipdivError(f"{where}: non-finite positions")
-        if (self.energy is None) != (self.forces is None):
-            raise MlipdivError(f"{where}: energy and forces must both be present or absent")
+        if self.energy is None and self.forces is not None:
+            raise MlipdivError(f"{where}: forces without energies")
         if self.energy is not None:
             self.energy = np.asarray(self.energy, dtype=np.float64).reshape(-1)
-            self.forces = np.asarray(self.forces, dtype=np.float64)
             if self.energy.shape != (n_conf,):
                 raise MlipdivError(f"{where}: {len(self.energy)} energies for {n_conf} conformers")
+            if not np.isfinite(self.energy).all():
+                raise MlipdivError(f"{where}: non-finite energy or forces")
+        if self.forces is not None:
+            self.forces = np.asarray(self.forces, dtype=np.float64)
             if self.forces.shape != self.positions.shape:
                 raise MlipdivError(
                     f"{where}: forces shape {self.forces.shape} does not match positions "
                     f"{self.positions.shape}"
                 )
-            if not (np.isfinite(self.energy).all() and np.isfinite(self.forces).all()):
+            if not np.isfinite(self.forces).all():
                 raise MlipdivError(f"{where}: non-finite energy or forces")
         for name in (*PROVENANCE_STR, "temperature"):
             if len(getattr(self, name)) != n_conf:
@@ -139,8 +152,8 @@ class MoleculeRecord:
                 atoms.info["temperature"] = float(self.temperature[i])
             if self.labelled:
                 atoms.calc = SinglePointCalculator(
-                    atoms, energy=float(self.energy[i]), forces=self.forces[i].copy()
-                )
+                    atoms, energy=float(self.energy[i]),
+                    **({"forces": self.forces[i].copy()} if self.has_forces else {}))
             frames.append(atoms)
         return frames
 
@@ -149,6 +162,7 @@ def concatenate(records: list[MoleculeRecord]) -> MoleculeRecord:
     """Join conformer blocks of one molecule (same atom order) into one record."""
     first = records[0]
     labelled = all(r.labelled for r in records)
+    with_forces = all(r.has_forces for r in records)
     return MoleculeRecord(
         first.inchikey,
         first.smiles,
@@ -156,7 +170,7 @@ def concatenate(records: list[MoleculeRecord]) -> MoleculeRecord:
         first.atomic_numbers,
         np.concatenate([r.positions for r in records]),
         np.concatenate([r.energy for r in records]) if labelled else None,
-        np.concatenate([r.forces for r in records]) if labelled else None,
+        np.concatenate([r.forces for r in records]) if labelled and with_forces else None,
         *(np.concatenate([getattr(r, k) for r in records]) for k in
           ("sampler", "temperature", "source", "flags")),
     )
@@ -257,7 +271,7 @@ class ConformerStore:
             atomic_numbers=group["atomic_numbers"][()],
             positions=read("positions"),
             energy=read("energy") if labelled else None,
-            forces=read("forces") if labelled else None,
+            forces=read("forces") if "forces" in group else None,
             sampler=_decode(read("sampler")),
             temperature=read("temperature"),
             source=_decode(read("source")),
@@ -380,6 +394,10 @@ class StoreWriter:
         else:
             self.abort()
 
+    def set_attr(self, key: str, value) -> None:
+        """Set a store-level attribute (e.g. what was learnt while writing)."""
+        self._file.attrs[key] = value
+
     def __contains__(self, inchikey: str) -> bool:
         """Whether a molecule has been written already."""
         return inchikey in self._file
@@ -435,6 +453,7 @@ class StoreWriter:
         resizable("positions", record.positions)
         if record.labelled:
             resizable("energy", record.energy)
+        if record.has_forces:
             resizable("forces", record.forces)
         for name in PROVENANCE_STR:
             resizable(name, np.asarray(getattr(record, name), dtype=object), STR_DTYPE)
@@ -445,11 +464,16 @@ class StoreWriter:
             raise MlipdivError(
                 f"molecule {record.inchikey}: appended conformers have a different atom order"
             )
-        if ("energy" in group) != record.labelled:
-            raise MlipdivError(f"molecule {record.inchikey}: mixing labelled and unlabelled data")
+        stored = "energy+forces" if "forces" in group else "energy" if "energy" in group \
+            else "none"
+        if stored != record.label_kind:
+            raise MlipdivError(f"molecule {record.inchikey}: mixing labels ({stored} stored, "
+                               f"{record.label_kind} appended)")
         names = ["positions", *PROVENANCE_STR, "temperature"]
         if record.labelled:
-            names += ["energy", "forces"]
+            names += ["energy"]
+        if record.has_forces:
+            names += ["forces"]
         for name in names:
             dataset = group[name]
             old = dataset.shape[0]

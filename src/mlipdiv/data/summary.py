@@ -23,19 +23,23 @@ def _stats(values: np.ndarray) -> dict:
 
 def summarize(store: ConformerStore) -> dict:
     """Molecules, conformers, conformers-per-molecule and atoms distributions, elements,
-    energy (eV/atom) and force (eV/Angstrom) statistics, level of theory, flagged conformers."""
+    energy (eV/atom) and force (eV/Angstrom) statistics, level of theory, flagged conformers,
+    and which conformers carry which labels (`labels`: energy+forces, energy only, none)."""
     counts = store.conformer_counts()
     per_mol = np.array(list(counts.values()), dtype=float)
     atoms_per_mol, energies_per_atom, force_norms = [], [], []
     elements: Counter = Counter()
     flagged = 0
+    labels: Counter = Counter({"energy+forces": 0, "energy": 0, "none": 0})
     for record in store.molecules():
+        labels[record.label_kind] += record.n_conformers
         atoms_per_mol.append(record.n_atoms)
         for z in record.atomic_numbers:
             elements[chemical_symbols[int(z)]] += record.n_conformers
         flagged += int(sum(1 for f in record.flags if f))
         if record.labelled:
             energies_per_atom.append(record.energy / record.n_atoms)
+        if record.has_forces:
             force_norms.append(np.linalg.norm(record.forces, axis=-1).ravel())
     return {
         "path": str(store.path),
@@ -49,5 +53,8 @@ def summarize(store: ConformerStore) -> dict:
         if energies_per_atom else {},
         "force_norm_ev_per_angstrom": _stats(np.concatenate(force_norms)) if force_norms else {},
         "flagged_conformers": flagged,
+        "labels": dict(labels),
+        "source_units": {k[len("source_"):-len("_unit")]: v for k, v in store.attrs.items()
+                         if k.startswith("source_") and k.endswith("_unit")},
         "created_by": store.attrs.get("created_by", ""),
     }

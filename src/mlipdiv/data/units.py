@@ -1,15 +1,53 @@
-"""Unit conversions, applied only at the boundaries (readers, QM labellers).
+"""Unit conversions, applied only at the boundaries (readers, QM labellers), and the
+plausibility check every import runs on what it converted.
 
-Inside mlipdiv everything is eV, Angstrom and eV/Angstrom.
+Inside mlipdiv everything is eV, Angstrom and eV/Angstrom. Units are named by the choices of
+`mlipdiv import --energy-unit / --length-unit / --forces-unit` (`ENERGY_UNITS`,
+`LENGTH_UNITS`; a force unit is "<energy unit>/<length unit>"); `parse_*` also accept the
+spellings files use in their `units` attributes ("Hartree", "nanometers", "kcal/mol/A"...).
 """
+
+from __future__ import annotations
+
+import numpy as np
 
 HARTREE_TO_EV = 27.211386245988
 BOHR_TO_ANGSTROM = 0.529177210903
 KCAL_PER_MOL_TO_EV = 0.0433641043
+KJ_PER_MOL_TO_EV = KCAL_PER_MOL_TO_EV / 4.184
+NM_TO_ANGSTROM = 10.0
 HARTREE_PER_BOHR_TO_EV_PER_ANGSTROM = HARTREE_TO_EV / BOHR_TO_ANGSTROM
 
-ENERGY_FACTORS = {"eV": 1.0, "hartree": HARTREE_TO_EV, "kcal/mol": KCAL_PER_MOL_TO_EV}
-LENGTH_FACTORS = {"angstrom": 1.0, "bohr": BOHR_TO_ANGSTROM}
+ENERGY_FACTORS = {"eV": 1.0, "hartree": HARTREE_TO_EV, "kcal/mol": KCAL_PER_MOL_TO_EV,
+                  "kJ/mol": KJ_PER_MOL_TO_EV}
+LENGTH_FACTORS = {"angstrom": 1.0, "bohr": BOHR_TO_ANGSTROM, "nm": NM_TO_ANGSTROM}
+ENERGY_UNITS = tuple(ENERGY_FACTORS)
+LENGTH_UNITS = tuple(LENGTH_FACTORS)
+
+_ENERGY_ALIASES = {"ev": "eV", "electronvolt": "eV", "electronvolts": "eV", "hartree": "hartree",
+                   "hartrees": "hartree", "ha": "hartree", "eh": "hartree", "au": "hartree",
+                   "kcal/mol": "kcal/mol", "kcal_per_mol": "kcal/mol",
+                   "kilocalorie/mole": "kcal/mol", "kilocalories_per_mole": "kcal/mol",
+                   "kj/mol": "kJ/mol", "kilojoule/mole": "kJ/mol",
+                   "kilojoules_per_mole": "kJ/mol", "kj_per_mol": "kJ/mol"}
+_LENGTH_ALIASES = {"angstrom": "angstrom", "angstroms": "angstrom", "ang": "angstrom",
+                   "a": "angstrom", "å": "angstrom", "bohr": "bohr", "bohrs": "bohr",
+                   "a0": "bohr", "nm": "nm", "nanometer": "nm", "nanometers": "nm",
+                   "nanometre": "nm", "nanometres": "nm"}
+
+# Approximate all-electron free-atom energies (Hartree, non-relativistic Hartree-Fock limit,
+# rounded up in magnitude) of the elements mlipdiv imports. A molecule's total energy is
+# close to the sum of its atoms' (binding and correlation energies are ~1 %), so no energy
+# of a molecule in any method reaches PLAUSIBLE_ENERGY_FACTOR times that sum.
+FREE_ATOM_HARTREE = {1: 0.5, 3: 7.5, 5: 24.6, 6: 37.7, 7: 54.4, 8: 74.8, 9: 99.4, 11: 161.9,
+                     12: 199.6, 14: 288.9, 15: 340.7, 16: 397.5, 17: 459.5, 19: 599.2,
+                     20: 676.8, 35: 2604.0, 53: 7116.0}
+PLAUSIBLE_ENERGY_FACTOR = 1.5
+# Median over conformers of the RMS force component: about 1 eV/A for molecules sampled at
+# 300-500 K, a few eV/A for strongly distorted sets (ANI-2x's 99th percentile is ~5).
+PLAUSIBLE_RMS_FORCE = 10.0  # eV/A
+# Median nearest-neighbour distance: bonds are >= 0.74 A (H2).
+PLAUSIBLE_NEAREST_NEIGHBOUR = 0.5  # A
 
 
 def energy_to_ev(unit: str) -> float:
@@ -25,3 +63,82 @@ def length_to_angstrom(unit: str) -> float:
 def force_to_ev_per_angstrom(energy_unit: str, length_unit: str) -> float:
     """Factor that converts a force (or gradient) in energy_unit/length_unit to eV/Angstrom."""
     return energy_to_ev(energy_unit) / length_to_angstrom(length_unit)
+
+
+def parse_energy_unit(text: str) -> str | None:
+    """The canonical name of an energy unit ("Hartree" -> "hartree"), None if unknown."""
+    key = str(text).strip().lower().replace(" ", "")
+    return _ENERGY_ALIASES.get(key)
+
+
+def parse_length_unit(text: str) -> str | None:
+    """The canonical name of a length unit ("nanometers" -> "nm"), None if unknown."""
+    return _LENGTH_ALIASES.get(str(text).strip().lower().replace(" ", ""))
+
+
+def parse_force_unit(text: str) -> tuple[str, str] | None:
+    """(energy unit, length unit) of "kcal/mol/angstrom", "hartree/bohr"...; None if unknown."""
+    energy, _, length = str(text).strip().rpartition("/")
+    parsed = parse_energy_unit(energy), parse_length_unit(length)
+    return None if None in parsed else parsed  # type: ignore[return-value]
+
+
+def plausibility_problem(numbers: np.ndarray, positions: np.ndarray,
+                         energy: np.ndarray | None, forces: np.ndarray | None,
+                         stated: tuple[str, str, str, str]) -> str | None:
+    """Why converted values (eV, Angstrom, eV/Angstrom) cannot be a molecule's in the stated
+    units (energy, length, force energy, force length), naming the likely unit; None when
+    they can. The rule: the median conformer's |energy| must stay below 1.5 x the sum of its
+    atoms' free-atom energies (`FREE_ATOM_HARTREE`), its RMS force component below 10 eV/A,
+    and the median nearest-neighbour distance above 0.5 A. It catches values too large for
+    their unit (kcal/mol or kJ/mol read as eV, eV read as Hartree, nm read as Angstrom), not
+    too small ones: Hartree read as eV looks like a referenced energy."""
+    energy_unit, length_unit, force_energy, force_length = stated
+    if len(positions) and len(numbers) > 1:
+        diff = positions[..., :, None, :] - positions[..., None, :, :]
+        distance = np.linalg.norm(diff, axis=-1) + np.diag(np.full(len(numbers), np.inf))
+        nearest = float(np.median(distance.min(axis=-1)))
+        if nearest < PLAUSIBLE_NEAREST_NEIGHBOUR:
+            likely = _likely(nearest, LENGTH_FACTORS, length_unit, lambda v: v > 0.7)
+            return (f"median nearest-neighbour distance {nearest:.3g} A is shorter than any "
+                    f"bond: positions are not in {length_unit}"
+                    + (f"; likely {likely}: pass --length-unit {likely}" if likely else ""))
+    if energy is not None and len(energy):
+        bound = PLAUSIBLE_ENERGY_FACTOR * HARTREE_TO_EV * sum(
+            FREE_ATOM_HARTREE.get(int(z), 0.0) for z in numbers)
+        median = float(np.median(energy))
+        if abs(median) > bound:
+            likely = _likely(median, ENERGY_FACTORS, energy_unit,
+                             lambda v: abs(v) <= bound, target=bound / PLAUSIBLE_ENERGY_FACTOR)
+            return (f"median energy {median / len(numbers):.6g} eV/atom is beyond what any "
+                    f"molecule of these atoms has in {energy_unit} (|E| <= "
+                    f"{bound / len(numbers):.4g} eV/atom)"
+                    + (f"; likely {likely}: pass --energy-unit {likely}" if likely else ""))
+    if forces is not None and len(forces):
+        rms = float(np.median(np.sqrt((forces ** 2).mean(axis=(1, 2)))))
+        if rms > PLAUSIBLE_RMS_FORCE:
+            stated_factor = force_to_ev_per_angstrom(force_energy, force_length)
+            candidates = {f"{e}/{force_length}": force_to_ev_per_angstrom(e, force_length)
+                          for e in ENERGY_UNITS}
+            likely = _likely(rms, candidates, f"{force_energy}/{force_length}",
+                             lambda v: v <= PLAUSIBLE_RMS_FORCE, target=1.0,
+                             stated_factor=stated_factor)
+            return (f"median RMS force component {rms:.4g} eV/A is far beyond molecules' "
+                    f"(<= {PLAUSIBLE_RMS_FORCE:g} eV/A): forces are not in "
+                    f"{force_energy}/{force_length}"
+                    + (f"; likely {likely}: pass --forces-unit {likely}" if likely else ""))
+    return None
+
+
+def _likely(value: float, factors: dict[str, float], stated: str, plausible,
+            target: float | None = None, stated_factor: float | None = None) -> str | None:
+    """The unit (other than `stated`) under which `value` (converted with the stated unit)
+    becomes plausible, nearest to `target` in log scale when several do."""
+    native = value / (factors[stated] if stated_factor is None else stated_factor)
+    fits = [(unit, native * factor) for unit, factor in factors.items()
+            if unit != stated and plausible(native * factor)]
+    if not fits:
+        return None
+    if target is None:
+        return min(fits, key=lambda f: abs(factors[f[0]] - factors[stated]))[0]
+    return min(fits, key=lambda f: abs(np.log(abs(f[1]) / target)))[0]

@@ -209,8 +209,9 @@ def energy_spread(record: MoleculeRecord) -> tuple[float, float]:
 
 
 def force_norm_spread(record: MoleculeRecord) -> tuple[float, float]:
-    """(mean, std) of the atomic force norms over all conformers, eV/Angstrom."""
-    if not record.labelled:
+    """(mean, std) of the atomic force norms over all conformers, eV/Angstrom; NaN without
+    forces."""
+    if not record.has_forces:
         return float("nan"), float("nan")
     norms = np.linalg.norm(record.forces, axis=-1)
     return float(norms.mean()), float(norms.std())

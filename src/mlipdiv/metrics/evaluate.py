@@ -83,6 +83,10 @@ def score_split(run, records: Iterable[MoleculeRecord], split: str, *,
     unlabelled = [r.inchikey for r in records if not r.labelled]
     if unlabelled:
         raise MlipdivError(f"split {split}: molecule {unlabelled[0]} has no labels to score")
+    no_forces = [r.inchikey for r in records if not r.has_forces]
+    if no_forces:
+        raise MlipdivError(f"split {split}: molecule {no_forces[0]} has energies but no forces; "
+                           "scoring needs both")
     molecules, out_of_domain, keys = [], [], []
     for record, prediction in zip(records, run.predict(records), strict=True):
         if prediction.out_of_domain:

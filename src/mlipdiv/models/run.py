@@ -74,7 +74,9 @@ def resolve_device(device: str | None) -> str:
 def training_statistics(records: Sequence[MoleculeRecord], cutoff: float) -> dict:
     """RMS force component (the models' output scale, as MACE's rms_forces_scaling) and the
     mean number of neighbours within `cutoff` (MACE's avg_num_neighbors)."""
-    forces = np.concatenate([r.forces.reshape(-1) for r in records])
+    with_forces = [r.forces.reshape(-1) for r in records if r.has_forces]
+    # energy-only training sets (--mask-missing-forces) have no force scale: 1 eV/A
+    forces = np.concatenate(with_forces) if with_forces else np.ones(1)
     neighbours = atoms = 0
     for record in records:
         diff = record.positions[:, :, None, :] - record.positions[:, None, :, :]
@@ -91,7 +93,8 @@ def data_fingerprint(records: Sequence[MoleculeRecord]) -> str:
     for record in records:
         digest.update(record.inchikey.encode())
         for array in (record.atomic_numbers, record.positions, record.energy, record.forces):
-            digest.update(np.ascontiguousarray(array).tobytes())
+            if array is not None:
+                digest.update(np.ascontiguousarray(array).tobytes())
     return digest.hexdigest()
 
 
@@ -107,16 +110,39 @@ class RunLog:
             handle.write(f"{stamp} {message}\n")
 
 
-def _check_training_data(train: Sequence[MoleculeRecord],
-                         valid: Sequence[MoleculeRecord]) -> None:
+def _check_training_data(train: Sequence[MoleculeRecord], valid: Sequence[MoleculeRecord],
+                         mask_missing_forces: bool = False) -> None:
     n_train = sum(r.n_conformers for r in train)
     if n_train < 2:
         raise MlipdivError(f"training set has {n_train} conformer(s); at least 2 are needed")
     if not valid or sum(r.n_conformers for r in valid) == 0:
         raise MlipdivError("validation set is empty; give --valid or a cell with valid pairs")
-    unlabelled = [r.inchikey for r in (*train, *valid) if not r.labelled]
+    unlabelled = [r for r in (*train, *valid) if not r.labelled]
     if unlabelled:
-        raise MlipdivError(f"molecule {unlabelled[0]}: no energy/force labels to train on")
+        n, m = sum(r.n_conformers for r in unlabelled), len({r.inchikey for r in unlabelled})
+        raise MlipdivError(f"molecule {unlabelled[0].inchikey}: no energy/force labels to train "
+                           f"on ({n} conformers of {m} molecules are positions only); label "
+                           "them first with `mlipdiv label`")
+    energy_only = [r for r in (*train, *valid) if not r.has_forces]
+    if energy_only and not mask_missing_forces:
+        n, m = sum(r.n_conformers for r in energy_only), len({r.inchikey for r in energy_only})
+        raise MlipdivError(f"molecule {energy_only[0].inchikey}: energies without forces ({n} "
+                           f"conformers of {m} molecules); pass "
+                           "--mask-missing-forces to train on them with their force term masked")
+
+
+def training_conformers(records: Sequence[MoleculeRecord]) -> list[Conformer]:
+    """Conformers to train on: energy-only conformers carry NaN reference forces, which the
+    loss masks (`training.weighted_loss`)."""
+    out = []
+    for record in records:
+        if record.has_forces:
+            out += conformers([record])
+            continue
+        nan = np.full((record.n_atoms, 3), np.nan)
+        out += [Conformer(record.atomic_numbers, record.positions[i], float(record.energy[i]),
+                          nan) for i in range(record.n_conformers)]
+    return out
 
 
 def _open_run(out: Path, spec: dict) -> RunRecord | None:
@@ -152,13 +178,16 @@ def train(
     steps: int | None = None,
     steps_per_round: int | None = None,
     on_epoch: Callable[[int, EpochStats], None] | None = None,
+    mask_missing_forces: bool = False,
 ) -> Path:
     """Train `ensemble` members (seeds seed, seed+1, ...) of `model` at `size`, resuming
     from checkpoints in `out`; returns the run directory. `source` (where the data came from:
     design and cell, or files) is stored in the run record.
     Compute: `steps` optimiser steps validated every `steps_per_round` (both or neither),
     or else `max_epochs` (default: the size's) epochs of this training set, one round each.
-    `on_epoch(member, stats)` is called after every round's checkpoint."""
+    `on_epoch(member, stats)` is called after every round's checkpoint.
+    Conformers without forces are refused unless `mask_missing_forces`, which trains them on
+    their energy alone (their force term masked); conformers without labels are refused."""
     started = time.perf_counter()
     chosen = run_size(model, size)
     if max_epochs is not None:
@@ -169,13 +198,16 @@ def train(
         raise MlipdivError(f"dtype {dtype!r}: choose from {', '.join(DTYPES)}")
     if ensemble < 1:
         raise MlipdivError(f"--ensemble {ensemble}: must be at least 1")
-    _check_training_data(train, valid)
+    _check_training_data(train, valid, mask_missing_forces)
     n_train = sum(r.n_conformers for r in train)
     schedule, policy = _schedule(chosen, n_train, max_epochs, steps, steps_per_round)
     out = Path(out)
     spec = {"model": model, "size": size, "ensemble": ensemble, "seed": seed, "dtype": dtype,
             "hyperparameters": chosen.as_dict(), "schedule": schedule.as_dict(),
             "data": data_fingerprint(train) + data_fingerprint(valid)}
+    if mask_missing_forces and not all(r.has_forces for r in (*train, *valid)):
+        spec["masked_force_conformers"] = sum(r.n_conformers for r in (*train, *valid)
+                                              if not r.has_forces)
     existing = _open_run(out, spec)
     if existing is not None and existing.complete:
         return out
@@ -252,8 +284,8 @@ def _train_members(train, valid, config, chosen: RunSize, schedule: Schedule, ou
             torch.manual_seed(member_seed)
             potential = cls(config, device)
             if prepared is None:  # graphs / neighbour lists once per run, shared by members
-                prepared = (potential.prepare_all(conformers(train)),
-                            potential.prepare_all(conformers(valid)))
+                prepared = (potential.prepare_all(training_conformers(train)),
+                            potential.prepare_all(training_conformers(valid)))
             task = bar.add_task(f"member {member}", total=schedule.max_rounds)
 
             def report(stats: EpochStats, member=member, task=task) -> None:
@@ -316,7 +348,8 @@ def train_cell(design_path: str | os.PathLike, cell_id: str, *, model: str, size
                out: str | os.PathLike, ensemble: int = 1, seed: int = 0,
                dtype: str = "float32", device: str | None = None,
                progress: bool = True, max_epochs: int | None = None,
-               steps: int | None = None, steps_per_round: int | None = None) -> Path:
+               steps: int | None = None, steps_per_round: int | None = None,
+               mask_missing_forces: bool = False) -> Path:
     """Train on a design cell's training/validation pairs (compute as in `train`); the
     cell's figures go into the record's source."""
 
@@ -333,7 +366,7 @@ def train_cell(design_path: str | os.PathLike, cell_id: str, *, model: str, size
     return train(train_records, valid_records, model=model, size=size, out=out,
                  ensemble=ensemble, seed=seed, dtype=dtype, device=device, source=source,
                  progress=progress, max_epochs=max_epochs, steps=steps,
-                 steps_per_round=steps_per_round)
+                 steps_per_round=steps_per_round, mask_missing_forces=mask_missing_forces)
 
 
 @dataclass(frozen=True)

@@ -98,8 +98,15 @@ class FitState:
 
 def weighted_loss(energy: torch.Tensor, forces: torch.Tensor, batch: Batch,
                   settings: TrainingSettings) -> torch.Tensor:
+    """The weighted energy-forces loss; reference forces that are NaN (energy-only
+    conformers, `mask_missing_forces`) are masked out of the force term."""
     energy_term = (((energy - batch.energy) / batch.n_atoms) ** 2).mean()
-    forces_term = ((forces - batch.forces) ** 2).mean()
+    known = torch.isfinite(batch.forces)
+    if bool(known.all()):
+        forces_term = ((forces - batch.forces) ** 2).mean()
+    else:
+        diff = torch.where(known, forces - torch.nan_to_num(batch.forces), 0.0)
+        forces_term = (diff ** 2).sum() / known.sum().clamp(min=1)
     return settings.energy_weight * energy_term + settings.forces_weight * forces_term
 
 
@@ -114,10 +121,13 @@ def validate(potential: Potential, items: Sequence[Any],
         energy, forces = energy.detach(), forces.detach()
         loss_sum += float(weighted_loss(energy, forces, batch, settings)) * len(batch.n_atoms)
         energy_abs += float(((energy - batch.energy).abs() / batch.n_atoms).sum())
-        forces_abs += float((forces - batch.forces).abs().sum())
+        known = torch.isfinite(batch.forces)  # NaN: energy-only conformer, masked
+        forces_abs += float(torch.where(known, forces - torch.nan_to_num(batch.forces),
+                                        0.0).abs().sum())
         n_graphs += len(batch.n_atoms)
-        n_components += forces.numel()
-    return loss_sum / n_graphs, 1000 * energy_abs / n_graphs, 1000 * forces_abs / n_components
+        n_components += int(known.sum())
+    return (loss_sum / n_graphs, 1000 * energy_abs / n_graphs,
+            1000 * forces_abs / n_components if n_components else float("nan"))
 
 
 def fit(
