@@ -459,10 +459,12 @@ def write_report(study_dir: str | Path, out: str | Path | None = None) -> Path:
     view = StudyView(Path(study_dir))
     out = Path(out) if out is not None else view.paths.report
     figure_dir = out.parent / "figures"
-    sections = [drawn(section, view, title) for title, section in SECTIONS]
     body = [f"<h1>mlipdiv study: {html.escape(view.config.name)}</h1>",
             "".join(f"<p>{html.escape(s)}</p>" for s in setup_sentences(view))]
-    for section in filter(None, sections):
+    for title, draw in SECTIONS:  # each section's figures are written (and closed) in turn
+        section = drawn(draw, view, title)
+        if section is None:
+            continue
         body.append(f"<h2>{html.escape(section.title)}</h2>{section.html}")
         body += [_figure_html(name, caption, figure, figure_dir)
                  for name, caption, figure in section.figures]
