@@ -236,10 +236,19 @@ class ConformerStore:
     def atomic_numbers(self, inchikey: str) -> np.ndarray:
         return self._group(inchikey)["atomic_numbers"][()]
 
-    def positions(self, inchikey: str) -> np.ndarray:
-        """Every conformer's positions (n_conf, n_atoms, 3), Angstrom, nothing else read (the
-        near-duplicate check reads only these)."""
-        return self._group(inchikey)["positions"][()]
+    def geometry(self, inchikey: str) -> tuple[np.ndarray, np.ndarray]:
+        """(atomic numbers, every conformer's positions (n_conf, n_atoms, 3) in Angstrom) with
+        one group lookup and nothing else read (what the near-duplicate check needs)."""
+        group = self._group(inchikey)
+        return group["atomic_numbers"][()], group["positions"][()]
+
+    def overview(self) -> Iterator[tuple[str, str, np.ndarray, int]]:
+        """(inchikey, smiles, atomic numbers, conformers) of every molecule, one group lookup
+        each and no conformer data read (a molecule table of a large store)."""
+        for key in self._keys:
+            group = self._file[key]
+            yield (key, _plain(group.attrs.get("smiles", "")), group["atomic_numbers"][()],
+                   int(group["positions"].shape[0]))
 
     def molecule(self, inchikey: str, conformers: Iterable[int] | None = None) -> MoleculeRecord:
         """Load one molecule, optionally only the listed conformer indices (in that order)."""

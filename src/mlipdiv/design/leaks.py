@@ -85,9 +85,8 @@ def near_duplicate_conformers(
     withheld, kept = np.asarray(withheld), np.asarray(kept)
     if len(kept) == 0 or len(withheld) == 0:
         return []
-    positions = store.positions(key)
-    possible = rmsd_lower_bounds(store.atomic_numbers(key), positions[withheld],
-                                 positions[kept]) < threshold
+    numbers, positions = store.geometry(key)
+    possible = rmsd_lower_bounds(numbers, positions[withheld], positions[kept]) < threshold
     if not possible.any():
         return []
     order = np.concatenate([withheld, kept])

@@ -214,9 +214,7 @@ def molecule_table(store: ConformerStore) -> pd.DataFrame:
     """One row per molecule from group attributes and atomic numbers only (no positions):
     inchikey, connectivity block, smiles, scaffolds, heavy atoms, elements, conformers."""
     rows = []
-    for key, n_conformers in store.conformer_counts().items():
-        smiles = store.group_attrs(key).get("smiles", "")
-        numbers = store.atomic_numbers(key)
+    for key, smiles, numbers, n_conformers in store.overview():
         murcko, generic = scaffolds(smiles)
         rows.append({
             "inchikey": key, "connectivity": key[:14], "smiles": smiles,
@@ -288,7 +286,8 @@ class Carving:
 
     @cached_property
     def counts(self) -> dict[str, int]:
-        return self.store.conformer_counts()
+        return dict(zip(self.table["inchikey"], self.table["n_conformers"].astype(int),
+                        strict=True))
 
     def withhold_molecules(self, name: str, keys: set[str]) -> None:
         """Record a whole-molecule set and take it out of the candidates; molecules sharing a

@@ -25,6 +25,10 @@ EXACT_TANIMOTO_LIMIT = 3000  # molecules; above this the mean distance is a rand
 TANIMOTO_SAMPLE_PAIRS = 200_000
 
 
+GENERIC_CACHE_SIZE = 1 << 16
+_GENERIC_SCAFFOLDS: dict[str, str] = {}
+
+
 @lru_cache(maxsize=1)
 def _morgan_generator():
     return rdFingerprintGenerator.GetMorganGenerator(radius=MORGAN_RADIUS, fpSize=MORGAN_BITS)
@@ -48,9 +52,16 @@ def scaffolds(smiles: str) -> tuple[str, str]:
     core = MurckoScaffold.GetScaffoldForMol(_mol(smiles))
     if core.GetNumAtoms() == 0:
         return "", ""
-    generic = MurckoScaffold.MakeScaffoldGeneric(core)
-    return (Chem.MolToSmiles(core, isomericSmiles=False),
-            Chem.MolToSmiles(generic, isomericSmiles=False))
+    murcko = Chem.MolToSmiles(core, isomericSmiles=False)
+    # a large store has far fewer scaffolds than molecules: one generic scaffold per Murcko
+    # scaffold, made from the core itself (re-parsing its SMILES changes charged scaffolds)
+    generic = _GENERIC_SCAFFOLDS.get(murcko)
+    if generic is None:
+        generic = Chem.MolToSmiles(MurckoScaffold.MakeScaffoldGeneric(core),
+                                   isomericSmiles=False)
+        if len(_GENERIC_SCAFFOLDS) < GENERIC_CACHE_SIZE:
+            _GENERIC_SCAFFOLDS[murcko] = generic
+    return murcko, generic
 
 
 @dataclass(frozen=True)
