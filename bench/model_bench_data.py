@@ -1,16 +1,19 @@
-"""Shared data for the model benchmarks: a GFN2-xTB store made with `mlipdiv generate`'s
-library function (NCI molecules of H, C, N, O; ETKDG conformers), reused when present."""
+"""Shared by the model benchmarks: a GFN2-xTB store made with `mlipdiv generate`'s library
+function (NCI molecules of H, C, N, O; ETKDG conformers), reused when present, and the common
+command line (`--quick`, `--workdir`, `--models`)."""
 
 from __future__ import annotations
 
 import argparse
 import math
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from mlipdiv.data import ConformerStore
+from mlipdiv.data import ConformerStore, MoleculeRecord
 from mlipdiv.data.generate import GenerateOptions, generate
 from mlipdiv.data.sources import MoleculeFilter
+from mlipdiv.models import backend_names
 
 CONFORMERS_PER_MOLECULE = 24  # asked; ETKDG pruning keeps about a third for small molecules
 EXPECTED_YIELD = 6
@@ -36,12 +39,34 @@ def bench_store(path: Path, min_conformers: int, seed: int = 0) -> Path:
     return path
 
 
-def parse_arguments(description: str, quick_help: str) -> argparse.Namespace:
-    """`--quick` and `--workdir` (where the store is kept between runs), workdir created."""
-    parser = argparse.ArgumentParser(description=description)
+def bench_records(workdir: Path, min_conformers: int) -> tuple[Path, list[MoleculeRecord]]:
+    """The workdir's store (made when missing or too small) and its molecules."""
+    path = bench_store(workdir / "conformers.h5", min_conformers)
+    with ConformerStore(path) as store:
+        return path, list(store.molecules())
+
+
+def parse_arguments(description: str, quick_help: str, default_models: Sequence[str],
+                    extra: Callable[[argparse.ArgumentParser], None] | None = None
+                    ) -> argparse.Namespace:
+    """`--quick`, `--workdir` (where the store is kept between runs; created) and `--models`
+    (comma-separated backends, checked against the registry; default `default_models`),
+    plus what `extra` adds to the parser."""
+    parser = argparse.ArgumentParser(description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help=quick_help)
     parser.add_argument("--workdir", type=Path,
                         default=Path(tempfile.gettempdir()) / "mlipdiv-bench")
+    parser.add_argument("--models", default=",".join(default_models),
+                        help=f"comma-separated backends (default: {','.join(default_models)}; "
+                             f"registered: {','.join(backend_names())})")
+    if extra is not None:
+        extra(parser)
     args = parser.parse_args()
+    args.models = [name.strip() for name in args.models.split(",") if name.strip()]
+    unknown = sorted(set(args.models) - set(backend_names()))
+    if unknown or not args.models:
+        parser.error(f"--models: {', '.join(unknown) or 'none given'}; choose from "
+                     f"{', '.join(backend_names())}")
     args.workdir.mkdir(parents=True, exist_ok=True)
     return args
