@@ -200,8 +200,10 @@ class NequIPPotential(GraphPesPotential):
                       "use_odd_parity": hp["use_odd_parity"]},
             self_interaction=hp["self_interaction"], prune_last_layer=hp["prune_last_layer"],
             radial_features=hp["radial_features"])
-        dtype = torch.get_default_dtype()  # the one-hot is float32 whatever the model's dtype
-        model.Z_embedding.register_forward_hook(lambda module, args, out: out.to(dtype))
+        # the one-hot is float32 whatever the model's dtype; a partial of a module-level
+        # function, not a lambda, so the whole module still pickles (torch.save(model))
+        model.Z_embedding.register_forward_hook(
+            functools.partial(_cast_output, dtype=torch.get_default_dtype()))
         return model
 
     def scalars(self, model: torch.nn.Module, features: torch.Tensor) -> torch.Tensor:
@@ -211,6 +213,11 @@ class NequIPPotential(GraphPesPotential):
         even = [features[:, part] for (_, ir), part in zip(irreps, irreps.slices(), strict=True)
                 if ir == o3.Irrep("0e")]
         return torch.cat(even, dim=1)
+
+
+def _cast_output(module: torch.nn.Module, args, out: torch.Tensor, *,
+                 dtype: torch.dtype) -> torch.Tensor:
+    return out.to(dtype)
 
 
 class TensorNetPotential(GraphPesPotential):
