@@ -101,12 +101,11 @@ def weighted_loss(energy: torch.Tensor, forces: torch.Tensor, batch: Batch,
     """The weighted energy-forces loss; reference forces that are NaN (energy-only
     conformers, `mask_missing_forces`) are masked out of the force term."""
     energy_term = (((energy - batch.energy) / batch.n_atoms) ** 2).mean()
+    # one expression for both cases: no `if known.all()`, which would stall a CUDA stream on
+    # every batch (with every force known it is the plain mean)
     known = torch.isfinite(batch.forces)
-    if bool(known.all()):
-        forces_term = ((forces - batch.forces) ** 2).mean()
-    else:
-        diff = torch.where(known, forces - torch.nan_to_num(batch.forces), 0.0)
-        forces_term = (diff ** 2).sum() / known.sum().clamp(min=1)
+    diff = torch.where(known, forces - torch.nan_to_num(batch.forces), 0.0)
+    forces_term = (diff ** 2).sum() / known.sum().clamp(min=1)
     return settings.energy_weight * energy_term + settings.forces_weight * forces_term
 
 
