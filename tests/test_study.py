@@ -3,7 +3,6 @@ study end to end (local process pool, resume after kill -9, Ray on a local insta
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import shutil
@@ -22,8 +21,6 @@ from mlipdiv import cli
 from mlipdiv.errors import MlipdivError
 from mlipdiv.study import (
     PRESETS,
-    advise,
-    fit_surface,
     load_config,
     load_preset,
     parse_config,
@@ -106,63 +103,7 @@ def test_a_bad_value_in_a_study_is_named_by_its_config_key(diverse_store, tmp_pa
     assert "--" not in str(error.value)
 
 
-# ---------------------------------------------------------------- fit and advice
-def synthetic_errors(alpha=0.7, beta=0.4, replicates=3, noise=0.03, seed=0) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    rows = [dict(M=m, C=c, replicate=r,
-                 error=(0.5 + 20 * m ** -alpha + 10 * c ** -beta) * np.exp(rng.normal(0, noise)))
-            for m in (2, 4, 8, 16, 32, 64) for c in (1, 2, 4, 8, 16) for r in range(replicates)]
-    return pd.DataFrame(rows)
-
-
-def test_surface_fit_recovers_known_exponents():
-    fit = fit_surface(synthetic_errors(), model="m", split="st", metric="e")
-    assert fit.form == "molecules+conformers"
-    assert fit.uncertainty == "bootstrap over replicates"
-    for name, true in (("alpha", 0.7), ("beta", 0.4)):
-        low, high = fit.params_ci[name]
-        assert abs(fit.params[name] - true) < 0.1
-        assert low - 0.02 <= true <= high + 0.02
-    assert fit.cv_rmse_log["molecules+conformers"] < fit.cv_rmse_log["total-only"]
-
-
-def test_surface_fit_needs_enough_cells():
-    table = synthetic_errors().query("M == 2 and C <= 4")
-    with pytest.raises(MlipdivError, match="3 cells"):
-        fit_surface(table, model="m", split="st", metric="e")
-
-
-@functools.cache
-def known_fits(alpha=0.8, beta=0.3):
-    """Noise-free fits of E = 20 M^-alpha + 10 C^-beta for two splits."""
-    table = synthetic_errors(alpha, beta, replicates=1, noise=0.0)
-    table["error"] -= 0.5
-    return [fit_surface(table, model="m", split=split, metric="e") for split in ("cf", "st")]
-
-
-def test_advisor_finds_the_optimum_of_a_known_surface():
-    budget = 256
-    advice = advise(known_fits(), budget, weights={"cf": 1.0, "st": 1.0})
-    # d/dM [20 M^-a + 10 (N/M)^-b] = 0  =>  M* = (20 a N^b / (10 b))^(1 / (a + b))
-    expected = (20 * 0.8 * budget ** 0.3 / (10 * 0.3)) ** (1 / 1.1)
-    assert abs(advice.n_molecules - expected) / expected < 0.1
-    assert advice.n_molecules * advice.conformers_per_molecule <= budget
-    assert advice.molecules_interval[0] <= advice.n_molecules <= advice.molecules_interval[1]
-    assert advice.determined and not advice.warnings
-    predicted = advice.predicted["st"]
-    assert predicted.ci_low <= predicted.value <= predicted.ci_high
-
-
-def test_advisor_warns_when_extrapolating_and_prices_molecules():
-    fits = known_fits()
-    far = advise(fits, 1e6, weights={"cf": 1.0, "st": 1.0})
-    assert any("extrapolating" in w for w in far.warnings)
-    cheap = advise(fits, 256, weights={"st": 1.0})
-    dear = advise(fits, 256 * 20, weights={"st": 1.0}, cost_per_molecule=19.0)
-    assert dear.n_molecules < cheap.n_molecules * 20
-    assert dear.n_molecules * 19 + dear.n_molecules * dear.conformers_per_molecule <= 256 * 20
-
-
+# ---------------------------------------------------------------- advice weights
 def test_weights_parsing():
     assert parse_weights("cf=1, st=2.5,sf=0") == {"cf": 1.0, "st": 2.5, "sf": 0.0}
     for bad in ("cf", "xx=1", "cf=-1", "cf=0", "cf=nan", "st=inf"):

@@ -665,12 +665,19 @@ def parse_config_dict(raw: dict, origin: str):
 @app.command()
 def advise(
     study_dir: Path = typer.Argument(..., help="Study directory."),
-    budget: float = typer.Option(..., "--budget", help="Budget (conformers, or cost units)."),
+    budget: float = typer.Option(..., "--budget", help="Budget (conformers, or cost units); "
+                                 "up to 10x the study's largest training set."),
     weights: str | None = typer.Option(
         None, "--weights", help="Split weights, e.g. cf=1,st=2,sf=1 (default: 1 for each "
         "fitted one of cf, st, sf)."),
     cost_per_molecule: float = typer.Option(0.0, "--cost-per-molecule"),
     cost_per_conformer: float = typer.Option(1.0, "--cost-per-conformer"),
+    max_molecules: int | None = typer.Option(
+        None, "--max-molecules", help="Molecules the team can obtain (default: the data "
+        "source's usable molecules when the study generated its data, else the pool)."),
+    max_conformers: int | None = typer.Option(
+        None, "--max-conformers", help="Conformers per molecule the team can obtain (default: "
+        "unbounded for generated data, else the pool's)."),
     model: str | None = typer.Option(None, "--model", help="Model (default: the first)."),
     selection: str = typer.Option("random-random", "--selection",
                                   help="<molecule>-<conformer> selection of the cells."),
@@ -681,10 +688,13 @@ def advise(
     from mlipdiv.files import read_parquet
     from mlipdiv.study import StudyPaths, advise, load_config, load_fits, parse_weights
     from mlipdiv.study.layout import RESULTS_REMEDY
-    from mlipdiv.study.runner import pool_limits
+    from mlipdiv.study.runner import obtainable_limits
 
     if not math.isfinite(budget) or budget <= 0:
         raise MlipdivError(f"--budget {budget}: must be a positive finite number")
+    for flag, value in (("--max-molecules", max_molecules), ("--max-conformers", max_conformers)):
+        if value is not None and value < 1:
+            raise MlipdivError(f"{flag} {value}: must be >= 1")
     paths = StudyPaths(study_dir)
     fits, _ = load_fits(paths.fit)
     results = (read_parquet(paths.results_parquet, "study results", RESULTS_REMEDY)
@@ -692,7 +702,7 @@ def advise(
     chosen = (parse_weights(weights) if weights is not None else
               {split: weight for split, weight in default_advice_weights().items()
                if any(f.split == split for f in fits)})
-    limits = (pool_limits(load_config(paths.config), paths)
+    limits = (obtainable_limits(load_config(paths.config), paths, max_molecules, max_conformers)
               if (paths.splits / "manifest.json").exists() else None)
     advice = advise(fits, budget, model=model, selection=selection,
                     weights=chosen, cost_per_molecule=cost_per_molecule,
@@ -702,10 +712,13 @@ def advise(
         return
     table = Table(title=f"advice for {advice.model} ({advice.selection}), budget {budget:g}",
                   show_header=False)
-    table.add_row("molecules M", advice.direction or f"{advice.n_molecules}  (95 % interval "
+    table.add_row("molecules M", f"{advice.n_molecules}  (95 % interval "
                   f"{advice.molecules_interval[0]}-{advice.molecules_interval[1]})")
     table.add_row("conformers per molecule C", f"{advice.conformers_per_molecule}  (95 % "
                   f"interval {advice.conformers_interval[0]}-{advice.conformers_interval[1]})")
+    table.add_row("determined", "yes" if advice.determined else "no")
+    if limits is not None:
+        table.add_row("M bounded by", limits.source)
     for split, estimate in advice.predicted.items():
         table.add_row(f"predicted {split} {advice.metric}", f"{estimate.value:.4g} "
                       f"[{estimate.ci_low:.4g}, {estimate.ci_high:.4g}]")
@@ -713,9 +726,40 @@ def advise(
         table.add_row(f"measured M={cell.n_molecules} C={cell.conformers_per_molecule:g}",
                       "  ".join(f"{s} {v:.4g} (fit {cell.predicted[s]:.4g})"
                                 for s, v in cell.measured.items()))
+    if advice.next_cells:
+        table.add_row("run next", ", ".join(f"M={m} C={c} ({share:.0%})"
+                                            for m, c, share in advice.next_cells))
     Console().print(table)
     for warning in advice.warnings:
         console.print(f"[yellow]warning:[/yellow] {warning}")
+
+
+@app.command()
+def refine(
+    study_dir: Path = typer.Argument(..., help="A finished study directory."),
+    cells: int = typer.Option(..., "--cells", help="Design points to add at most."),
+    per_round: int | None = typer.Option(None, "--per-round",
+                                         help="Design points trained between two refits "
+                                         "(default: the config's adaptive.per_round)."),
+    no_report: bool = typer.Option(False, "--no-report", help="Do not rebuild the report."),
+) -> None:
+    """Grow a study until its advice is determined: Thompson-sampled cells, trained, refitted."""
+    from mlipdiv.locking import output_lock
+    from mlipdiv.report import write_report
+    from mlipdiv.study.runner import run_refine
+
+    with output_lock(study_dir):
+        state = run_refine(study_dir, cells, per_round=per_round,
+                           progress=console.is_terminal)
+        for item in state.rounds:
+            print(f"round {item.index}: added {', '.join(f'M={m} C={c}' for m, c in item.cells)}")
+        for optimum in state.final:
+            print(f"{optimum.model}: M* = {optimum.n_molecules} (interval "
+                  f"{optimum.molecules_interval[0]}-{optimum.molecules_interval[1]}), "
+                  f"{'determined' if optimum.determined else 'not determined'}")
+        print(f"stopped: {state.stopped}")
+        if not no_report:
+            print(write_report(study_dir))
 
 
 @app.command()

@@ -22,6 +22,7 @@ from mlipdiv.files import read_json, read_parquet, reading
 from mlipdiv.metrics.stats import is_root_metric, metric_label
 from mlipdiv.models import load_run
 from mlipdiv.report import figures
+from mlipdiv.report.adaptive_section import adaptive_section
 from mlipdiv.report.architectures import architectures_section
 from mlipdiv.report.findings import (
     advice_findings,
@@ -355,6 +356,14 @@ def _surface_section(view: StudyView) -> Section:
                                 f"({selection}): iso-budget lines (dotted), optimum path (red), "
                                 "measured cells, this dataset and the advised optimum",
                                 figure))
+    for (model, selection), group in _group_fits(view.fits).items():
+        figure = figures.held_out_plot(group, metric_label(view.metric))
+        if figure is not None:
+            section.figures.append((
+                f"held_out_{model}_{selection}",
+                f"calibration of the learning curves for {model} ({selection}): each cell "
+                "predicted by a fit to the other cells, with its 95 % predictive interval, "
+                "against what was measured", figure))
     first = view.advice[0] if view.advice else None
     section.figures.append(("datasets_map", "public QM datasets, this study and the advised "
                             "optimum on the molecules × conformers plane",
@@ -447,6 +456,7 @@ SECTIONS = [
     ("Both experiments", _experiment_section),
     ("Architectures compared", architectures_section),
     ("Error surface and budget advice", _surface_section),
+    ("Adaptive pilot", adaptive_section),
     ("Does the advice hold?", verify_section),
     ("Diversity of the data and of each cell", _diversity_section),
     ("Applicability domain", domain_section),

@@ -75,9 +75,9 @@ def experiment_curves(cells: pd.DataFrame, experiment: str, metric_label: str) -
 
 def _grid(fits: list[SurfaceFit]) -> tuple[np.ndarray, np.ndarray]:
     m_low = min(f.grid_molecules[0] for f in fits) / 2
-    m_high = max(f.grid_molecules[1] for f in fits) * 4
+    m_high = max(f.grid_molecules[1] for f in fits) * 2
     c_low = max(min(f.grid_conformers[0] for f in fits) / 2, 1.0)
-    c_high = max(f.grid_conformers[1] for f in fits) * 4
+    c_high = max(f.grid_conformers[1] for f in fits) * 2
     return np.geomspace(max(m_low, 1.0), m_high, 90), np.geomspace(c_low, c_high, 90)
 
 
@@ -137,9 +137,40 @@ def surface_map(fits: list[SurfaceFit], cells: pd.DataFrame, advice: Advice | No
         for axis in (ax.xaxis, ax.yaxis):
             axis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
             axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        ax.set_title(f"{split_name(fit.split)}\n{fit.form}", fontsize=9)
+        status = "" if fit.accepted else " (rejected: not a finding)"
+        ax.set_title(f"{split_name(fit.split)}\n{fit.form}{status}", fontsize=9)
     axes[0][0].legend(fontsize=7, loc="lower left")
     fig.suptitle(f"fitted error surfaces: {fits[0].model} ({fits[0].selection})", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def held_out_plot(fits: list[SurfaceFit], metric_label: str) -> Figure | None:
+    """Leave-one-cell-out calibration: per split, each held-out cell's predicted error with
+    its 95 % predictive interval against the measured error (the diagonal is perfect)."""
+    fits = [f for f in fits if f.held_out]
+    if not fits:
+        return None
+    fig, axes = plt.subplots(1, len(fits), figsize=(3.8 * len(fits), 3.6), squeeze=False)
+    for ax, fit in zip(axes[0], fits, strict=True):
+        measured = np.array([h.measured for h in fit.held_out])
+        predicted = np.array([h.predicted for h in fit.held_out])
+        inside = np.array([h.inside for h in fit.held_out])
+        errors = [predicted - [h.ci_low for h in fit.held_out],
+                  [h.ci_high for h in fit.held_out] - predicted]
+        ax.errorbar(measured, predicted, yerr=np.maximum(errors, 0), fmt="none",
+                    ecolor="grey", capsize=2)
+        ax.scatter(measured[inside], predicted[inside], c="tab:blue", s=16, label="inside")
+        ax.scatter(measured[~inside], predicted[~inside], c="tab:red", s=16, label="outside")
+        span = [min(measured.min(), predicted.min()) / 1.2,
+                max(measured.max(), predicted.max()) * 1.2]
+        ax.plot(span, span, color="black", lw=0.8)
+        ax.set(xscale="log", yscale="log", xlabel=f"measured {metric_label}",
+               ylabel="held-out prediction")
+        k, n = fit.coverage
+        ax.set_title(f"{split_name(fit.split)}: {fit.form}\n{k} of {n} inside 95 %",
+                     fontsize=9)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
 

@@ -12,7 +12,7 @@ from mlipdiv.errors import MlipdivError
 from mlipdiv.metrics.hierarchical import trend_slope
 from mlipdiv.report.tables import Z95
 from mlipdiv.study.advise import Advice
-from mlipdiv.study.fit import NULL_FORM, SurfaceFit
+from mlipdiv.study.fit import FORMS, NULL_FORM, SurfaceFit
 
 
 def _split(name: str) -> str:
@@ -53,30 +53,49 @@ def trend_findings(terms: pd.DataFrame, metric_label: str, root: bool = False,
     return lines
 
 
-def _exponent(fit: SurfaceFit, name: str) -> str:
+def _parameter(fit: SurfaceFit, name: str) -> str:
     low, high = fit.params_ci[name]
     return f"{fit.params[name]:.2f} (95 % CI {low:.2f}–{high:.2f})"
 
 
+_VARIABLE = {"M": "M", "K": "K", "N": "N_eff"}
+
+
+def _curve(fit: SurfaceFit) -> str:
+    """The chosen learning curve with its exponents, e.g. "error ∝ M^-0.61 (...) + K^-0.3"."""
+    terms = [f"{_VARIABLE[variable]}^-{_parameter(fit, exponent)}"
+             for _, exponent, variable in FORMS[fit.form].terms]
+    return "error ∝ " + " + ".join(terms)
+
+
 def surface_findings(fits: list[SurfaceFit], skipped: list[str]) -> list[str]:
-    """The chosen surface form per split, with its exponents and the cross-validation scores."""
+    """Per split: the chosen learning curve with its exponents, the held-out error of every
+    candidate form, which were rejected and why, and the measured calibration (held-out cells
+    inside their 95 % predictive interval)."""
     lines = []
     for fit in fits:
-        scores = ", ".join(f"{name} {score:.3f}" for name, score in fit.cv_rmse_log.items()
-                           if score is not None)
+        scores = ", ".join(f"{name} {c.cv_rmse_log:.3f}" + (" (rejected)" if c.rejected else "")
+                           for name, c in fit.candidates.items() if c.cv_rmse_log is not None)
+        inside, held = fit.coverage
         head = (f"{fit.model} ({fit.selection}), {_split(fit.split)}: leave-one-cell-out "
-                f"cross-validation over {fit.n_cells} cells chose {fit.form} "
-                f"(RMSE of log error: {scores})")
+                f"cross-validation over {fit.n_cells} cells (held-out RMSE of log error: "
+                f"{scores}) chose {fit.form}; {inside} of {held} held-out cells inside their "
+                f"95 % predictive interval; K = {fit.conformer_axis} (K = C^{fit.kappa:.2f})")
+        rejected = "; ".join(f"{name}: {c.rejected}" for name, c in fit.candidates.items()
+                             if c.rejected)
+        if not fit.accepted:
+            lines.append(f"{head}. {fit.note}.")
+            continue
+        body = (f"{_curve(fit)}; between-cell scatter tau {fit.tau:.3f} (log units); intervals "
+                f"from the {fit.uncertainty.split(' (')[0]}")
         if fit.form == NULL_FORM:
-            lines.append(f"{head}; error depends on the total N only, with exponent "
-                         f"{_exponent(fit, 'gamma')}: these data do not show that splitting N "
-                         "between molecules and conformers matters for this split.")
-        elif fit.form == "molecules+conformers":
-            lines.append(f"{head}; error ∝ M^-{_exponent(fit, 'alpha')} + "
-                         f"C^-{_exponent(fit, 'beta')} (intervals by {fit.uncertainty}).")
-        else:
-            lines.append(f"{head}; error ∝ M^-{_exponent(fit, 'alpha')} + "
-                         f"N^-{_exponent(fit, 'gamma')} (intervals by {fit.uncertainty}).")
+            body += (": error depends on the total N only, so these data do not show that "
+                     "splitting N between molecules and conformers matters for this split")
+        if not fit.all_forms_compared:
+            body += ("; too few cells to cross-validate every form, so the form is not "
+                     "established")
+        lines.append(f"{head}; {body}" + (f" (rejected forms — {rejected})" if rejected else "")
+                     + ".")
     lines += [f"No surface: {reason}." for reason in skipped]
     return lines
 
@@ -92,7 +111,11 @@ def advice_findings(advice: list[Advice]) -> list[str]:
             f"molecules × C = {item.conformers_per_molecule} conformers (M interval "
             f"{item.molecules_interval[0]}–{item.molecules_interval[1]}, C interval "
             f"{item.conformers_interval[0]}–{item.conformers_interval[1]}); predicted "
-            f"{predicted}.")
+            f"{predicted}; " + ("determined." if item.determined else "not determined" + (
+                "; to narrow it, run next: " + ", ".join(
+                    f"M = {m} × C = {c} ({share:.0%} of the curves' samples put the optimum "
+                    "there)" for m, c, share in item.next_cells) if item.next_cells else "")
+                + "."))
         lines += [f"Warning ({item.model}): {warning}." for warning in item.warnings]
     return lines
 

@@ -2,14 +2,17 @@
 
 The cost of a dataset is `cost_per_molecule·M + cost_per_conformer·M·C` (by default one unit
 per conformer, so the budget is N = M·C). Every feasible integer M is scored with the fitted
-surfaces of the weighted splits; the same search over the fits' uncertainty samples gives the
-interval of the optimum and of its predicted errors.
+learning curves of the weighted splits; the same search over each fit's uncertainty samples
+gives the distribution of the optimum, whose 2.5/97.5 percentiles are its interval (never
+widened: when the best fit's optimum falls outside them, a warning says so).
 
-The search stays within what the data support: M within the measured M range and within the
-pool's molecules, C within the conformers the pool holds per molecule (`DataLimits`). When the
-surfaces would put the optimum beyond the measured M range, the advice says so as a direction
-("more molecules than measured") and reports the edge of the range, not an extrapolated number
-with an interval that means nothing. Every interval contains its estimate.
+The advice may go beyond the measured cells, up to EXTRAPOLATION_LIMIT times the largest
+measured N: M is bounded by what the team can obtain (`DataLimits`: the study's pool, the data
+source's molecules, or a stated maximum), and a sentence says how far the advice extrapolates.
+It is *determined* only when every weighted curve was accepted (no exponent on a bound), at
+least one says the split matters, and the optimum's interval spans at most MAX_MOLECULE_RATIO
+in M; otherwise the advice names the cells that would narrow it (where the fit's samples put
+the optimum, Thompson sampling).
 """
 
 from __future__ import annotations
@@ -20,10 +23,12 @@ from pydantic import BaseModel
 
 from mlipdiv.design.kinds import default_advice_weights, test_set_names
 from mlipdiv.errors import FieldError, MlipdivError
-from mlipdiv.metrics.hierarchical import cover
-from mlipdiv.study.fit import SurfaceFit
+from mlipdiv.study.fit import FORMS, SurfaceFit
 
 MAX_CANDIDATES = 4000
+EXTRAPOLATION_LIMIT = 10.0  # the largest budget advised, as a multiple of the largest measured N
+MAX_MOLECULE_RATIO = 4.0  # a determined optimum's M interval spans at most this factor
+NEXT_CELLS = 4  # cells named as "run next" when the advice is not determined
 
 
 class Estimate(BaseModel):
@@ -35,10 +40,12 @@ class Estimate(BaseModel):
 
 
 class DataLimits(BaseModel):
-    """What the training pool can hold: molecules, and training conformers per molecule."""
+    """What the team can obtain: molecules, and conformers per molecule (None: unbounded, new
+    conformers can be generated), and where the bound comes from."""
 
     max_molecules: int
-    max_conformers_per_molecule: int
+    max_conformers_per_molecule: int | None
+    source: str = "the study's training pool"
 
 
 class Neighbour(BaseModel):
@@ -71,10 +78,18 @@ class Advice(BaseModel):
     forms: dict[str, str]
     determined: bool
     warnings: list[str]
-    # None when the optimum lies inside the measured M range; else e.g. "more molecules than
-    # measured (M > 16)": the fits point beyond the data, n_molecules is the range's edge
-    direction: str | None = None
+    # how far the advice reaches beyond the measured cells, in words (None: within them)
+    extrapolation: str | None = None
+    # when not determined: unmeasured (M, C) cells at this budget where the fits' samples most
+    # often put the optimum (Thompson sampling), with the share of samples that did
+    next_cells: list[tuple[int, int, float]] = []
+    direction: str | None = None  # kept for reading older advice files
     limits: DataLimits | None = None
+
+    @property
+    def molecule_ratio(self) -> float:
+        """How many-fold the optimum's M interval spans."""
+        return self.molecules_interval[1] / max(self.molecules_interval[0], 1)
 
 
 def parse_weights(text: str) -> dict[str, float]:
@@ -155,9 +170,9 @@ def advise(fits: list[SurfaceFit], budget: float, *, model: str | None = None,
            cost_per_molecule: float = 0.0, cost_per_conformer: float = 1.0,
            results: pd.DataFrame | None = None, limits: DataLimits | None = None) -> Advice:
     """The (M, C) minimising the weighted predicted error of `model` (cells drawn with
-    `selection`) under `budget`, searched within the measured M range and the pool's `limits`.
-    `results` (the study's table) supplies the measured neighbours of the optimum.
-    """
+    `selection`) under `budget`, within what the team can obtain (`limits`) and up to
+    EXTRAPOLATION_LIMIT times the largest measured N. `results` (the study's table) supplies
+    the measured neighbours of the optimum."""
     models = sorted({f.model for f in fits})
     if not models:
         raise MlipdivError("advice: the study has no fitted error surfaces")
@@ -167,108 +182,152 @@ def advise(fits: list[SurfaceFit], budget: float, *, model: str | None = None,
     weights = weights or default_advice_weights()
     selected = _select_fits(fits, model, selection, weights)
     first = next(iter(selected.values()))
+    largest = max(f.grid_total[1] for f in selected.values())
+    if budget / cost_per_conformer > EXTRAPOLATION_LIMIT * largest:
+        raise FieldError("budget", f"{budget:g}", f"more than {EXTRAPOLATION_LIMIT:g}x the "
+                         f"largest measured training set (N = {largest:g}); measure larger "
+                         "cells first (mlipdiv refine) or advise at a budget up to "
+                         f"{EXTRAPOLATION_LIMIT * largest * cost_per_conformer:g}")
     molecules, conformers = _supported(feasible_designs(budget, cost_per_molecule,
                                                         cost_per_conformer), limits, budget)
-    m_range = _measured_range(selected, "grid_molecules")
-    inside = (molecules >= m_range[0]) & (molecules <= m_range[1])
-    if not inside.any():
-        raise MlipdivError(f"advice at budget {budget:g}: no M within the measured "
-                           f"{m_range[0]}..{m_range[1]} is affordable within the pool")
 
     def weighted(predict, m=molecules, c=conformers) -> np.ndarray:
         return sum(weights[s] * predict(fit, m, c) for s, fit in selected.items())
 
     objective = weighted(lambda f, m, c: f.predict(m, c))
-    determined = any(f.depends_on_split() for f in selected.values())
-    direction = None
-    if determined:
-        best = int(np.flatnonzero(inside)[np.argmin(objective[inside])])
-        beyond = int(np.argmin(objective))
-        if not inside[beyond] and objective[beyond] < objective[best]:
-            direction = (f"more molecules than measured (M > {m_range[1]})"
-                         if molecules[beyond] > m_range[1]
-                         else f"fewer molecules than measured (M < {m_range[0]})")
-    else:  # any split is as good: stay in the middle of the measured M range
-        middle = np.sqrt(np.prod(m_range))
-        best = int(np.argmin(np.abs(np.log(molecules / middle))))
-    best_m, best_c = int(molecules[best]), int(conformers[best])
-    sampled = weighted(lambda f, m, c: f.predict_samples(m, c), molecules[inside],
-                       conformers[inside])
-    sample_best = np.argmin(sampled, axis=1)
-    m_low, m_high = _containing(np.percentile(molecules[inside][sample_best], [2.5, 97.5]),
-                                best_m)
-    c_low, c_high = _containing(np.percentile(conformers[inside][sample_best], [2.5, 97.5]),
-                                best_c)
     sampled = weighted(lambda f, m, c: f.predict_samples(m, c))
-
+    splits_matter = any(f.depends_on_split() for f in selected.values())
+    accepted = all(f.accepted and f.all_forms_compared for f in selected.values())
+    if splits_matter:
+        best = int(np.argmin(objective))
+        sample_best = np.argmin(sampled, axis=1)
+    else:  # error depends on N only: every split is as good, stay in the measured M range
+        best = _middle(molecules, _measured_range(selected, "grid_molecules"))
+        sample_best = np.full(len(sampled), best)
+    best_m, best_c = int(molecules[best]), int(conformers[best])
+    m_low, m_high = np.percentile(molecules[sample_best], [2.5, 97.5])
+    c_low, c_high = np.percentile(conformers[sample_best], [2.5, 97.5])
+    interval_m = (int(np.floor(m_low)), int(np.ceil(m_high)))
+    interval_c = (int(np.floor(c_low)), int(np.ceil(c_high)))
+    narrow = interval_m[1] / max(interval_m[0], 1) <= MAX_MOLECULE_RATIO
+    determined = accepted and splits_matter and narrow
     predicted = {s: _estimate(float(f.predict(best_m, best_c)),
                               f.predict_samples(best_m, best_c)) for s, f in selected.items()}
-    total = _estimate(float(objective[best]), sampled[:, best])
+    extrapolation = _extrapolation(selected, budget / cost_per_conformer, best_m, best_c)
     return Advice(
         model=model, selection=selection, metric=first.metric, budget=budget,
         weights=weights, cost_per_molecule=cost_per_molecule,
         cost_per_conformer=cost_per_conformer, n_molecules=best_m,
         conformers_per_molecule=best_c, n_conformers=best_m * best_c,
-        molecules_interval=(int(round(m_low)), int(round(m_high))),
-        conformers_interval=(int(round(c_low)), int(round(c_high))),
-        predicted=predicted, weighted_error=total,
+        molecules_interval=interval_m, conformers_interval=interval_c,
+        predicted=predicted, weighted_error=_estimate(float(objective[best]), sampled[:, best]),
         neighbours=_neighbours(results, first, best_m, best_c, selected),
         forms={s: f.form for s, f in selected.items()}, determined=determined,
-        warnings=_warnings(selected, best_m, best_c, determined, direction),
-        direction=direction, limits=limits,
-    )
+        warnings=_warnings(selected, (best_m, best_c), interval_m, accepted, splits_matter,
+                           narrow, extrapolation),
+        extrapolation=extrapolation,
+        next_cells=[] if determined else thompson_cells(
+            molecules[sample_best], conformers[sample_best], _measured_cells(selected),
+            NEXT_CELLS),
+        limits=limits)
+
+
+def thompson_cells(sample_m: np.ndarray, sample_c: np.ndarray,
+                   measured: set[tuple[float, float]], count: int
+                   ) -> list[tuple[int, int, float]]:
+    """Thompson sampling: the `count` (M, C) most often optimal across the fits' samples that
+    are not measured yet, with the share of samples that put the optimum there. A cell within
+    15 % in M (and in C) of a measured or already chosen one counts as that one."""
+    pairs, counts = np.unique(np.stack([sample_m, sample_c], axis=1), axis=0,
+                              return_counts=True)
+    chosen: list[tuple[int, int, float]] = []
+    for index in np.argsort(-counts, kind="stable"):
+        m, c = (int(v) for v in pairs[index])
+        taken = measured | {(a, b) for a, b, _ in chosen}
+        if not any(abs(np.log(m / a)) < 0.15 and abs(np.log(c / b)) < 0.15 for a, b in taken):
+            chosen.append((m, c, float(counts[index] / len(sample_m))))
+        if len(chosen) == count:
+            break
+    return chosen
+
+
+def _measured_cells(selected: dict[str, SurfaceFit]) -> set[tuple[float, float]]:
+    return {(h.M, h.C) for f in selected.values() for h in f.held_out}
+
+
+def _middle(molecules: np.ndarray, m_range: tuple[float, float]) -> int:
+    return int(np.argmin(np.abs(np.log(molecules / np.sqrt(np.prod(m_range))))))
 
 
 def _supported(designs: tuple[np.ndarray, np.ndarray], limits: DataLimits | None,
                budget: float) -> tuple[np.ndarray, np.ndarray]:
-    """The candidate designs the pool can hold."""
+    """The candidate designs the team can obtain."""
     molecules, conformers = designs
     if limits is None:
         return molecules, conformers
-    keep = ((molecules <= limits.max_molecules)
-            & (conformers <= limits.max_conformers_per_molecule))
+    keep = molecules <= limits.max_molecules
+    if limits.max_conformers_per_molecule is not None:
+        keep &= conformers <= limits.max_conformers_per_molecule
     if not keep.any():
-        raise MlipdivError(f"advice at budget {budget:g}: no design fits the pool "
-                           f"({limits.max_molecules} molecules, at most "
-                           f"{limits.max_conformers_per_molecule} training conformers each)")
+        most = ("" if limits.max_conformers_per_molecule is None else
+                f", at most {limits.max_conformers_per_molecule} conformers each")
+        raise MlipdivError(f"advice at budget {budget:g}: no design fits {limits.source} "
+                           f"({limits.max_molecules} molecules{most})")
     return molecules[keep], conformers[keep]
 
 
-def _containing(interval, value: float) -> tuple[float, float]:
-    """A sample-percentile interval widened to hold its point estimate (the best-fit
-    parameters' prediction, which skewed samples can leave outside)."""
-    return cover(value, *(float(v) for v in interval))
-
-
 def _estimate(value: float, samples: np.ndarray) -> Estimate:
-    low, high = _containing(np.percentile(samples, [2.5, 97.5]), value)
-    return Estimate(value=value, ci_low=low, ci_high=high)
+    low, high = np.percentile(samples, [2.5, 97.5])
+    return Estimate(value=value, ci_low=float(low), ci_high=float(high))
 
 
 def _measured_range(selected: dict[str, SurfaceFit], name: str) -> tuple[float, float]:
-    """The smallest and largest measured M ("grid_molecules") or C ("grid_conformers")."""
+    """The smallest and largest measured M ("grid_molecules"), C ("grid_conformers") or N."""
     return (min(getattr(f, name)[0] for f in selected.values()),
             max(getattr(f, name)[1] for f in selected.values()))
 
 
-def _warnings(selected: dict[str, SurfaceFit], molecules: int, conformers: int,
-              determined: bool, direction: str | None) -> list[str]:
+def _extrapolation(selected: dict[str, SurfaceFit], n_conformers: float, molecules: int,
+                   conformers: int) -> str | None:
+    """One sentence on how far the advice reaches beyond the measured cells, or None."""
+    parts = []
+    for label, value, (low, high) in (
+            ("the budget N", n_conformers, _measured_range(selected, "grid_total")),
+            ("M", molecules, _measured_range(selected, "grid_molecules")),
+            ("C", conformers, _measured_range(selected, "grid_conformers"))):
+        if value > high * 1.0001:
+            parts.append(f"{label} = {value:g} is {value / high:.3g}x the largest measured "
+                         f"({high:g})")
+        elif value < low * 0.9999:
+            parts.append(f"{label} = {value:g} is below the smallest measured ({low:g})")
+    if not parts:
+        return None
+    return ("extrapolating: " + "; ".join(parts) + ". The prediction assumes the fitted "
+            "learning curves hold beyond the measured cells; its intervals come from the fits' "
+            "samples and do not include a change of form")
+
+
+def _warnings(selected: dict[str, SurfaceFit], optimum: tuple[int, int],
+              interval_m: tuple[int, int], accepted: bool, splits_matter: bool, narrow: bool,
+              extrapolation: str | None) -> list[str]:
     warnings = []
-    if direction:
-        warnings.append(f"the fitted surfaces favour {direction}; the advice is the edge of "
-                        f"the measured range (M = {molecules}); measure beyond that edge to place "
-                        "the optimum")
-    if not determined:
-        warnings.append("every weighted split is best fitted by the total-only form: the data "
-                        "show no effect of splitting N between molecules and conformers, so "
-                        "the advised split is not determined by them (M is put in the middle "
-                        "of the measured range)")
-    m_range = _measured_range(selected, "grid_molecules")
-    c_range = _measured_range(selected, "grid_conformers")
-    if not m_range[0] <= molecules <= m_range[1]:
-        warnings.append(f"extrapolating: M = {molecules} lies outside the measured "
-                        f"M = {m_range[0]}..{m_range[1]}")
-    if not c_range[0] <= conformers <= c_range[1]:
-        warnings.append(f"extrapolating: C = {conformers} lies outside the measured "
-                        f"C = {c_range[0]:g}..{c_range[1]:g}")
+    if not accepted:
+        rejected = [f"{s}: {f.note}" for s, f in selected.items() if not f.accepted]
+        rejected += [f"{s}: {f.n_cells} cells are too few to compare every form (the richest "
+                     f"needs {max(len(form.params) for form in FORMS.values()) + 2})"
+                     for s, f in selected.items() if f.accepted and not f.all_forms_compared]
+        warnings.append("not determined: " + "; ".join(rejected))
+    if not splits_matter:
+        warnings.append("not determined: every weighted split is best fitted by the total-only "
+                        "form, so the data show no effect of splitting N between molecules and "
+                        "conformers (M is put in the middle of the measured range)")
+    elif not narrow:
+        warnings.append(f"not determined: the optimum's M interval {interval_m[0]}-"
+                        f"{interval_m[1]} spans more than {MAX_MOLECULE_RATIO:g}x")
+    if not interval_m[0] <= optimum[0] <= interval_m[1]:
+        warnings.append(f"the best fit's optimum M = {optimum[0]} lies outside the interval "
+                        f"of the fits' samples ({interval_m[0]}-{interval_m[1]}): the "
+                        "uncertainty is skewed")
+    if extrapolation:
+        warnings.append(extrapolation)
     return warnings

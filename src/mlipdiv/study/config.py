@@ -205,6 +205,17 @@ class AdviceConfig(_Strict):
         return self
 
 
+class AdaptiveConfig(_Strict):
+    """The adaptive pilot: after the grid, add cells where the learning curves' samples put
+    the optimum (Thompson sampling), train them, refit, and stop once the advice is determined
+    with an M interval spanning at most `max_molecule_ratio`, or when `cells` are spent."""
+
+    enabled: bool = False
+    cells: int = Field(10, ge=1, le=200)  # extra (M, C) design points at most (all replicates)
+    per_round: int = Field(2, ge=1, le=20)  # design points trained between two refits
+    max_molecule_ratio: float = Field(4.0, gt=1)
+
+
 class StudyConfig(_Strict):
     """A whole study: data, splits, both experiment designs, models, executor, advice."""
 
@@ -219,6 +230,7 @@ class StudyConfig(_Strict):
     models: ModelsConfig = ModelsConfig()
     executor: ExecutorConfig = ExecutorConfig()
     advice: AdviceConfig = AdviceConfig()
+    adaptive: AdaptiveConfig = AdaptiveConfig()
 
     @model_validator(mode="after")
     def _combinations(self) -> StudyConfig:

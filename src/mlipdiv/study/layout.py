@@ -52,6 +52,17 @@ class StudyPaths:
         """Design file of one experiment drawn with one "<molecule>-<conformer>" selection."""
         return self.root / "designs" / f"{experiment}_{selection}.json"
 
+    def adaptive_design(self, round_index: int, molecules: int, conformers: int,
+                        selection: str) -> Path:
+        """Design file of one cell the adaptive pilot added in a round."""
+        return (self.root / "designs"
+                / f"adaptive-r{round_index}-M{molecules}-C{conformers}_{selection}.json")
+
+    @property
+    def adaptive(self) -> Path:
+        """The adaptive pilot's rounds (cells added, why, the optimum before and after)."""
+        return self.root / "adaptive.json"
+
     @property
     def data_summary(self) -> Path:
         return self.root / "data.json"

@@ -24,7 +24,7 @@ import pandas as pd
 from mlipdiv.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
 from mlipdiv.data.generate import GenerateOptions, generate
 from mlipdiv.data.qm import QMMethod
-from mlipdiv.data.sources import MoleculeFilter, parse_elements
+from mlipdiv.data.sources import MoleculeFilter, parse_elements, select_molecules
 from mlipdiv.design import (
     DesignOptions,
     SplitOptions,
@@ -34,26 +34,37 @@ from mlipdiv.design import (
     make_splits,
     write_design,
 )
+from mlipdiv.design.experiments import FixedBudget
 from mlipdiv.design.experiments import experiment as design_experiment
 from mlipdiv.diversity import plot_profile, profile_store
 from mlipdiv.errors import FieldError, MlipdivError, first_line
-from mlipdiv.files import read_json
+from mlipdiv.files import read_json, read_parquet
 from mlipdiv.locking import locks_output
 from mlipdiv.metrics.evaluate import score_run
 from mlipdiv.models import train_cell
 from mlipdiv.models.record import RunRecord
+from mlipdiv.study.adaptive import (
+    AdaptiveState,
+    Round,
+    criterion_text,
+    load_state,
+    round_design,
+    run_loop,
+    save_state,
+)
 from mlipdiv.study.advise import DataLimits, advise
-from mlipdiv.study.config import StudyConfig, config_differences
+from mlipdiv.study.config import StudyConfig, config_differences, load_config
 from mlipdiv.study.executors import plan_parallelism, run_local, run_ray
 from mlipdiv.study.fit import fit_results, write_fits
-from mlipdiv.study.layout import RESTART_REMEDY, StudyPaths
+from mlipdiv.study.layout import RESTART_REMEDY, RESULTS_REMEDY, StudyPaths
 
 MIN_FREE_BYTES = 50 * 1024**2
 STEP_ORDER = ("data", "split", "design", "models", "advice")
 # Which step a changed top-level config key invalidates (with every later step).
 FIRST_STALE_STEP = {"name": "advice", "seed": "data", "data": "data", "split": "split",
                     "fixed_budget": "design", "fixed_molecules": "design", "design": "design",
-                    "models": "models", "training_schedule": "models", "advice": "advice"}
+                    "models": "models", "training_schedule": "models", "advice": "advice",
+                    "adaptive": "advice"}
 
 log = logging.getLogger("mlipdiv.study")
 
@@ -126,7 +137,7 @@ def _remove_stale(paths: StudyPaths, first_step: str) -> None:
         "data": [paths.data, paths.data_summary, paths.profile, paths.profile_molecules,
                  paths.profile_plot, Path(f"{paths.data}.parts")],
         "split": [paths.splits],
-        "design": [paths.root / "designs"],
+        "design": [paths.root / "designs", paths.adaptive],
         "models": [paths.root / "runs", paths.root / "cells"],
         "advice": [],
     }
@@ -157,15 +168,21 @@ def data_step(config: StudyConfig, paths: StudyPaths, workers: int, progress: bo
         options["sampler"] = data.sampler
     if data.temperature is not None:
         options["temperature"] = data.temperature
+    summary = generate(data.molecules, paths.data, data.n_molecules, GenerateOptions(**options),
+                       molecule_filter(config), workers=workers, progress=progress)
+    write_json_atomic(paths.data_summary, summary.as_dict())
+    log.info("data: %s", summary.text().replace("\n", "; "))
+    return paths.data
+
+
+def molecule_filter(config: StudyConfig) -> MoleculeFilter:
+    """Which molecules of the source the study generates from."""
+    data = config.data
     bounds = {key: value for key, value in (("min_heavy_atoms", data.min_heavy_atoms),
                                             ("max_heavy_atoms", data.max_heavy_atoms)) if value}
     if data.elements:
         bounds["elements"] = parse_elements(data.elements)
-    summary = generate(data.molecules, paths.data, data.n_molecules, GenerateOptions(**options),
-                       MoleculeFilter(**bounds), workers=workers, progress=progress)
-    write_json_atomic(paths.data_summary, summary.as_dict())
-    log.info("data: %s", summary.text().replace("\n", "; "))
-    return paths.data
+    return MoleculeFilter(**bounds)
 
 
 def profile_step(store: Path, paths: StudyPaths) -> None:
@@ -193,7 +210,8 @@ def split_step(config: StudyConfig, store: Path, paths: StudyPaths) -> None:
 
 
 def _design_options(config: StudyConfig, experiment: str, molecule_selection: str,
-                    conformer_selection: str, grid: tuple[int, ...] | None = None):
+                    conformer_selection: str, grid: tuple[int, ...] | None = None,
+                    budget: int | None = None):
 
     design = config.design
     common = dict(replicates=design.replicates, valid_fraction=design.validation_fraction,
@@ -202,9 +220,10 @@ def _design_options(config: StudyConfig, experiment: str, molecule_selection: st
                   seed=config.seed)
     kind = design_experiment(experiment)
     section = getattr(config, kind.config_key)
-    configured = getattr(section, kind.config_grid_key)
+    configured = getattr(section, kind.config_grid_key) if section else None
+    fixed = budget if budget is not None else getattr(section, kind.fixed_field)
     return DesignOptions(experiment, grid=grid or (tuple(configured) if configured else None),
-                         **{kind.fixed_field: getattr(section, kind.fixed_field)}, **common)
+                         **{kind.fixed_field: fixed}, **common)
 
 
 def selections(config: StudyConfig) -> list[tuple[str, str]]:
@@ -454,10 +473,62 @@ def pool_limits(config: StudyConfig, paths: StudyPaths):
         1, int(largest / (1 + config.design.validation_fraction))))
 
 
-def fit_and_advise(config: StudyConfig, results: pd.DataFrame, paths: StudyPaths) -> None:
-    """fit.json (a surface per model, selection and split) and advice.json (per model)."""
+@locks_output("study_dir")  # the study's own lock: no study or verify writes meanwhile
+def run_refine(study_dir: str | Path, cells: int, *, per_round: int | None = None,
+               progress: bool = True) -> AdaptiveState:
+    """`mlipdiv refine`: the adaptive pilot on a finished study, adding up to `cells` more
+    design points (stopping earlier when the advice is determined). Resumable."""
+    paths = StudyPaths(Path(study_dir))
+    if not paths.fit.exists() or not paths.settings.exists():
+        raise MlipdivError(f"{paths.root}: no finished study (no fit.json); run `mlipdiv "
+                           "study` first")
+    if cells < 1:
+        raise FieldError("cells", cells, "must be >= 1")
+    if per_round is not None and per_round < 1:
+        raise FieldError("per_round", per_round, "must be >= 1")
+    config = load_config(paths.config)
+    handler = attach_log(paths)
+    try:
+        return adaptive_step(config, paths, design_step(config, paths), progress,
+                             extra_cells=cells, per_round=per_round)
+    finally:
+        log.removeHandler(handler)
+        handler.close()
 
-    fits, skipped = fit_results(results, config.advice.metric, seed=config.seed)
+
+def obtainable_limits(config: StudyConfig, paths: StudyPaths, max_molecules: int | None = None,
+                      max_conformers: int | None = None) -> DataLimits:
+    """What a team can obtain for a larger budget: the stated maxima, else (generated data)
+    the source's usable molecules less those the study held out for testing, with new
+    conformers generated at will, else (a store) the study's pool."""
+    pool = pool_limits(config, paths)
+    if max_molecules is not None:
+        molecules, source = max_molecules, f"the stated maximum of {max_molecules} molecules"
+    elif config.data.source == "generate":
+        usable = len(select_molecules(config.data.molecules, 10**9, molecule_filter(config),
+                                      config.seed).entries)
+        held_out = config.data.n_molecules - pool.max_molecules
+        molecules = max(usable - held_out, pool.max_molecules)
+        source = (f"the data source '{config.data.molecules}' ({usable} usable molecules, "
+                  f"{held_out} held out for testing)")
+    else:
+        molecules = pool.max_molecules
+        source = "the study's pool (state --max-molecules when more can be obtained)"
+    conformers = (max_conformers if max_conformers is not None else None
+                  if config.data.source == "generate" else pool.max_conformers_per_molecule)
+    return DataLimits(max_molecules=molecules, max_conformers_per_molecule=conformers,
+                      source=source)
+
+
+def fit_and_advise(config: StudyConfig, results: pd.DataFrame, paths: StudyPaths) -> list:
+    """fit.json (a learning curve per model, selection and split, weighted by the per-cell
+    hierarchical bootstrap of results_molecules.parquet) and advice.json (per model and
+    selection, at the study's budget within its pool); returns the advice."""
+
+    molecules = (read_parquet(paths.results_molecules, "per-molecule results", RESULTS_REMEDY)
+                 if paths.results_molecules.exists() else None)
+    fits, skipped = fit_results(results, config.advice.metric, seed=config.seed,
+                                molecules=molecules)
     write_fits(fits, skipped, paths.fit)
     for reason in skipped:
         log.warning("fit: %s", reason)
@@ -481,6 +552,62 @@ def fit_and_advise(config: StudyConfig, results: pd.DataFrame, paths: StudyPaths
                 notes.append(str(exc))
     write_json_atomic(paths.advice, {"advice": [a.model_dump(mode="json") for a in advice],
                                      "notes": notes})
+    return advice
+
+
+def adaptive_designs(state: AdaptiveState | None, config: StudyConfig,
+                     paths: StudyPaths) -> list[Path]:
+    """The design files of every cell the adaptive pilot added (those that could be drawn)."""
+    if state is None:
+        return []
+    found = [paths.adaptive_design(r.index, m, c, f"{ms}-{cs}") for r in state.rounds
+             for m, c in r.cells for ms, cs in selections(config)]
+    return [path for path in found if path.exists()]
+
+
+def _draw_round(config: StudyConfig, paths: StudyPaths, current: Round) -> None:
+    """Write the designs of a round's cells (a cell the pool cannot supply is logged)."""
+    for m, c in current.cells:
+        for molecule_selection, conformer_selection in selections(config):
+            options = _design_options(config, FixedBudget.name, molecule_selection,
+                                      conformer_selection, grid=(m,), budget=m * c)
+            path = paths.adaptive_design(current.index, m, c,
+                                         f"{molecule_selection}-{conformer_selection}")
+            try:
+                round_design(paths.splits, options, current.index, (m, c), path)
+            except MlipdivError as exc:
+                log.warning("adaptive round %d: M = %d × C = %d cannot be drawn (%s)",
+                            current.index, m, c, exc)
+
+
+def adaptive_step(config: StudyConfig, paths: StudyPaths, designs: list[Path], progress: bool,
+                  extra_cells: int | None = None, per_round: int | None = None) -> AdaptiveState:
+    """The adaptive pilot (study.adaptive, or `mlipdiv refine` with `extra_cells` more cells
+    than it already added): rounds of Thompson-sampled cells until the advice is determined.
+    Resumes a pending round."""
+    settings = config.adaptive
+    state = load_state(paths.adaptive) or AdaptiveState(
+        budget=study_budget(config), criterion=criterion_text(settings.max_molecule_ratio))
+    state.stopped, state.final = None, []
+    limit = settings.cells if extra_cells is None else state.cells_added + extra_cells
+
+    def tasks() -> list[CellTask]:
+        return cell_tasks(config, paths, designs + adaptive_designs(state, config, paths))
+
+    def measure(current: Round) -> None:
+        _draw_round(config, paths, current)
+        failures = execute(config, tasks(), progress)
+        if failures:
+            raise MlipdivError(f"adaptive round {current.index}: {len(failures)} training(s) "
+                               f"failed (rerun to retry them): {failures[0]}")
+
+    def refit() -> list:
+        return fit_and_advise(config, collect_results(tasks(), paths), paths)
+
+    return run_loop(state, refit=refit, measure=measure,
+                    save=lambda s: save_state(s, paths.adaptive), max_cells=limit,
+                    per_round=per_round or settings.per_round,
+                    max_ratio=settings.max_molecule_ratio)
 
 
 def domain_step(paths: StudyPaths) -> None:
@@ -522,10 +649,14 @@ def run_study(config: StudyConfig, config_text: str, out: Path | None = None, *,
         store = data_step(config, paths, workers, progress)
         profile_step(store, paths)
         split_step(config, store, paths)
-        tasks = cell_tasks(config, paths, design_step(config, paths))
+        designs = design_step(config, paths)
+        tasks = cell_tasks(config, paths, designs + adaptive_designs(
+            load_state(paths.adaptive), config, paths))
         failures = execute(config, tasks, progress)
         results = collect_results(tasks, paths)
         fit_and_advise(config, results, paths)
+        if config.adaptive.enabled and not failures:
+            adaptive_step(config, paths, designs, progress)
         domain_step(paths)
         log.info("study finished in %.1f s: %s", time.perf_counter() - started, paths.root)
         if failures:

@@ -24,7 +24,7 @@ import pandas as pd
 from pydantic import BaseModel
 
 from mlipdiv.atomic import write_json_atomic
-from mlipdiv.design import DesignOptions, load_design, make_design, write_design
+from mlipdiv.design import Design, DesignOptions, load_design, make_design, write_design
 from mlipdiv.design.experiments import FixedBudget
 from mlipdiv.errors import FieldError, MlipdivError
 from mlipdiv.files import read_json, reading
@@ -40,6 +40,8 @@ VERIFY_SEED_OFFSET = 1009  # new draws: neither molecule orders nor seeds of the
 ADVISED = "advised"
 STRUCTURE_HEAVY = "structure-heavy"
 CONFORMER_HEAVY = "conformer-heavy"
+FEWER_STEP = "one step fewer molecules"  # stands in for the structure-heavy extreme it equals
+MORE_STEP = "one step more molecules"  # stands in for the conformer-heavy extreme it equals
 SETTINGS_FILE = "verify-settings.json"
 RESULT_FILE = "verify.json"
 
@@ -74,14 +76,39 @@ def verify_directory(study_dir: Path, budget: int) -> Path:
     return StudyPaths(study_dir).root / "verify" / f"N{budget}"
 
 
+def _grid(config: StudyConfig) -> list[int]:
+    return (config.fixed_budget.molecules if config.fixed_budget and config.fixed_budget.molecules
+            else [config.fixed_molecules.molecules] if config.fixed_molecules else [1])
+
+
 def verify_designs(advice: Advice, config: StudyConfig, pool_molecules: int,
                    budget: int) -> dict[str, int]:
-    """M of each compared design: the advice, and the two extremes of the same budget."""
-    grid = (config.fixed_budget.molecules if config.fixed_budget and config.fixed_budget.molecules
-            else [config.fixed_molecules.molecules] if config.fixed_molecules else [1])
-    return {ADVISED: advice.n_molecules,
-            STRUCTURE_HEAVY: min(budget, pool_molecules),
-            CONFORMER_HEAVY: min(grid)}
+    """M of each compared design: the advice, and the two extremes of the same budget. When
+    the advice coincides with an extreme, that extreme is replaced by the nearest distinct
+    design on the other side (the next M of the study's grid, else half or twice M*), so no
+    design is ever compared with itself."""
+    advised = advice.n_molecules
+    most, fewest = min(budget, pool_molecules), min(min(_grid(config)), budget)
+    grid = sorted(set(_grid(config)) | {most, fewest})
+    targets = {ADVISED: advised}
+    if most == advised:
+        below = [m for m in grid if m < advised]
+        targets[FEWER_STEP] = below[-1] if below else max(1, advised // 2)
+    else:
+        targets[STRUCTURE_HEAVY] = most
+    if fewest == advised:
+        above = [m for m in grid if advised < m <= most]
+        targets[MORE_STEP] = above[0] if above else min(2 * advised, most)
+    else:
+        targets[CONFORMER_HEAVY] = fewest
+    distinct: dict[str, int] = {}
+    for label, m in targets.items():
+        if m not in distinct.values():
+            distinct[label] = m
+    if len(distinct) < 2:
+        raise MlipdivError(f"verify at N = {budget}: the pool offers no design distinct from "
+                           f"the advice (M = {advised}) to compare it with")
+    return distinct
 
 
 def _check_settings(root: Path, settings: dict, force: bool) -> None:
@@ -96,18 +123,49 @@ def _check_settings(root: Path, settings: dict, force: bool) -> None:
     write_json_atomic(path, settings)
 
 
-def _design(config: StudyConfig, study: StudyPaths, root: Path, molecules: list[int],
-            budget: int, replicates: int, selection: tuple[str, str]) -> Path:
+def _options(config: StudyConfig, molecules: list[int], budget: int, replicates: int,
+             selection: tuple[str, str]) -> DesignOptions:
     """The verification design: a fixed-budget design over the compared M values."""
+    return DesignOptions(
+        FixedBudget.name, budget=budget, grid=tuple(sorted(set(molecules))),
+        replicates=replicates, valid_fraction=config.design.validation_fraction,
+        molecule_selection=selection[0], conformer_selection=selection[1],
+        allow_short=config.design.allow_short, seed=config.seed + VERIFY_SEED_OFFSET)
 
+
+def _draw(config: StudyConfig, study: StudyPaths, molecules: list[int], budget: int,
+          replicates: int, selection: tuple[str, str]) -> Design:
+    """Draw the verification design before any work; when the pool cannot supply it, one
+    line naming the largest budget it can (the same designs, their M capped at N)."""
+    try:
+        return make_design(study.splits, _options(config, molecules, budget, replicates,
+                                                  selection))
+    except MlipdivError as exc:
+        reason = str(exc)
+
+    def fits(n: int) -> bool:
+        try:
+            make_design(study.splits, _options(config, [min(m, n) for m in molecules], n,
+                                               replicates, selection))
+            return True
+        except MlipdivError:
+            return False
+
+    low, high = 1, budget  # fits(low) is assumed, fits(high) is known false
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle)
+    largest = f"the largest budget it can supply is N = {low}" if low > 1 and fits(low) else \
+        "it cannot supply any of them"
+    raise MlipdivError(f"verify at N = {budget}: the study's pool cannot supply the designs "
+                       f"M = {', '.join(map(str, sorted(set(molecules))))} ({reason}); "
+                       f"{largest}")
+
+
+def _design(design: Design, root: Path) -> Path:
     path = root / "design.json"
     if not path.exists():
-        options = DesignOptions(
-            FixedBudget.name, budget=budget, grid=tuple(sorted(set(molecules))),
-            replicates=replicates, valid_fraction=config.design.validation_fraction,
-            molecule_selection=selection[0], conformer_selection=selection[1],
-            allow_short=config.design.allow_short, seed=config.seed + VERIFY_SEED_OFFSET)
-        write_design(make_design(study.splits, options), path)
+        write_design(design, path)
     return path
 
 
@@ -140,6 +198,7 @@ def run_verify(study_dir: str | Path, budget: int, *, replicates: int = 3,
     advice = advise(fits, budget, model=model, selection=selection_name, weights=weights,
                     cost_per_molecule=0.0, cost_per_conformer=1.0, limits=limits)
     targets = verify_designs(advice, config, limits.max_molecules, budget)
+    drawn = _draw(config, study, list(targets.values()), budget, replicates, selection)
     root = verify_directory(study.root, budget)
     _check_settings(root, {"budget": budget, "replicates": replicates, "weights": weights,
                            "model": model, "targets": targets,
@@ -148,8 +207,7 @@ def run_verify(study_dir: str | Path, budget: int, *, replicates: int = 3,
     paths = StudyPaths(root)
     handler = attach_log(paths)
     try:
-        design_path = _design(config, study, root, list(targets.values()), budget, replicates,
-                              selection)
+        design_path = _design(drawn, root)
         single = config.model_copy(update={"models": config.models.model_copy(
             update={"architectures": [model]})})
         tasks = cell_tasks(single, paths, [design_path], seed_offset=VERIFY_SEED_OFFSET,
@@ -184,6 +242,9 @@ def _labelled(molecules: pd.DataFrame, designs: list[VerifyDesign]) -> pd.DataFr
     return pd.concat(frames, ignore_index=True)
 
 
+STAND_INS = {FEWER_STEP: STRUCTURE_HEAVY, MORE_STEP: CONFORMER_HEAVY}
+
+
 def verdict(comparison: DesignComparison, designs: list[VerifyDesign]) -> str:
     """One sentence from the numbers: does the advice beat each extreme?"""
     by_label = {d.label: d for d in designs}
@@ -193,9 +254,10 @@ def verdict(comparison: DesignComparison, designs: list[VerifyDesign]) -> str:
         other = by_label[difference.versus]
         where = (f"the {difference.versus} design (M = {other.n_molecules}, C = "
                  f"{other.conformers_per_molecule:.3g})")
-        if other.n_molecules == advised.n_molecules:
-            parts.append(f"the advice is {where} itself")
-        elif difference.ci_high < 0:
+        if difference.versus in STAND_INS:
+            where += f" (the advice is the {STAND_INS[difference.versus]} extreme itself, so " \
+                     "it is compared with the nearest distinct design)"
+        if difference.ci_high < 0:
             parts.append(f"the advice beat {where}: weighted error lower by "
                          f"{-difference.value:.4g} (95 % CI {-difference.ci_high:.4g}–"
                          f"{-difference.ci_low:.4g})")
