@@ -152,7 +152,7 @@ def test_report_loads_in_headless_chromium(finished_study, tmp_path):
 
 
 def _advice(model: str, m: int, m_interval: tuple[int, int], c: int,
-            c_interval: tuple[int, int], determined: bool = True):
+            c_interval: tuple[int, int], determined: bool = True, next_cells=()):
     from mlipdiv.study.advise import Advice, Estimate
 
     estimate = Estimate(value=100.0, ci_low=90.0, ci_high=110.0)
@@ -161,7 +161,8 @@ def _advice(model: str, m: int, m_interval: tuple[int, int], c: int,
                   n_molecules=m, conformers_per_molecule=c, n_conformers=m * c,
                   molecules_interval=m_interval, conformers_interval=c_interval,
                   predicted={"cf": estimate}, weighted_error=estimate, neighbours=[],
-                  forms={"cf": "M+C"}, determined=determined, warnings=[])
+                  forms={"cf": "M+C"}, determined=determined, warnings=[],
+                  next_cells=list(next_cells))
 
 
 def test_architecture_optima_compared_by_their_intervals():
@@ -172,7 +173,12 @@ def test_architecture_optima_compared_by_their_intervals():
     assert len(apart) == 1 and "differs between architectures" in apart[0]
     assert "mace vs schnet" in apart[0] and "M* = 4 (3–5)" in apart[0]
     overlapping = optimum_comparison([_advice("mace", 4, (3, 8), 6, (3, 8)),
-                                      _advice("painn", 6, (4, 10), 4, (2, 6), determined=False)])
-    assert "do not show" in overlapping[0] and "did not determine the optimum for painn" in \
-        overlapping[0]
+                                      _advice("painn", 6, (4, 10), 4, (2, 6))])
+    assert "Verdict: same within intervals" in overlapping[0]
+    undetermined = optimum_comparison([
+        _advice("mace", 4, (3, 8), 6, (3, 8)),
+        _advice("painn", 6, (2, 20), 4, (1, 12), determined=False,
+                next_cells=[(9, 2, 0.4), (12, 2, 0.2)])])
+    assert "Verdict: not determined" in undetermined[0]
+    assert "run 2 more cell(s)" in undetermined[0] and "M = 9 × C = 2" in undetermined[0]
     assert optimum_comparison([_advice("mace", 4, (3, 5), 6, (5, 8))]) == []  # one model

@@ -61,16 +61,17 @@ def _disjoint(a: tuple[int, int], b: tuple[int, int]) -> bool:
 
 
 def _optimum(item: Advice) -> str:
-    where = f" ({item.direction})" if item.direction else ""
+    state = "determined" if item.determined else "not determined"
     return (f"{item.model}: M* = {item.n_molecules} ({item.molecules_interval[0]}–"
             f"{item.molecules_interval[1]}) × C* = {item.conformers_per_molecule} "
-            f"({item.conformers_interval[0]}–{item.conformers_interval[1]}){where}")
+            f"({item.conformers_interval[0]}–{item.conformers_interval[1]}), {state}")
 
 
 def optimum_comparison(advice: list[Advice]) -> list[str]:
-    """Per selection with several architectures: one sentence on whether their advised
-    (M*, C*) differ beyond the 95 % intervals (an optimum the fit did not determine, or one
-    beyond the measured range, is said as such and compared only by its interval)."""
+    """Per selection with several architectures, one verdict computed from the 95 % intervals
+    of their advised (M*, C*): "differs" when two determined optima's intervals are disjoint,
+    "not determined: run K more cells" when an optimum is not determined (K = the distinct
+    cells its Thompson sampling names), else "same within intervals"."""
     lines = []
     by_selection: dict[str, list[Advice]] = {}
     for item in advice:
@@ -79,23 +80,30 @@ def optimum_comparison(advice: list[Advice]) -> list[str]:
         if len({item.model for item in items}) < 2:
             continue
         optima = "; ".join(_optimum(item) for item in items)
-        undetermined = [item.model for item in items if not item.determined]
-        differ = [(a.model, b.model) for a, b in combinations(items, 2)
+        undetermined = [item for item in items if not item.determined]
+        determined = [item for item in items if item.determined]
+        differ = [(a.model, b.model) for a, b in combinations(determined, 2)
                   if _disjoint(a.molecules_interval, b.molecules_interval)
                   or _disjoint(a.conformers_interval, b.conformers_interval)]
         budget = f"budget {items[0].budget:g}, {selection}"
         if differ:
             pairs = ", ".join(f"{a} vs {b}" for a, b in differ)
-            verdict = (f"the advised split differs between architectures beyond the 95 % "
-                       f"intervals ({pairs}): the best balance of molecules and conformers "
-                       "depends on the architecture here")
+            verdict = (f"differs: the advised split differs between architectures beyond the "
+                       f"95 % intervals ({pairs}), so the best balance of molecules and "
+                       "conformers depends on the architecture here")
+        elif undetermined:
+            cells = {(m, c) for item in undetermined for m, c, _ in item.next_cells}
+            names = ", ".join(item.model for item in undetermined)
+            verdict = (f"not determined: the optimum of {names} is not determined, so "
+                       "whether it depends on the architecture cannot be said; run "
+                       f"{max(len(cells), 1)} more cell(s) (mlipdiv refine STUDY --cells "
+                       f"{max(len(cells), 1)}" + (": " + ", ".join(
+                           f"M = {m} × C = {c}" for m, c in sorted(cells)) if cells else "")
+                       + ")")
         else:
-            verdict = ("the 95 % intervals of the advised splits overlap: these data do not "
-                       "show that the best balance of molecules and conformers depends on the "
-                       "architecture")
-        if undetermined:
-            verdict += (f" (the surface fit did not determine the optimum for "
-                        f"{', '.join(undetermined)}: its interval spans the measured range)")
+            verdict = ("same within intervals: the 95 % intervals of the advised splits "
+                       "overlap, so these data do not show that the best balance of "
+                       "molecules and conformers depends on the architecture")
         lines.append(f"Architectures at {budget}: {optima}. Verdict: {verdict}.")
     return lines
 
