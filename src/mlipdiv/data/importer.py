@@ -234,7 +234,8 @@ def _split(group: SourceGroup, one_molecule: bool, skipped: Counter
         return []
     # a graph is a molecule's only when its geometry's bonds are the perceived molecule's
     clean = [g for g in perceived if _clean(g)]
-    clean += [g for g in perceived if g not in clean and _only_stretched(g, clean)]
+    strict = {id(g) for g in clean}
+    clean += [g for g in perceived if id(g) not in strict and _only_stretched(g, clean)]
     pool = clean or perceived
     molecules = _molecules(pool, one_molecule, group.charge)
     targets = [g for g in pool if g.identity.inchikey in molecules]
