@@ -220,7 +220,7 @@ def test_tautomers_sharing_an_inchikey_are_kept_apart(tmp_path):
 
 @pytest.mark.skipif(not REAL.is_dir(), reason="../shared/realdata is absent")
 def test_real_spice_tautomer_groups_kept_apart(tmp_path):
-    # 4-ethylimidazole's two N-H tautomers are two groups of SPICE's DES monomers
+    # 4-methylimidazole's two N-H tautomers are two groups of SPICE's DES monomers
     summary = import_dataset(REAL / "spice-dataset_des-monomers.hdf5", tmp_path / "d.h5")
     # every conformer as before (18,900); 3 molecules more: 3 tautomer or protonation pairs
     assert (summary.n_molecules, summary.n_conformers) == (378, 18900)

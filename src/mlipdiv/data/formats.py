@@ -1325,6 +1325,7 @@ def format_table() -> list[dict]:
             "name": name, "energy_unit": cls.energy_unit, "length_unit": cls.length_unit,
             "forces_unit": f"-d({forces_unit})" if cls.forces_are_gradient else forces_unit,
             "unit_flags": not cls.units_fixed,
+            "forces_unit_flag": cls.forces_unit_flag or not cls.units_fixed,
             "energy_key": cls.default_energy_key, "forces_key": cls.default_forces_key,
             "title": cls.title,
         })

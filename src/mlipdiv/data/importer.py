@@ -26,6 +26,18 @@ Which graphs are molecules, and which are distorted conformers:
   molecule's atom order and is flagged `graph_mismatch`. It is never silently merged. When no
   molecule of its group shares its atom order it is skipped and counted.
 
+* A graph is a molecule's only when its covalent-radius bonds are the perceived (or SMILES)
+  molecule's (`_clean`), or miss only bonds stretched by at most `STRETCH` x their length in
+  the clean conformers (`_only_stretched`): RDKit perceives from a graph's first conformer and
+  bonds more loosely, so a stretched C-C at 1.9 A still perceives as ethane. Other graphs are
+  distortions, flagged. The main molecule is the most common among the graphs of fewest
+  fragments, so dissociated fragments ([CH3+].[CH3-]) never outrank it: a bond scan (ANI-1
+  group) and a minimum-energy path (a run of frames) import alike, as one molecule.
+* A saturated graph whose bond orders RDKit cannot assign (strained cages) takes its
+  connectivity's identity, all bonds single, flagged `bond_orders_unassigned`.
+* Graphs that share a standard InChIKey but not a bond graph (tautomers, protonation states)
+  are kept apart: the second is stored under the InChIKey plus a tag (`variant_key`).
+
 Limitation: stereo is perceived from each graph's first conformer, so stereoisomers that share
 a group, an atom order and a bond graph are given the first one's stereo.
 
