@@ -95,7 +95,7 @@ def info(
 # (data stage commands go here)
 @app.command("import")
 def import_(
-    path: Path = typer.Argument(..., help="Dataset file (HDF5, extxyz or ASE db)."),
+    path: Path = typer.Argument(..., help="Dataset file (HDF5, extxyz, ASE db or .traj)."),
     format: str = typer.Option(
         "auto", "--format",
         help="auto (detect) or a registered format: see `mlipdiv formats`."),
@@ -149,7 +149,8 @@ def formats(
                   "forces key")
     for row in rows:
         table.add_row(row["name"], row["title"], row["energy_unit"], row["length_unit"],
-                      row["forces_unit"], "yes" if row["unit_flags"] else "fixed",
+                      row["forces_unit"], "yes" if row["unit_flags"] else
+                      "--forces-unit" if row["forces_unit_flag"] else "fixed",
                       row["energy_key"] or "-", row["forces_key"] or "-")
     Console().print(table)
 

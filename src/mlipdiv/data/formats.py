@@ -45,6 +45,7 @@ from mlipdiv.data.units import (
     parse_force_unit,
     parse_length_unit,
     plausibility_problem,
+    uncompressed,
 )
 from mlipdiv.errors import FieldError, MlipdivError, first_line
 
@@ -57,6 +58,8 @@ MAX_FRAMES_PER_GROUP = 20_000
 PLAUSIBILITY_SAMPLE = 32
 TAR_SUFFIXES = (".tar", ".tgz", ".gz", ".bz2", ".xz")
 TEXT_PROBE_BYTES = 4096
+# dataset / info / arrays keys that hold forces or gradients (named when not read)
+FORCES_LIKE = re.compile(r"forc|grad|(^|[_.])f($|[_.])|FOR$", re.IGNORECASE)
 
 
 @dataclass
@@ -132,6 +135,9 @@ class DatasetFormat:
     forces_are_gradient: ClassVar[bool] = False
     # True: the layout defines its units, so the unit flags are refused.
     units_fixed: ClassVar[bool] = True
+    # True: --forces-unit is accepted even where the layout fixes the other units (files of
+    # the layout store forces in more than one unit).
+    forces_unit_flag: ClassVar[bool] = False
     # True: a group is one molecule by construction (SPICE), so minority graphs are distortions.
     one_molecule_per_group: ClassVar[bool] = False
     accepts_directory: ClassVar[bool] = False
@@ -173,8 +179,10 @@ class DatasetFormat:
     def _resolve_units(self, energy_unit, length_unit, forces_unit) -> None:
         given = {k: v for k, v in (("energy_unit", energy_unit), ("length_unit", length_unit),
                                    ("forces_unit", forces_unit)) if v is not None}
-        if given and self.units_fixed:
-            flag, value = next(iter(given.items()))
+        refused = {k: v for k, v in given.items()
+                   if not (k == "forces_unit" and self.forces_unit_flag)}
+        if refused and self.units_fixed:
+            flag, value = next(iter(refused.items()))
             flexible = ", ".join(n for n, c in REGISTERED.items() if not c.units_fixed)
             raise FieldError(flag, value, f"format {self.name} fixes its units "
                              f"({self.units_text()}); unit flags apply to {flexible}")
@@ -246,6 +254,16 @@ class DatasetFormat:
                     self.force_energy_unit = parsed
                 else:
                     self.force_length_unit = parsed
+
+    def note_unread_forces(self, keys: Iterable[str], read: Iterable[str] = ()) -> None:
+        """Name in the summary every key that looks like forces or gradients and is not
+        read, with the flag that reads it."""
+        read = {self.forces_key, *read} if self.forces_key else set(read)
+        for key in keys:
+            if key not in read and FORCES_LIKE.search(str(key)):
+                self.note(f"'{key}' looks like forces and is not read (--forces-key {key} "
+                          "reads it" + ("" if self.units_fixed and not self.forces_unit_flag
+                                        else "; --forces-unit gives its unit") + ")")
 
     def note(self, message: str) -> None:
         """A message for the import summary (each said once)."""
@@ -330,8 +348,9 @@ class DatasetFormat:
             flags=_strings(flags, n_conf)[keep],
         )
         sample = slice(0, PLAUSIBILITY_SAMPLE)
+        judged = None if out.forces is None else out.forces[uncompressed(numbers, out.positions)]
         problem = plausibility_problem(
-            numbers, out.positions[sample], out.energy, out.forces,
+            numbers, out.positions[sample], out.energy, judged,
             (self.energy_unit, self.length_unit, self.force_energy_unit, self.force_length_unit))
         if problem:
             if self.units_fixed:
@@ -444,6 +463,7 @@ class ArrayGroupFormat(Hdf5Format):
         numbers = self.require(group, "atomic_numbers", f"group {name}")
         positions = self.require(group, self.positions_key, f"group {name}")
         self.dataset_units(group, self.positions_key)
+        self.note_unread_forces(group.keys())
         labels = self.labels(group, len(positions))
         if labels is None:
             return None
@@ -567,6 +587,7 @@ class Qm7xFormat(Hdf5Format):
             conf = group[conf_name]
             numbers = np.asarray(self.require(conf, "atNUM", where)).astype(np.int64)
             positions = self.require(conf, "atXYZ", where)
+            self.note_unread_forces(conf.keys())
             labels = self.labels(conf, 1)
             if labels is None:
                 continue
@@ -626,16 +647,24 @@ def _symbols_to_numbers(symbols, where: str, path: Path) -> np.ndarray:
 class Ani1Format(Hdf5Format):
     """Original ANI-1 release (pyanitools layout): groups `gdb11_sXX` holding one subgroup per
     molecule with `species` (element symbols), `coordinates` (Angstrom), `energies`
-    (Hartree, wB97X/6-31G(d)) and `smiles` (one character per entry); no forces. Each
-    subgroup is one molecule (normal-mode-sampled conformers)."""
+    (Hartree, wB97X/6-31G(d)) and `smiles` (one character per entry). Each subgroup is one
+    molecule (normal-mode-sampled conformers). The release has no forces; files of the same
+    layout that add `forces` (ANI-1 derivatives, bond scans) are read with them, in
+    Hartree/Bohr unless --forces-unit says otherwise. The high-energy conformers
+    (`coordinatesHE`, `energiesHE`, `forcesHE`) are imported with the others, sampler
+    `ani1-high-energy`, source `<group>/HE[i]`."""
 
     name = "ani1"
     title = "original ANI-1 HDF5 (pyanitools: gdb11_sXX/<molecule>/species, coordinates, energies)"
     default_energy_key = "energies"
-    default_forces_key = ""
+    default_forces_key = "forces"
     default_level_of_theory = "wB97X/6-31G(d)"
     energy_unit = "hartree"
+    force_length_unit = "bohr"
+    forces_unit_flag = True
     one_molecule_per_group = True
+    HIGH_ENERGY = "HE"  # suffix of the high-energy conformers' datasets
+    HIGH_ENERGY_SAMPLER = "ani1-high-energy"
 
     @classmethod
     def recognises(cls, probe):
@@ -663,18 +692,58 @@ class Ani1Format(Hdf5Format):
 
         yield from walk("", self._file)
 
+    def labels(self, group, n_conformers, suffix: str = ""):
+        """Energies, and forces where the group has them (the release has none: energies
+        only); a key named with --forces-key is required."""
+        energy_key, forces_key = self.energy_key + suffix, self.forces_key + suffix
+        if energy_key not in group:
+            self.skip(f"missing key '{energy_key}'", n_conformers)
+            return None
+        if forces_key not in group and self.forces_key_given and not suffix:
+            self.skip(f"missing key '{forces_key}'", n_conformers)
+            return None
+        forces = group[forces_key][()] if forces_key in group else None
+        return group[energy_key][()], forces
+
     def read_group(self, name, group):
         where = f"group {name}"
         numbers = _symbols_to_numbers(self.require(group, "species", where), where, self.path)
         positions = self.require(group, "coordinates", where)
         self.dataset_units(group, "coordinates")
+        he = self.HIGH_ENERGY
+        self.note_unread_forces(group.keys(), read=[self.forces_key + he])
         labels = self.labels(group, len(positions))
         if labels is None:
             return None
-        block = self.block(where, numbers, positions, *labels,
-                           source=[f"{name}[{i}]" for i in range(len(positions))])
+        n_main = len(positions)
+        source = [f"{name}[{i}]" for i in range(n_main)]
+        sampler = [""] * n_main
+        extra = self._high_energy(group, where, labels[1] is not None)
+        if extra is not None:
+            positions = np.concatenate([positions, extra[0]])
+            labels = tuple(None if a is None else np.concatenate([a, b])
+                           for a, b in zip(labels, extra[1:], strict=True))
+            source += [f"{name}/{he}[{i}]" for i in range(len(extra[0]))]
+            sampler += [self.HIGH_ENERGY_SAMPLER] * len(extra[0])
+        block = self.block(where, numbers, positions, *labels, source=source, sampler=sampler)
         smiles = _text(group["smiles"][()]) if "smiles" in group else ""
         return SourceGroup(name, [block] if block else [], smiles_charge(smiles), smiles)
+
+    def _high_energy(self, group, where, with_forces: bool) -> tuple | None:
+        """(positions, energies, forces or None) of the group's high-energy conformers, or
+        None when it has none (or they lack a label the others have: skipped, counted)."""
+        key = "coordinates" + self.HIGH_ENERGY
+        if key not in group or not len(group[key]):
+            return None
+        positions = group[key][()]
+        labels = self.labels(group, len(positions), self.HIGH_ENERGY)
+        if labels is None:
+            return None
+        if with_forces and labels[1] is None:
+            self.skip(f"high-energy conformers without '{self.forces_key}{self.HIGH_ENERGY}'",
+                      len(positions))
+            return None
+        return positions, labels[0], labels[1] if with_forces else None
 
 
 class Ani2xFormat(Hdf5Format):
@@ -703,6 +772,7 @@ class Ani2xFormat(Hdf5Format):
         if species.ndim != 2 or species.shape != positions.shape[:2]:
             raise MlipdivError(f"{self.path}: {where}: species shape {species.shape} does not "
                                f"match coordinates {positions.shape}")
+        self.note_unread_forces(group.keys())
         labels = self.labels(group, len(positions))
         if labels is None:
             return
@@ -757,6 +827,7 @@ class NpzFormat(DatasetFormat):
             self.energy_key = variant[2]
         if forces_key is None:
             self.forces_key = variant[3]
+        self.note_unread_forces(keys)
         self.file_unit("energy", self._string("e_unit"), "key 'e_unit'")
         self.file_unit("length", self._string("r_unit"), "key 'r_unit'")
         theory = self._string("theory")
@@ -869,6 +940,9 @@ class AseFramesFormat(DatasetFormat):
         has_forces = bool(self.forces_key) and _lookup(atoms, self.forces_key) is not None
         self._with_energy = self.energy_key_given or has_energy
         self._with_forces = self._with_energy and (self.forces_key_given or has_forces)
+        results = getattr(atoms.calc, "results", {}) if atoms.calc is not None else {}
+        self.note_unread_forces([*results, *atoms.info, *atoms.arrays],
+                                read=[self.forces_key] if self._with_forces else [])
         if not self._with_energy:
             self.note("no energies in the first frame"
                       + (f" (key '{self.energy_key}')" if self.energy_key else "")
@@ -1205,6 +1279,37 @@ class AseDbFormat(AseFramesFormat):
             ) from None
 
 
+class TrajFormat(AseFramesFormat):
+    """ASE trajectory (`.traj`, the binary ulm format `ase.io.Trajectory` writes): frames with
+    the calculator's energy and forces, eV and eV/Angstrom as in extxyz."""
+
+    name = "traj"
+    title = "ASE trajectory (.traj, ase.io.Trajectory)"
+    MAGIC = b"- of UlmASE-Traj"
+
+    @classmethod
+    def recognises(cls, probe):
+        return not probe.container and (probe.header.startswith(cls.MAGIC)
+                                        or probe.suffix == ".traj")
+
+    def frames(self):
+        from ase.io.trajectory import Trajectory
+
+        try:
+            trajectory = Trajectory(self.path, "r")
+        except Exception as exc:  # ulm / ASE errors on a foreign or damaged file
+            raise MlipdivError(f"{self.path}: not a readable ASE trajectory "
+                               f"({first_line(exc)})") from None
+        with trajectory:
+            for index in range(len(trajectory)):
+                try:
+                    atoms = trajectory[index]
+                except Exception as exc:  # a truncated or damaged frame
+                    raise MlipdivError(f"{self.path}: frame {index}: unreadable "
+                                       f"({first_line(exc)})") from None
+                yield f"{self.path.name}:{index}", atoms
+
+
 def format_names() -> tuple[str, ...]:
     """The `--format` choices: "auto" and every registered format."""
     return (AUTO, *REGISTERED)
@@ -1220,6 +1325,7 @@ def format_table() -> list[dict]:
             "name": name, "energy_unit": cls.energy_unit, "length_unit": cls.length_unit,
             "forces_unit": f"-d({forces_unit})" if cls.forces_are_gradient else forces_unit,
             "unit_flags": not cls.units_fixed,
+            "forces_unit_flag": cls.forces_unit_flag or not cls.units_fixed,
             "energy_key": cls.default_energy_key, "forces_key": cls.default_forces_key,
             "title": cls.title,
         })

@@ -50,6 +50,10 @@ class Identity:
     smiles: str
     formula: str
     canonical_order: np.ndarray
+    # (n, n) bool bond matrix in source atom order (None only for hand-made identities)
+    bonds: np.ndarray | None = None
+    # False: bonds from the connectivity alone, all single (`connectivity_identity`)
+    bond_orders_assigned: bool = True
 
     @property
     def connectivity_key(self) -> str:
@@ -125,7 +129,68 @@ def identity_of(mol: Chem.Mol) -> Identity:
         raise PerceptionError("InChI generation failed (empty InChIKey)")
     ranks = np.array(Chem.CanonicalRankAtoms(mol, breakTies=True))
     smiles = Chem.MolToSmiles(Chem.RemoveHs(mol, sanitize=False))
-    return Identity(inchikey, smiles, CalcMolFormula(mol), np.argsort(ranks, kind="stable"))
+    return Identity(inchikey, smiles, CalcMolFormula(mol), np.argsort(ranks, kind="stable"),
+                    bond_matrix(mol))
+
+
+def bond_matrix(mol: Chem.Mol) -> np.ndarray:
+    """(n, n) bool: which atoms of `mol` are bonded (its atom order)."""
+    n = mol.GetNumAtoms()
+    bonds = np.zeros((n, n), dtype=bool)
+    for bond in mol.GetBonds():
+        i, j = bond.GetBeginAtomIdx(), bond.GetEndAtomIdx()
+        bonds[i, j] = bonds[j, i] = True
+    return bonds
+
+
+# The one valence of each element whose bonds are then all single (saturated): a graph whose
+# every atom has this many neighbours needs no bond orders.
+SINGLE_BOND_VALENCE = {1: 1, 5: 3, 6: 4, 7: 3, 8: 2, 9: 1, 14: 4, 15: 3, 16: 2, 17: 1, 35: 1,
+                       53: 1}
+
+
+@quiet_rdkit()
+def connectivity_identity(atomic_numbers: np.ndarray, positions: np.ndarray) -> Identity:
+    """Identity from the covalent-radius connectivity alone, every bond single: for saturated
+    molecules (every atom at its `SINGLE_BOND_VALENCE`; strained cages of ISO17) whose bond
+    orders RDKit's perception cannot assign, although there is nothing to assign. Raises
+    PerceptionError when the graph is not saturated (then bond orders would be a guess)."""
+    atomic_numbers = np.asarray(atomic_numbers)
+    check_elements(atomic_numbers)
+    bonded = adjacency(atomic_numbers, np.asarray(positions, dtype=float))
+    degree = bonded.sum(axis=1)
+    if any(SINGLE_BOND_VALENCE.get(int(z)) != int(d)
+           for z, d in zip(atomic_numbers, degree, strict=True)):
+        raise PerceptionError("connectivity is not saturated: bond orders are needed")
+    mol = Chem.RWMol()
+    for z in atomic_numbers:
+        mol.AddAtom(Chem.Atom(int(z)))
+    for i, j in zip(*np.nonzero(np.triu(bonded)), strict=True):
+        mol.AddBond(int(i), int(j), Chem.BondType.SINGLE)
+    conf = Chem.Conformer(len(atomic_numbers))
+    for i, xyz in enumerate(np.asarray(positions, dtype=float)):
+        conf.SetAtomPosition(i, xyz.tolist())
+    mol.AddConformer(conf, assignId=True)
+    found = identity_of(mol.GetMol())
+    return Identity(found.inchikey, found.smiles, found.formula, found.canonical_order,
+                    found.bonds, bond_orders_assigned=False)
+
+
+@quiet_rdkit()
+def skeleton(atomic_numbers: np.ndarray, bonded: np.ndarray) -> str:
+    """Canonical SMILES of a bond graph with every hydrogen an atom of its own and bond
+    orders and charges left out: equal for resonance forms, different for tautomers and
+    protonation states (which standard InChIKeys share)."""
+    mol = Chem.RWMol()
+    for z in np.asarray(atomic_numbers):
+        atom = Chem.Atom(int(z))
+        atom.SetNoImplicit(True)
+        mol.AddAtom(atom)
+    for i, j in zip(*np.nonzero(np.triu(np.asarray(bonded, dtype=bool))), strict=True):
+        mol.AddBond(int(i), int(j), Chem.BondType.SINGLE)
+    mol = mol.GetMol()
+    mol.UpdatePropertyCache(strict=False)
+    return Chem.MolToSmiles(mol, isomericSmiles=False, allHsExplicit=True)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,18 @@ Which graphs are molecules, and which are distorted conformers:
   molecule's atom order and is flagged `graph_mismatch`. It is never silently merged. When no
   molecule of its group shares its atom order it is skipped and counted.
 
+* A graph is a molecule's only when its covalent-radius bonds are the perceived (or SMILES)
+  molecule's (`_clean`), or miss only bonds stretched by at most `STRETCH` x their length in
+  the clean conformers (`_only_stretched`): RDKit perceives from a graph's first conformer and
+  bonds more loosely, so a stretched C-C at 1.9 A still perceives as ethane. Other graphs are
+  distortions, flagged. The main molecule is the most common among the graphs of fewest
+  fragments, so dissociated fragments ([CH3+].[CH3-]) never outrank it: a bond scan (ANI-1
+  group) and a minimum-energy path (a run of frames) import alike, as one molecule.
+* A saturated graph whose bond orders RDKit cannot assign (strained cages) takes its
+  connectivity's identity, all bonds single, flagged `bond_orders_unassigned`.
+* Graphs that share a standard InChIKey but not a bond graph (tautomers, protonation states)
+  are kept apart: the second is stored under the InChIKey plus a tag (`variant_key`).
+
 Limitation: stereo is perceived from each graph's first conformer, so stereoisomers that share
 a group, an atom order and a bond graph are given the first one's stereo.
 
@@ -36,6 +48,7 @@ existing output is replaced only when the import completes.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -50,9 +63,11 @@ from mlipdiv.data.identity import (
     PerceptionError,
     Template,
     adjacency,
+    connectivity_identity,
     connectivity_signature,
     perceive,
     quiet_rdkit,
+    skeleton,
     template_identity,
 )
 from mlipdiv.data.store import MoleculeRecord, StoreWriter
@@ -60,6 +75,11 @@ from mlipdiv.errors import MlipdivError
 from mlipdiv.locking import input_size, locks_output
 
 MISMATCH_FLAG = "graph_mismatch"
+UNASSIGNED_FLAG = "bond_orders_unassigned"
+# a bond of the molecule past the covalent-radius cutoff is broken when longer than this
+# times its median length in the molecule's clean conformers (`_only_stretched`)
+STRETCH = 1.2
+STRETCH_SAMPLE = 64
 MIN_CONFORMERS_PER_MOLECULE = 1
 # conformers x atoms^2 per vectorised connectivity batch (~50 MB of temporaries)
 SIGNATURE_BATCH = 2_000_000
@@ -124,6 +144,7 @@ class _Graph:
     adjacency: np.ndarray
     identity: Identity | None = None
     contradicts: bool = False  # geometry contradicts the file's SMILES
+    templated: bool = False  # identity taken from the file's SMILES
 
 
 @locks_output("out", file=True, needs=lambda a: input_size(a["path"]))
@@ -149,12 +170,14 @@ def import_dataset(
     summary = ImportSummary(str(path), reader.name, str(out), reader.level_of_theory)
     atom_orders: dict[str, bytes] = {}
     label_kinds: dict[str, str] = {}
+    variants: dict[str, dict[str, str]] = {}
     attrs = {"source_format": reader.name, "source_path": str(path),
              "energy_key": reader.energy_key, "forces_key": reader.forces_key}
     with StoreWriter(out, reader.level_of_theory, extra_attrs=attrs) as writer:
         for group in reader.groups():
             summary.n_groups += 1
-            for record in split_group(group, reader.one_molecule_per_group, reader.skipped):
+            for record, graph in _split(group, reader.one_molecule_per_group, reader.skipped):
+                record.inchikey = variant_key(record.inchikey, graph, variants)
                 order = record.atomic_numbers.tobytes()
                 if atom_orders.setdefault(record.inchikey, order) != order:
                     reader.skip(ORDER_CONFLICT, record.n_conformers)
@@ -189,29 +212,45 @@ def import_dataset(
     return summary
 
 
+def variant_key(inchikey: str, graph: str, variants: dict[str, dict[str, str]]) -> str:
+    """The store key of a record: its standard InChIKey, or, for a second bond graph
+    (`graph`: the molecule's `skeleton`) of an InChIKey already imported (a tautomer or
+    protonation state: HID and HIE, the N-H tautomers of an imidazole), the InChIKey plus
+    '-' and 8 hex digits of that graph, so that each store molecule has one bond graph in
+    its atom order. `variants` maps InChIKey -> skeleton -> key for the whole import. The
+    first block is kept, so variants stay one connectivity group for the splits' leak rule."""
+    known = variants.setdefault(inchikey, {})
+    if graph not in known:
+        tag = hashlib.blake2b(graph.encode(), digest_size=4).hexdigest()
+        known[graph] = f"{inchikey}-{tag}" if known else inchikey
+    return known[graph]
+
+
 def split_group(group: SourceGroup, one_molecule: bool, skipped: Counter) -> list[MoleculeRecord]:
     """Records (canonical atom order) for the molecules of one source group; conformers that
     cannot be placed are counted in `skipped`."""
+    return [record for record, _ in _split(group, one_molecule, skipped)]
+
+
+def _split(group: SourceGroup, one_molecule: bool, skipped: Counter
+           ) -> list[tuple[MoleculeRecord, str]]:
+    """`split_group`'s records, each with its molecule's bond graph (`skeleton`)."""
     graphs = [g for i, block in enumerate(group.blocks) for g in _graphs_of(block, i)]
     for graph in graphs:
         graph.identity = _perceive(graph, group.charge)
     if group.smiles:
         _apply_template(group, graphs)
-    counts: Counter[str] = Counter()
-    for graph in graphs:
-        if graph.identity is not None:
-            counts[graph.identity.inchikey] += len(graph.members)
-    if not counts:
+    perceived = [g for g in graphs if g.identity is not None]
+    if not perceived:
         skipped[PERCEPTION_FAILED] += group.n_conformers
         return []
-    molecules = {counts.most_common(1)[0][0]}
-    if not one_molecule:
-        molecules |= {
-            g.identity.inchikey for g in graphs
-            if g.identity is not None and counts[g.identity.inchikey] >= MIN_CONFORMERS_PER_MOLECULE
-            and _well_formed(g.identity, group.charge)
-        }
-    targets = [g for g in graphs if g.identity is not None and g.identity.inchikey in molecules]
+    # a graph is a molecule's only when its geometry's bonds are the perceived molecule's
+    clean = [g for g in perceived if _clean(g)]
+    strict = {id(g) for g in clean}
+    clean += [g for g in perceived if id(g) not in strict and _only_stretched(g, clean)]
+    pool = clean or perceived
+    molecules = _molecules(pool, one_molecule, group.charge)
+    targets = [g for g in pool if g.identity.inchikey in molecules]
     placed: dict[int, list[tuple[_Graph, bool]]] = {id(t): [(t, False)] for t in targets}
     for graph in graphs:
         if id(graph) in placed:
@@ -222,7 +261,71 @@ def split_group(group: SourceGroup, one_molecule: bool, skipped: Counter) -> lis
             continue
         nearest = min(same_order, key=lambda t: int((t.adjacency != graph.adjacency).sum()))
         placed[id(nearest)].append((graph, True))
-    return [_record(target, placed[id(target)]) for target in targets]
+    return [(_record(target, placed[id(target)]), _skeleton(target)) for target in targets]
+
+
+def _skeleton(target: _Graph) -> str:
+    identity = target.identity
+    bonds = target.adjacency if identity is None or identity.bonds is None else identity.bonds
+    return skeleton(target.block.atomic_numbers, bonds)
+
+
+def _clean(graph: _Graph) -> bool:
+    """Whether the graph's covalent-radius bonds are its molecule's (the SMILES template's or
+    the perceived molecule's): none missing, none extra but contacts of atoms two bonds
+    apart (geminal Br...Br) or of free ions (`Template.contradicts`). A stretched bond that
+    RDKit's looser perception still bonds (C-C at 1.9 A) is not clean."""
+    identity = graph.identity
+    if identity is None:
+        return False
+    if graph.templated:
+        return not graph.contradicts
+    return identity.bonds is None or not Template(identity, identity.bonds).contradicts(
+        graph.adjacency)
+
+
+def _only_stretched(graph: _Graph, clean: list[_Graph]) -> bool:
+    """Whether a graph that is not clean only misses bonds of its molecule that are
+    stretched by at most `STRETCH` x their median length in the clean conformers of the same
+    molecule and atom order (F2 sampled at 1.45-1.56 A, past the covalent-radius cutoff of
+    1.43 A, is F2; ethane's C-C at 1.9 A, 1.24 x 1.53 A, is broken)."""
+    identity = graph.identity
+    if identity is None or identity.bonds is None or graph.templated:
+        return False
+    if (graph.adjacency & ~identity.bonds).any():
+        return False  # an extra bond: not a stretch
+    references = [g for g in clean if g.block_index == graph.block_index
+                  and g.identity.inchikey == identity.inchikey]
+    if not references:
+        return False
+    pairs = np.argwhere(np.triu(identity.bonds & ~graph.adjacency))
+    positions = np.concatenate([r.block.positions[r.members[:STRETCH_SAMPLE]]
+                                for r in references])
+    reference = np.median(np.linalg.norm(
+        positions[:, pairs[:, 0]] - positions[:, pairs[:, 1]], axis=-1), axis=0)
+    lengths = np.linalg.norm(graph.block.positions[graph.members][:, pairs[:, 0]]
+                             - graph.block.positions[graph.members][:, pairs[:, 1]], axis=-1)
+    return bool((lengths <= STRETCH * reference).all())
+
+
+def _molecules(pool: list[_Graph], one_molecule: bool, charge: int) -> set[str]:
+    """InChIKeys that are molecules of their own: the most common among the graphs of fewest
+    fragments (so dissociated fragments, e.g. two methyls perceived as [CH3+].[CH3-], never
+    outrank the molecule they come from), and for formula groups every well-formed one."""
+    fragments = {id(g): _n_fragments(g.identity) for g in pool}
+    fewest = min(fragments.values())
+    counts: Counter[str] = Counter()
+    for graph in pool:
+        if fragments[id(graph)] == fewest:
+            counts[graph.identity.inchikey] += len(graph.members)
+    molecules = {counts.most_common(1)[0][0]}
+    if not one_molecule:
+        molecules |= {g.identity.inchikey for g in pool if _well_formed(g.identity, charge)}
+    return molecules
+
+
+def _n_fragments(identity: Identity) -> int:
+    return identity.smiles.count(".") + 1
 
 
 def _apply_template(group: SourceGroup, graphs: list[_Graph]) -> None:
@@ -245,6 +348,7 @@ def _apply_template(group: SourceGroup, graphs: list[_Graph]) -> None:
                 or graph.identity.connectivity_key != template.identity.connectivity_key):
             graph.identity = template.identity
             graph.contradicts = template.contradicts(graph.adjacency)
+            graph.templated = True
 
 
 def _graphs_of(block: ConformerBlock, block_index: int) -> list[_Graph]:
@@ -261,9 +365,17 @@ def _graphs_of(block: ConformerBlock, block_index: int) -> list[_Graph]:
 
 
 def _perceive(graph: _Graph, charge: int) -> Identity | None:
+    """RDKit's perception of the graph's first conformer; where it fails on a saturated
+    connectivity (strained cages: nothing to assign), the connectivity's own identity."""
+    numbers, positions = graph.block.atomic_numbers, graph.block.positions[graph.members[0]]
     try:
-        return perceive(graph.block.atomic_numbers, graph.block.positions[graph.members[0]],
-                        charge=charge)
+        return perceive(numbers, positions, charge=charge)
+    except PerceptionError:
+        pass
+    if charge:
+        return None
+    try:
+        return connectivity_identity(numbers, positions)
     except PerceptionError:
         return None
 
@@ -286,11 +398,17 @@ def _record(target: _Graph, parts: list[tuple[_Graph, bool]]) -> MoleculeRecord:
     those from distorted graphs are flagged."""
     block, identity = target.block, target.identity
     assert identity is not None
-    flagged = {i for graph, mismatch in parts if mismatch or graph.contradicts
-               for i in graph.members}
+    added: dict[int, list[str]] = {}
+    for graph, mismatch in parts:
+        names = [MISMATCH_FLAG] if mismatch or graph.contradicts else []
+        if graph.identity is not None and not graph.identity.bond_orders_assigned \
+                and graph.identity.inchikey == identity.inchikey:
+            names.append(UNASSIGNED_FLAG)
+        for i in graph.members:
+            added[i] = names
     idx = np.array(sorted(i for graph, _ in parts for i in graph.members))
     order = identity.canonical_order
-    flags = [_with_flag(block.flags[i]) if i in flagged else block.flags[i] for i in idx]
+    flags = [_with_flags(block.flags[i], added[i]) for i in idx]
     return MoleculeRecord(
         identity.inchikey, identity.smiles, identity.formula,
         block.atomic_numbers[order], block.positions[idx][:, order],
@@ -302,6 +420,6 @@ def _record(target: _Graph, parts: list[tuple[_Graph, bool]]) -> MoleculeRecord:
     )
 
 
-def _with_flag(flags: str) -> str:
+def _with_flags(flags: str, added: list[str]) -> str:
     names = [f for f in str(flags).split(",") if f]
-    return ",".join(names if MISMATCH_FLAG in names else [*names, MISMATCH_FLAG])
+    return ",".join([*names, *(a for a in added if a not in names)])

@@ -5,6 +5,8 @@ Layout::
     /                       attrs: format_version, level_of_theory, energy_unit, force_unit,
                                    length_unit, created_by
     /<InChIKey>/            attrs: smiles, inchikey, formula
+                            (a second bond graph of one standard InChIKey, a tautomer or
+                            protonation state, is /<InChIKey>-<8 hex>/: see data.importer)
         atomic_numbers      (n_atoms,)            int
         positions           (n_conf, n_atoms, 3)  Angstrom
         energy              (n_conf,)             eV        (absent: positions only)

@@ -46,6 +46,10 @@ PLAUSIBLE_ENERGY_FACTOR = 1.5
 # Median over conformers of the RMS force component: about 1 eV/A for molecules sampled at
 # 300-500 K, a few eV/A for strongly distorted sets (ANI-2x's 99th percentile is ~5).
 PLAUSIBLE_RMS_FORCE = 10.0  # eV/A
+# Forces are judged only on frames whose closest pair is at least this fraction of the two
+# atoms' covalent radius sum: a compressed bond (a scan to C-C 1.0 A) has genuinely large
+# forces, tens of eV/A, that say nothing of the unit.
+COMPRESSED_PAIR = 0.8
 # Median nearest-neighbour distance: bonds are >= 0.74 A (H2).
 PLAUSIBLE_NEAREST_NEIGHBOUR = 0.5  # A
 
@@ -128,6 +132,27 @@ def plausibility_problem(numbers: np.ndarray, positions: np.ndarray,
                     f"{force_energy}/{force_length}"
                     + (f"; likely {likely}: pass --forces-unit {likely}" if likely else ""))
     return None
+
+
+def uncompressed(numbers: np.ndarray, positions: np.ndarray, batch: int = 1024) -> np.ndarray:
+    """(n_conf,) bool: frames (Angstrom) whose closest pair of atoms is at least
+    `COMPRESSED_PAIR` x their covalent radius sum, the frames whose forces the plausibility
+    check judges."""
+    from ase.data import covalent_radii
+
+    numbers = np.asarray(numbers)
+    if len(numbers) < 2:
+        return np.ones(len(positions), dtype=bool)
+    radii = covalent_radii[numbers]
+    limit = COMPRESSED_PAIR * (radii[:, None] + radii[None, :])
+    np.fill_diagonal(limit, -np.inf)
+    keep = np.empty(len(positions), dtype=bool)
+    for start in range(0, len(positions), batch):
+        part = positions[start:start + batch]
+        diff = part[:, :, None, :] - part[:, None, :, :]
+        distance = np.sqrt(np.einsum("cijk,cijk->cij", diff, diff))
+        keep[start:start + batch] = (distance >= limit).all(axis=(1, 2))
+    return keep
 
 
 def _likely(value: float, factors: dict[str, float], stated: str, plausible,
