@@ -16,14 +16,14 @@ from mlipdiv.errors import MlipdivError
 from mlipdiv.study import advise
 from mlipdiv.study.adaptive import AdaptiveState, Round, run_loop
 from mlipdiv.study.advise import DataLimits, feasible_designs
+from mlipdiv.study.curves import fit_results
 from mlipdiv.study.fit import (
     EXPONENT_BOUNDS,
     FORMS,
-    _arrays,
     _fit_form,
-    _log_predict,
-    fit_results,
+    cell_arrays,
     fit_surface,
+    log_predict,
 )
 
 TRUE = {"cf": (4.0, 0.1, 30.0, 0.6), "st": (60.0, 0.6, 8.0, 0.2)}  # a, alpha, b, beta
@@ -87,8 +87,8 @@ def test_leave_one_cell_out_predictions_and_coverage_are_computed_correctly():
     held = fit.held_out[4]
     rest = table[~((table.M == held.M) & (table.C == held.C))]
     form = FORMS[fit.form]
-    theta = _fit_form(form, *_arrays(rest)).theta
-    predicted = float(np.exp(_log_predict(form, theta, np.array([held.M]),
+    theta = _fit_form(form, *cell_arrays(rest)).theta
+    predicted = float(np.exp(log_predict(form, theta, np.array([held.M]),
                                           np.array([held.C]))[0]))
     assert predicted == pytest.approx(held.predicted, rel=1e-4)
 
@@ -194,3 +194,67 @@ def test_adaptive_loop_stops_when_its_cell_budget_is_spent():
                      max_ratio=4.0)
     assert state.cells_added == 3 and state.stopped.startswith("cell budget spent")
     assert [len(r.cells) for r in state.rounds] == [2, 1]
+
+
+# ---------------------------------------------------------------- verify's designs
+def _advice_at(m: int):
+    from mlipdiv.study.advise import Advice, Estimate
+    estimate = Estimate(value=1.0, ci_low=0.5, ci_high=2.0)
+    return Advice(model="m", selection="random-random", metric="e", budget=48, weights={"st": 1},
+                  cost_per_molecule=0, cost_per_conformer=1, n_molecules=m,
+                  conformers_per_molecule=48 // m, n_conformers=m * (48 // m),
+                  molecules_interval=(m, m), conformers_interval=(1, 1),
+                  predicted={"st": estimate}, weighted_error=estimate, neighbours=[],
+                  forms={"st": "x"}, determined=True, warnings=[])
+
+
+@pytest.mark.parametrize("advised", [2, 6, 12, 24, 48])
+def test_verify_never_compares_a_design_with_itself(advised):
+    from mlipdiv.study.config import parse_config
+    from mlipdiv.study.verify import (
+        ADVISED,
+        CONFORMER_HEAVY,
+        FEWER_STEP,
+        MORE_STEP,
+        STRUCTURE_HEAVY,
+        verify_designs,
+    )
+    config = parse_config("[data]\nn_molecules = 100\nconformers = 16\n"
+                          "[fixed_budget]\nbudget = 48\nmolecules = [2, 6, 24]\n")
+    targets = verify_designs(_advice_at(advised), config, pool_molecules=24, budget=48)
+    assert targets[ADVISED] == advised
+    assert len(set(targets.values())) == len(targets) >= 3
+    if advised == 24:  # the structure-heavy extreme itself: compared one grid step below
+        assert STRUCTURE_HEAVY not in targets and targets[FEWER_STEP] == 6
+    if advised == 2:  # the conformer-heavy extreme itself: compared one grid step above
+        assert CONFORMER_HEAVY not in targets and targets[MORE_STEP] == 6
+
+
+def test_exponents_are_shared_across_splits_only_when_held_out_error_falls():
+    from mlipdiv.study.curves import share_exponents
+    from mlipdiv.study.fit import prepare_cells
+
+    rng = np.random.default_rng(5)
+    cells = [(m, c) for m in (2, 6, 24) for c in (1, 3, 9)]
+    rows = [dict(model="m", selection="s", split=split, M=m, C=c, replicate=r,
+                 e=float(scale * true_error("st", m, c) * np.exp(rng.normal(0, 0.12))))
+            for split, scale in (("st", 1.0), ("sf", 1.6)) for m, c in cells for r in range(2)]
+    table = pd.DataFrame(rows)
+    fits, _ = fit_results(table, "e")
+    by_split = {f.split: f for f in fits}
+    shared = [f for f in fits if f.shared]
+    for fit in shared:
+        other = next(s for s in by_split if s != fit.split)
+        exponent = fit.shared.split()[1]
+        assert fit.params[exponent] == pytest.approx(by_split[other].params[exponent])
+        joint, separate = (float(x) for x in
+                           fit.shared.split("log error ")[1].split(" fitted")[0]
+                           .split(" against "))
+        assert joint < separate
+    # the separate fits, offered again, are either kept or improved on held-out error
+    separate_fits = [fit_surface(g.rename(columns={"e": "error"}), model="m", split=s,
+                                 metric="e", selection="s")
+                     for s, g in table.groupby("split")]
+    again = share_exponents(separate_fits, {s: prepare_cells(
+        g.rename(columns={"e": "error"})) for s, g in table.groupby("split")})
+    assert [f.shared is None for f in again] in ([True, True], [False, False])

@@ -344,14 +344,22 @@ def test_verify_end_to_end_resumes_after_kill(finished_study, tmp_path):
         assert (cells / name).stat().st_mtime_ns == mtime  # not redone
     (result,) = load_verifications(study)
     labels = {d.label: d for d in result.designs}
-    assert set(labels) == {"advised", "structure-heavy", "conformer-heavy"}
-    assert labels["conformer-heavy"].n_molecules == 2  # the study grid's smallest M
-    assert labels["structure-heavy"].n_molecules == 12  # min(N, pool molecules)
+    advised = labels["advised"].n_molecules
+    # an extreme the advice equals is replaced by the nearest distinct design: never itself
+    assert len({d.n_molecules for d in result.designs}) == len(result.designs) == 3
+    heavy = "structure-heavy" if advised != 12 else "one step fewer molecules"
+    light = "conformer-heavy" if advised != 2 else "one step more molecules"
+    assert set(labels) == {"advised", heavy, light}
+    if advised != 2:
+        assert labels["conformer-heavy"].n_molecules == 2  # the study grid's smallest M
+    else:
+        assert labels[light].n_molecules == 4 and "extreme itself" in result.sentence
+    if advised != 12:
+        assert labels["structure-heavy"].n_molecules == 12  # min(N, pool molecules)
     assert all(abs(d.n_molecules * d.conformers_per_molecule - 12) < 1e-9
                for d in result.designs)
     assert {v.n_replicates for v in result.comparison.designs} == {2}
-    assert {d.versus for d in result.comparison.differences} == {"structure-heavy",
-                                                                 "conformer-heavy"}
+    assert {d.versus for d in result.comparison.differences} == {heavy, light}
     for value in (*result.comparison.designs, *result.comparison.differences):
         assert value.ci_low <= value.value <= value.ci_high
     assert result.sentence.startswith("At N = 12, advised M = ")
@@ -403,3 +411,40 @@ def test_a_study_with_two_architectures_compares_them(diverse_store, tmp_path):
     assert "Verdict:" in html
     figures = {p.stem for p in (tmp_path / "two" / "figures").glob("architectures_*.png")}
     assert {"architectures_cf", "architectures_st"} <= figures
+
+
+def test_refine_adds_cells_and_resumes_after_kill(finished_study, tmp_path):
+    """`mlipdiv refine` killed (-9) while training an added cell resumes that round: no cell
+    trained twice, every round done, the report shows the adaptive pilot."""
+    study = tmp_path / "refined"
+    shutil.copytree(finished_study, study)
+    with open(study / "config.toml", "a") as config:  # a criterion the tiny study cannot meet
+        config.write("[adaptive]\nmax_molecule_ratio = 1.0001\n")
+    command = [MLIPDIV, "refine", str(study), "--cells", "2", "--per-round", "1"]
+    _kill_when(command + ["--no-report"], lambda: _training_in_progress(study), timeout=300)
+    pending = json.loads((study / "adaptive.json").read_text())
+    assert pending["rounds"] and pending["rounds"][-1]["status"] == "pending"
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr
+    state = json.loads((study / "adaptive.json").read_text())
+    assert all(r["status"] == "done" for r in state["rounds"]) and state["stopped"]
+    assert sum(len(r["cells"]) for r in state["rounds"]) <= 2
+    finished = [line.split(" done in ")[0].split("cell ")[-1]
+                for line in StudyPaths(study).log.read_text().splitlines()
+                if " done in " in line and "adaptive-r" in line]
+    assert finished and len(finished) == len(set(finished))
+    results = _results(study)
+    assert results.cell.str.startswith("adaptive-r1/").any()
+    assert "Adaptive pilot" in (study / "report.html").read_text()
+
+
+def test_verify_beyond_what_the_pool_supplies_names_the_largest_budget(finished_study,
+                                                                       tmp_path):
+    from mlipdiv.study.verify import run_verify
+
+    study = tmp_path / "big"
+    shutil.copytree(finished_study, study)
+    with pytest.raises(MlipdivError, match=r"cannot supply the designs .* largest budget it "
+                                           r"can supply is N = \d+"):
+        run_verify(study, 100, replicates=1, progress=False)
+    assert not (study / "verify" / "N100" / "runs").exists()

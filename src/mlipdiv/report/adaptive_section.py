@@ -63,7 +63,9 @@ def adaptive_section(view) -> Section | None:
             f"sampling). Stopping criterion: {html.escape(state.criterion)}. Added "
             f"{state.cells_added} design point(s) in {len(state.rounds)} round(s); stopped: "
             f"{html.escape(state.stopped or 'not yet (interrupted; rerun to resume)')}. Final: "
-            f"{html.escape(_optima(state.final))}.</p>" + rounds_table(state))
+            f"{html.escape(_optima(state.final))}. The pilot's cells enter the learning-curve fit "
+            "and the advice; the experiments' trends are computed on the grid alone.</p>"
+            + rounds_table(state))
     section = Section("Adaptive pilot", text)
     figure = optimum_trace(state)
     if figure is not None:

@@ -32,6 +32,7 @@ from mlipdiv.report.findings import (
 )
 from mlipdiv.report.sections import Section, drawn, log
 from mlipdiv.report.tables import cell_summary, load_public_datasets, metric_terms
+from mlipdiv.study.adaptive import CELL_PREFIX as ADAPTIVE_CELL_PREFIX
 from mlipdiv.study.advise import Advice
 from mlipdiv.study.config import StudyConfig, load_config
 from mlipdiv.study.fit import load_fits
@@ -110,7 +111,9 @@ class StudyView:
 
     def trends(self, metric: str) -> list[str]:
         """The trend sentences of `metric` (slopes with hierarchical-bootstrap intervals)."""
-        return trend_findings(metric_terms(self.results, self.molecules, metric),
+        # the trends are the grid's: the adaptive pilot's cells (other N) enter the fit only
+        grid = self.results[~self.results.cell.str.startswith(ADAPTIVE_CELL_PREFIX)]
+        return trend_findings(metric_terms(grid, self.molecules, metric),
                               metric_label(metric), root=is_root_metric(metric),
                               seed=self.config.seed)
 

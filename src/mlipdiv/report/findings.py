@@ -91,6 +91,8 @@ def surface_findings(fits: list[SurfaceFit], skipped: list[str]) -> list[str]:
         if fit.form == NULL_FORM:
             body += (": error depends on the total N only, so these data do not show that "
                      "splitting N between molecules and conformers matters for this split")
+        if fit.shared:
+            body += f"; {fit.shared}"
         if not fit.all_forms_compared:
             body += ("; too few cells to cross-validate every form, so the form is not "
                      "established")

@@ -11,7 +11,8 @@ from mlipdiv.study.config import (
     parse_config,
     preset_text,
 )
-from mlipdiv.study.fit import FORMS, SurfaceFit, fit_results, fit_surface, load_fits, write_fits
+from mlipdiv.study.curves import fit_results
+from mlipdiv.study.fit import FORMS, SurfaceFit, fit_surface, load_fits, write_fits
 from mlipdiv.study.layout import StudyPaths
 from mlipdiv.study.runner import run_study
 

@@ -286,6 +286,8 @@ class StudyConfig(_Strict):
         """The settings that define the study's results (not where or how it runs), with the
         training schedule they imply."""
         settings = self.model_dump(mode="json", exclude={"out": True, "executor": True})
+        if not self.adaptive.enabled:  # studies made before the adaptive pilot compare equal
+            settings.pop("adaptive")
         return {**settings, "training_schedule": self.training_schedule()}
 
 

@@ -48,7 +48,6 @@ from scipy.optimize import brentq, least_squares
 from mlipdiv.atomic import write_text_atomic
 from mlipdiv.errors import MlipdivError
 from mlipdiv.files import read_json, reading
-from mlipdiv.metrics.cells import cell_summary
 from mlipdiv.study.layout import RESULTS_REMEDY
 
 EXPONENT_BOUNDS = (0.05, 2.0)
@@ -156,6 +155,8 @@ class SurfaceFit(BaseModel):
     grid_conformers: tuple[float, float]
     grid_total: tuple[float, float]
     samples: list[list[float]]  # natural parameters in FORMS[form].params order
+    # exponents fitted jointly with other splits' curves, when that lowered the held-out error
+    shared: str | None = None
 
     @property
     def cv_rmse_log(self) -> dict[str, float | None]:
@@ -205,22 +206,22 @@ class _Fit:
     rejected: str | None
 
 
-def _natural(form: SurfaceForm, theta: np.ndarray) -> np.ndarray:
+def natural_params(form: SurfaceForm, theta: np.ndarray) -> np.ndarray:
     """Internal parameters (log amplitudes) -> natural ones, along the last axis."""
     out = np.array(theta, dtype=float, copy=True)
     out[..., 0::2] = np.exp(out[..., 0::2])
     return out
 
 
-def _bounds(form: SurfaceForm) -> tuple[np.ndarray, np.ndarray]:
+def param_bounds(form: SurfaceForm) -> tuple[np.ndarray, np.ndarray]:
     n = len(form.terms)
     lower = np.tile([LOG_AMPLITUDE_BOUNDS[0], EXPONENT_BOUNDS[0]], n)
     upper = np.tile([LOG_AMPLITUDE_BOUNDS[1], EXPONENT_BOUNDS[1]], n)
     return lower, upper
 
 
-def _log_predict(form: SurfaceForm, theta: np.ndarray, m, k) -> np.ndarray:
-    return np.log(np.maximum(form.function(_natural(form, theta), m, k), 1e-300))
+def log_predict(form: SurfaceForm, theta: np.ndarray, m, k) -> np.ndarray:
+    return np.log(np.maximum(form.function(natural_params(form, theta), m, k), 1e-300))
 
 
 def _solve(form: SurfaceForm, m, k, y, s, tau: float, start: np.ndarray | None):
@@ -228,9 +229,9 @@ def _solve(form: SurfaceForm, m, k, y, s, tau: float, start: np.ndarray | None):
     sigma = np.sqrt(s ** 2 + tau ** 2)
 
     def residuals(theta):
-        return (_log_predict(form, theta, m, k) - y) / sigma
+        return (log_predict(form, theta, m, k) - y) / sigma
 
-    lower, upper = _bounds(form)
+    lower, upper = param_bounds(form)
     if start is not None:
         starts = [start]
     else:
@@ -278,7 +279,7 @@ def _rejection(form: SurfaceForm, theta: np.ndarray, m, k, jac) -> str | None:
         for bound in EXPONENT_BOUNDS:
             if abs(value - bound) < BOUND_TOLERANCE:
                 return f"exponent {exponent} on its bound {bound:g}"
-    terms = form.term_values(_natural(form, theta), m, k)
+    terms = form.term_values(natural_params(form, theta), m, k)
     total = sum(terms)
     for (amplitude, _, _), term in zip(form.terms, terms, strict=True):
         if len(form.terms) > 1 and np.max(term / total) < VANISHING_SHARE:
@@ -288,19 +289,26 @@ def _rejection(form: SurfaceForm, theta: np.ndarray, m, k, jac) -> str | None:
     return None
 
 
-def _samples(form: SurfaceForm, fit: _Fit, n: int, rng: np.random.Generator) -> np.ndarray:
-    """Natural-parameter samples of the Laplace approximation, truncated to the bounds."""
-    lower, upper = _bounds(form)
+def draw_truncated(theta: np.ndarray, covariance: np.ndarray, lower: np.ndarray,
+                   upper: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """`n` draws of a Gaussian truncated to the bounds (rejection; a posterior mostly beyond
+    the bounds keeps clipped draws for the rest)."""
     accepted: list[np.ndarray] = []
     for _ in range(20):
-        draws = rng.multivariate_normal(fit.theta, fit.covariance, size=n, method="eigh",
+        draws = rng.multivariate_normal(theta, covariance, size=n, method="eigh",
                                         check_valid="ignore")
         accepted += list(draws[np.all((draws >= lower) & (draws <= upper), axis=1)])
         if len(accepted) >= n:
             break
-    if len(accepted) < n:  # a posterior mostly beyond the bounds: keep the clipped draws
+    if len(accepted) < n:
         accepted += list(np.clip(draws, lower, upper))
-    return _natural(form, np.array(accepted[:n]))
+    return np.array(accepted[:n])
+
+
+def _samples(form: SurfaceForm, fit: _Fit, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Natural-parameter samples of the Laplace approximation, truncated to the bounds."""
+    return natural_params(form, draw_truncated(fit.theta, fit.covariance, *param_bounds(form),
+                                               n, rng))
 
 
 # ---------------------------------------------------------------- cross-validation
@@ -314,11 +322,11 @@ def _cross_validate(form: SurfaceForm, cells: pd.DataFrame, rng: np.random.Gener
     for rows in groups.values():
         train = cells.drop(cells.index[rows])
         test = cells.iloc[rows]
-        fit = _fit_form(form, *_arrays(train))
+        fit = _fit_form(form, *cell_arrays(train))
         samples = _samples(form, fit, N_CV_SAMPLES, rng)
-        m, k, y, s = _arrays(test)
-        point = _log_predict(form, fit.theta, m, k)
-        sampled = np.log(np.maximum(form.function(_columns(samples), m, k), 1e-300))
+        m, k, y, s = cell_arrays(test)
+        point = log_predict(form, fit.theta, m, k)
+        sampled = np.log(np.maximum(form.function(sample_columns(samples), m, k), 1e-300))
         spread = np.sqrt(fit.tau ** 2 + s ** 2)
         predictive = sampled + rng.normal(size=sampled.shape) * spread
         low, high = np.percentile(predictive, [2.5, 97.5], axis=0)
@@ -331,12 +339,12 @@ def _cross_validate(form: SurfaceForm, cells: pd.DataFrame, rng: np.random.Gener
     return float(np.sqrt(np.mean(squared))), held
 
 
-def _columns(samples: np.ndarray) -> list[np.ndarray]:
+def sample_columns(samples: np.ndarray) -> list[np.ndarray]:
     """Sample columns shaped (n_samples, 1) to broadcast against cell arrays."""
     return [samples[:, j][:, None] for j in range(samples.shape[1])]
 
 
-def _arrays(cells: pd.DataFrame):
+def cell_arrays(cells: pd.DataFrame):
     return (cells.M.to_numpy(float), cells.K.to_numpy(float), cells.log_value.to_numpy(float),
             np.maximum(cells.log_se.to_numpy(float), MIN_LOG_SE))
 
@@ -352,14 +360,9 @@ def conformer_map(cells: pd.DataFrame) -> float:
     return float(np.clip(log_c @ log_k / (log_c @ log_c), 1e-3, 1.0))
 
 
-def fit_surface(cells: pd.DataFrame, *, model: str, split: str, metric: str,
-                selection: str = "random-random", conformer_axis: str = EFFECTIVE_AXIS,
-                seed: int = 0) -> SurfaceFit:
-    """Fit one split's learning curve. `cells` has one row per measured design point with
-    columns M, C (nominal conformers per molecule), K (effective; defaults to C), value (mean
-    error over replicates) and log_se (standard error of log value), or one row per replicate
-    with M, C and `error` (turned into design points by `cells_from_replicates`). Raises
-    MlipdivError when no form has enough cells for a cross-validated fit."""
+def prepare_cells(cells: pd.DataFrame) -> pd.DataFrame:
+    """Design points ready to fit: K defaulted to C, non-positive values dropped, log value
+    and a non-negative log standard error."""
     if "value" not in cells and "error" in cells:
         cells = cells_from_replicates(cells)
     cells = cells.copy()
@@ -368,11 +371,23 @@ def fit_surface(cells: pd.DataFrame, *, model: str, split: str, metric: str,
     cells = cells[np.isfinite(cells.value) & (cells.value > 0)].reset_index(drop=True)
     cells["log_value"] = np.log(cells.value)
     cells["log_se"] = cells.log_se.fillna(0.0).clip(lower=0.0)
+    return cells
+
+
+def fit_surface(cells: pd.DataFrame, *, model: str, split: str, metric: str,
+                selection: str = "random-random", conformer_axis: str = EFFECTIVE_AXIS,
+                seed: int = 0) -> SurfaceFit:
+    """Fit one split's learning curve. `cells` has one row per measured design point with
+    columns M, C (nominal conformers per molecule), K (effective; defaults to C), value (mean
+    error over replicates) and log_se (standard error of log value), or one row per replicate
+    with M, C and `error` (turned into design points by `cells_from_replicates`). Raises
+    MlipdivError when no form has enough cells for a cross-validated fit."""
+    cells = prepare_cells(cells)
     rng = np.random.default_rng(seed)
     candidates, fitted, held_by_form = {}, {}, {}
     for name, form in FORMS.items():
         score, held = _cross_validate(form, cells, rng)
-        fit = _fit_form(form, *_arrays(cells)) if score is not None else None
+        fit = _fit_form(form, *cell_arrays(cells)) if score is not None else None
         fitted[name], held_by_form[name] = fit, held
         candidates[name] = Candidate(cv_rmse_log=score, covered=sum(h.inside for h in held),
                                      held_out=len(held), rejected=fit.rejected if fit else None)
@@ -393,7 +408,7 @@ def fit_surface(cells: pd.DataFrame, *, model: str, split: str, metric: str,
     return SurfaceFit(
         model=model, selection=selection, split=split, metric=metric, form=chosen,
         formula=form.formula, accepted=bool(usable), note=note,
-        params=dict(zip(form.params, map(float, _natural(form, fit.theta)), strict=True)),
+        params=dict(zip(form.params, map(float, natural_params(form, fit.theta)), strict=True)),
         params_ci={p: (float(lo), float(hi))
                    for p, lo, hi in zip(form.params, low, high, strict=True)},
         tau=float(fit.tau),
@@ -407,7 +422,7 @@ def fit_surface(cells: pd.DataFrame, *, model: str, split: str, metric: str,
         samples=samples.tolist())
 
 
-# ---------------------------------------------------------------- a study's fits
+# ---------------------------------------------------------------- reading and writing
 def cells_from_replicates(table: pd.DataFrame) -> pd.DataFrame:
     """Design points from per-replicate errors (columns M, C, error, optional K): the mean
     error and the standard error of its log from the replicates' spread (0 with one)."""
@@ -420,53 +435,6 @@ def cells_from_replicates(table: pd.DataFrame) -> pd.DataFrame:
                         sd=("log_error", "std"))
     cells["log_se"] = (cells.sd / np.sqrt(cells.n)).fillna(0.0)
     return cells[["M", "C", "K", "value", "log_se"]]
-
-
-def _cells(results: pd.DataFrame, molecules: pd.DataFrame | None, metric: str,
-           seed: int) -> tuple[pd.DataFrame, str]:
-    """One row per (model, selection, split, M, C) with value, log_se and K, and the name of
-    the conformer axis used."""
-    effective = EFFECTIVE_COLUMN in results and results[EFFECTIVE_COLUMN].notna().all()
-    keys = ["model", "selection", "split", "M", "C"]
-    k = (results.groupby(keys)[EFFECTIVE_COLUMN].mean() if effective
-         else results.groupby(keys)["C"].mean()).rename("K")
-    if molecules is not None and not molecules.empty and f"num_{metric}" in molecules:
-        summary = cell_summary(results, molecules, metric, seed=seed)
-        # a design point measured by both experiments with one shared run counts once
-        summary = summary.drop_duplicates(keys + ["value"])
-    else:
-        frames = []
-        for key, group in results.rename(columns={metric: "error"}).groupby(keys[:3]):
-            points = cells_from_replicates(group[["M", "C", "replicate", "error"]]
-                                           .groupby(["M", "C", "replicate"], as_index=False)
-                                           .mean())
-            frames.append(points.drop(columns="K").assign(**dict(zip(keys[:3], key,
-                                                                       strict=True))))
-        summary = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-            columns=keys + ["value", "log_se"])
-    cells = summary.merge(k.reset_index(), on=keys, how="left")
-    cells["K"] = cells.K.fillna(cells.C).clip(lower=1.0)
-    return cells, EFFECTIVE_AXIS if effective else NOMINAL_AXIS
-
-
-def fit_results(results: pd.DataFrame, metric: str, seed: int = 0,
-                molecules: pd.DataFrame | None = None) -> tuple[list[SurfaceFit], list[str]]:
-    """A learning curve per (model, selection, split) of a results table (columns model,
-    selection, split, M, C, replicate and the metric; the effective-conformer column when
-    present) weighted by the per-cell hierarchical bootstrap of `molecules` (the per-molecule
-    error terms; without them, by the replicates' spread). Returns the fits and, for each
-    (model, selection, split) that could not be fitted, one line saying why."""
-    if metric not in results.columns:
-        raise MlipdivError(f"metric {metric!r} is not a column of the results table")
-    cells, axis = _cells(results, molecules, metric, seed)
-    fits, skipped = [], []
-    for (model, selection, split), group in cells.groupby(["model", "selection", "split"]):
-        try:
-            fits.append(fit_surface(group, model=model, split=split, metric=metric,
-                                    selection=selection, conformer_axis=axis, seed=seed))
-        except MlipdivError as exc:
-            skipped.append(str(exc))
-    return fits, skipped
 
 
 def write_fits(fits: list[SurfaceFit], skipped: list[str], path: str | os.PathLike) -> None:

@@ -54,8 +54,9 @@ from mlipdiv.study.adaptive import (
 )
 from mlipdiv.study.advise import DataLimits, advise
 from mlipdiv.study.config import StudyConfig, config_differences, load_config
+from mlipdiv.study.curves import fit_results
 from mlipdiv.study.executors import plan_parallelism, run_local, run_ray
-from mlipdiv.study.fit import fit_results, write_fits
+from mlipdiv.study.fit import write_fits
 from mlipdiv.study.layout import RESTART_REMEDY, RESULTS_REMEDY, StudyPaths
 
 MIN_FREE_BYTES = 50 * 1024**2
