@@ -221,7 +221,8 @@ def test_verify_never_compares_a_design_with_itself(advised):
     )
     config = parse_config("[data]\nn_molecules = 100\nconformers = 16\n"
                           "[fixed_budget]\nbudget = 48\nmolecules = [2, 6, 24]\n")
-    targets = verify_designs(_advice_at(advised), config, pool_molecules=24, budget=48)
+    limits = DataLimits(max_molecules=24, max_conformers_per_molecule=30)
+    targets = verify_designs(_advice_at(advised), config, limits, budget=48)
     assert targets[ADVISED] == advised
     assert len(set(targets.values())) == len(targets) >= 3
     if advised == 24:  # the structure-heavy extreme itself: compared one grid step below
@@ -258,3 +259,13 @@ def test_exponents_are_shared_across_splits_only_when_held_out_error_falls():
     again = share_exponents(separate_fits, {s: prepare_cells(
         g.rename(columns={"e": "error"})) for s, g in table.groupby("split")})
     assert [f.shared is None for f in again] in ([True, True], [False, False])
+
+
+def test_verify_conformer_heavy_design_is_the_fewest_molecules_the_pool_can_supply():
+    from mlipdiv.study.config import parse_config
+    from mlipdiv.study.verify import CONFORMER_HEAVY, verify_designs
+    config = parse_config("[data]\nn_molecules = 300\nconformers = 32\n"
+                          "[fixed_budget]\nbudget = 240\nmolecules = [10, 30, 120]\n")
+    limits = DataLimits(max_molecules=190, max_conformers_per_molecule=25)
+    targets = verify_designs(_advice_at(120), config, limits, budget=480)
+    assert targets[CONFORMER_HEAVY] == 20  # 480 / 25 conformers a molecule, not the grid's 10

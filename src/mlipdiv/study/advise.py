@@ -83,7 +83,6 @@ class Advice(BaseModel):
     # when not determined: unmeasured (M, C) cells at this budget where the fits' samples most
     # often put the optimum (Thompson sampling), with the share of samples that did
     next_cells: list[tuple[int, int, float]] = []
-    direction: str | None = None  # kept for reading older advice files
     limits: DataLimits | None = None
 
     @property

@@ -16,6 +16,7 @@ like the study it resumes after any interruption, redoing only unfinished traini
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from mlipdiv.errors import FieldError, MlipdivError
 from mlipdiv.files import read_json, reading
 from mlipdiv.locking import locks_output
 from mlipdiv.metrics.hierarchical import DesignComparison, compare_designs
-from mlipdiv.study.advise import Advice, advise
+from mlipdiv.study.advise import Advice, DataLimits, advise
 from mlipdiv.study.config import StudyConfig, load_config
 from mlipdiv.study.fit import load_fits
 from mlipdiv.study.layout import RESTART_REMEDY, StudyPaths
@@ -81,14 +82,19 @@ def _grid(config: StudyConfig) -> list[int]:
             else [config.fixed_molecules.molecules] if config.fixed_molecules else [1])
 
 
-def verify_designs(advice: Advice, config: StudyConfig, pool_molecules: int,
+def verify_designs(advice: Advice, config: StudyConfig, limits: DataLimits,
                    budget: int) -> dict[str, int]:
-    """M of each compared design: the advice, and the two extremes of the same budget. When
+    """M of each compared design: the advice, and the two extremes of the same budget (the
+    structure-heavy one: the most molecules the pool holds, at most N; the conformer-heavy
+    one: the study grid's fewest molecules, or the fewest whose conformers the pool can
+    supply at this budget). When
     the advice coincides with an extreme, that extreme is replaced by the nearest distinct
     design on the other side (the next M of the study's grid, else half or twice M*), so no
     design is ever compared with itself."""
     advised = advice.n_molecules
-    most, fewest = min(budget, pool_molecules), min(min(_grid(config)), budget)
+    per_molecule = limits.max_conformers_per_molecule or budget
+    most = min(budget, limits.max_molecules)
+    fewest = min(max(min(_grid(config)), math.ceil(budget / per_molecule)), most)
     grid = sorted(set(_grid(config)) | {most, fewest})
     targets = {ADVISED: advised}
     if most == advised:
@@ -197,7 +203,7 @@ def run_verify(study_dir: str | Path, budget: int, *, replicates: int = 3,
     limits = pool_limits(config, study)
     advice = advise(fits, budget, model=model, selection=selection_name, weights=weights,
                     cost_per_molecule=0.0, cost_per_conformer=1.0, limits=limits)
-    targets = verify_designs(advice, config, limits.max_molecules, budget)
+    targets = verify_designs(advice, config, limits, budget)
     drawn = _draw(config, study, list(targets.values()), budget, replicates, selection)
     root = verify_directory(study.root, budget)
     _check_settings(root, {"budget": budget, "replicates": replicates, "weights": weights,
