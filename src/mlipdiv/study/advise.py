@@ -223,7 +223,7 @@ def advise(fits: list[SurfaceFit], budget: float, *, model: str | None = None,
         neighbours=_neighbours(results, first, best_m, best_c, selected),
         forms={s: f.form for s, f in selected.items()}, determined=determined,
         warnings=_warnings(selected, (best_m, best_c), interval_m, accepted, splits_matter,
-                           narrow, extrapolation),
+                           narrow, extrapolation) + _at_limit(best_m, molecules, limits),
         extrapolation=extrapolation,
         next_cells=[] if determined else thompson_cells(
             molecules[sample_best], conformers[sample_best], _measured_cells(selected),
@@ -252,6 +252,17 @@ def thompson_cells(sample_m: np.ndarray, sample_c: np.ndarray,
 
 def _measured_cells(selected: dict[str, SurfaceFit]) -> set[tuple[float, float]]:
     return {(h.M, h.C) for f in selected.values() for h in f.held_out}
+
+
+def _at_limit(best_m: int, molecules: np.ndarray, limits: DataLimits | None) -> list[str]:
+    """A warning when the optimum sits within 10 % of the most molecules the team can
+    obtain (and that limit, not the budget, bounds M)."""
+    bounded = limits is not None and molecules.max() >= 0.99 * limits.max_molecules
+    if not bounded or best_m < 0.9 * molecules.max():
+        return []
+    return [f"the optimum sits at the most molecules obtainable (M = {best_m}, "
+            f"{limits.source}): with more molecules available the advice would move towards "
+            "them"]
 
 
 def _middle(molecules: np.ndarray, m_range: tuple[float, float]) -> int:

@@ -23,6 +23,7 @@ import pandas as pd
 
 from mlipdiv.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
 from mlipdiv.data.generate import GenerateOptions, generate
+from mlipdiv.data.identity import quiet_rdkit
 from mlipdiv.data.qm import QMMethod
 from mlipdiv.data.sources import MoleculeFilter, parse_elements, select_molecules
 from mlipdiv.design import (
@@ -506,8 +507,9 @@ def obtainable_limits(config: StudyConfig, paths: StudyPaths, max_molecules: int
     if max_molecules is not None:
         molecules, source = max_molecules, f"the stated maximum of {max_molecules} molecules"
     elif config.data.source == "generate":
-        usable = len(select_molecules(config.data.molecules, 10**9, molecule_filter(config),
-                                      config.seed).entries)
+        with quiet_rdkit():
+            usable = len(select_molecules(config.data.molecules, 10**9,
+                                          molecule_filter(config), config.seed).entries)
         held_out = config.data.n_molecules - pool.max_molecules
         molecules = max(usable - held_out, pool.max_molecules)
         source = (f"the data source '{config.data.molecules}' ({usable} usable molecules, "
