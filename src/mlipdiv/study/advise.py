@@ -223,28 +223,38 @@ def advise(fits: list[SurfaceFit], budget: float, *, model: str | None = None,
         neighbours=_neighbours(results, first, best_m, best_c, selected),
         forms={s: f.form for s, f in selected.items()}, determined=determined,
         warnings=_warnings(selected, (best_m, best_c), interval_m, accepted, splits_matter,
-                           narrow, extrapolation) + _at_limit(best_m, molecules, limits),
+                           narrow, extrapolation)
+        + _at_limit((best_m, best_c), (molecules, conformers), limits),
         extrapolation=extrapolation,
         next_cells=[] if determined else thompson_cells(
             molecules[sample_best], conformers[sample_best], _measured_cells(selected),
-            NEXT_CELLS),
+            NEXT_CELLS, (molecules, conformers)),
         limits=limits)
 
 
 def thompson_cells(sample_m: np.ndarray, sample_c: np.ndarray,
-                   measured: set[tuple[float, float]], count: int
+                   measured: set[tuple[float, float]], count: int,
+                   feasible: tuple[np.ndarray, np.ndarray] | None = None
                    ) -> list[tuple[int, int, float]]:
     """Thompson sampling: the `count` (M, C) most often optimal across the fits' samples that
     are not measured yet, with the share of samples that put the optimum there. A cell within
-    15 % in M (and in C) of a measured or already chosen one counts as that one."""
+    15 % in M (and in C) of a measured or already chosen one counts as that one. When the
+    samples agree on measured cells only, the unmeasured `feasible` designs nearest (in log M)
+    to the most sampled optimum follow, with share 0."""
     pairs, counts = np.unique(np.stack([sample_m, sample_c], axis=1), axis=0,
                               return_counts=True)
+    order = np.argsort(-counts, kind="stable")
+    candidates = [(int(pairs[i][0]), int(pairs[i][1]), float(counts[i] / len(sample_m)))
+                  for i in order]
+    if feasible is not None:
+        top = candidates[0][0]
+        near = np.argsort(np.abs(np.log(feasible[0] / top)), kind="stable")
+        candidates += [(int(feasible[0][i]), int(feasible[1][i]), 0.0) for i in near]
     chosen: list[tuple[int, int, float]] = []
-    for index in np.argsort(-counts, kind="stable"):
-        m, c = (int(v) for v in pairs[index])
+    for m, c, share in candidates:
         taken = measured | {(a, b) for a, b, _ in chosen}
         if not any(abs(np.log(m / a)) < 0.15 and abs(np.log(c / b)) < 0.15 for a, b in taken):
-            chosen.append((m, c, float(counts[index] / len(sample_m))))
+            chosen.append((m, c, share))
         if len(chosen) == count:
             break
     return chosen
@@ -254,15 +264,24 @@ def _measured_cells(selected: dict[str, SurfaceFit]) -> set[tuple[float, float]]
     return {(h.M, h.C) for f in selected.values() for h in f.held_out}
 
 
-def _at_limit(best_m: int, molecules: np.ndarray, limits: DataLimits | None) -> list[str]:
-    """A warning when the optimum sits within 10 % of the most molecules the team can
-    obtain (and that limit, not the budget, bounds M)."""
-    bounded = limits is not None and molecules.max() >= 0.99 * limits.max_molecules
-    if not bounded or best_m < 0.9 * molecules.max():
+def _at_limit(best: tuple[int, int], designs: tuple[np.ndarray, np.ndarray],
+              limits: DataLimits | None) -> list[str]:
+    """A warning when the optimum sits within 10 % of the most molecules, or of the most
+    conformers per molecule, the team can obtain (when that limit, not the budget, binds)."""
+    if limits is None:
         return []
-    return [f"the optimum sits at the most molecules obtainable (M = {best_m}, "
-            f"{limits.source}): with more molecules available the advice would move towards "
-            "them"]
+    warnings = []
+    molecules, conformers = designs
+    if molecules.max() >= 0.99 * limits.max_molecules and best[0] >= 0.9 * molecules.max():
+        warnings.append(f"the optimum sits at the most molecules obtainable (M = {best[0]}, "
+                        f"{limits.source}): with more molecules available the advice would "
+                        "move towards them")
+    most_c = limits.max_conformers_per_molecule
+    if most_c is not None and conformers.max() >= 0.99 * most_c and best[1] >= 0.9 * most_c:
+        warnings.append(f"the optimum sits at the most conformers a molecule offers (C = "
+                        f"{best[1]}, {limits.source}): with more conformers per molecule the "
+                        "advice would move towards them")
+    return warnings
 
 
 def _middle(molecules: np.ndarray, m_range: tuple[float, float]) -> int:
