@@ -93,6 +93,9 @@ def surface_findings(fits: list[SurfaceFit], skipped: list[str]) -> list[str]:
                      "splitting N between molecules and conformers matters for this split")
         if fit.shared:
             body += f"; {fit.shared}"
+        if fit.alternatives:
+            body += (f"; held-out error cannot tell it from {', '.join(fit.alternatives)} "
+                     "(one-standard-error rule), so the advice's intervals mix their samples")
         if not fit.all_forms_compared:
             body += ("; too few cells to cross-validate every form, so the form is not "
                      "established")

@@ -157,6 +157,9 @@ class SurfaceFit(BaseModel):
     samples: list[list[float]]  # natural parameters in FORMS[form].params order
     # exponents fitted jointly with other splits' curves, when that lowered the held-out error
     shared: str | None = None
+    # samples of the accepted forms the held-out error cannot tell from the chosen one; the
+    # uncertainty samples (`predict_samples`) mix them in equal parts with the chosen form's
+    alternatives: dict[str, list[list[float]]] = {}
 
     @property
     def cv_rmse_log(self) -> dict[str, float | None]:
@@ -183,14 +186,22 @@ class SurfaceFit(BaseModel):
                                          self.effective(conformers))
 
     def predict_samples(self, molecules, conformers) -> np.ndarray:
-        """Predictions of every uncertainty sample: shape (n_samples, *broadcast shape)."""
+        """Predictions of the uncertainty samples: shape (n_samples, *broadcast shape). With
+        competing forms, equal shares of the chosen form's and each competitor's samples
+        (model-form uncertainty in the intervals)."""
         m = np.asarray(molecules, dtype=float)
         k = self.effective(conformers)
-        samples = np.array(self.samples)
-        form = FORMS[self.form]
-        shape = (len(samples),) + (1,) * np.broadcast(m, k).ndim
-        theta = [samples[:, j].reshape(shape) for j in range(samples.shape[1])]
-        return form.function(theta, m, k)
+        share = len(self.samples) // (1 + len(self.alternatives))
+        first = len(self.samples) - share * len(self.alternatives)  # always n_samples in all
+        blocks = [(self.form, self.samples[:first])] + [
+            (name, samples[:share]) for name, samples in self.alternatives.items()]
+        parts = []
+        for name, samples in blocks:
+            samples = np.array(samples)
+            shape = (len(samples),) + (1,) * np.broadcast(m, k).ndim
+            theta = [samples[:, j].reshape(shape) for j in range(samples.shape[1])]
+            parts.append(FORMS[name].function(theta, m, k))
+        return np.concatenate(parts)
 
     def depends_on_split(self) -> bool:
         """True when the accepted form says how N is split between M and C matters."""
@@ -403,6 +414,8 @@ def fit_surface(cells: pd.DataFrame, *, model: str, split: str, metric: str,
     form, fit = FORMS[chosen], fitted[chosen]
     samples = _samples(form, fit, N_SAMPLES, rng)
     low, high = np.percentile(samples, [2.5, 97.5], axis=0)
+    alternatives = {name: _samples(FORMS[name], fitted[name], N_SAMPLES, rng).tolist()
+                    for name in competing(chosen, usable, held_by_form)}
     note = None if usable else ("every form was rejected (" + "; ".join(
         f"{n}: {c.rejected}" for n, c in scored.items()) + "): no learning curve is a finding")
     return SurfaceFit(
@@ -419,7 +432,23 @@ def fit_surface(cells: pd.DataFrame, *, model: str, split: str, metric: str,
         grid_molecules=(int(cells.M.min()), int(cells.M.max())),
         grid_conformers=(float(cells.C.min()), float(cells.C.max())),
         grid_total=(float((cells.M * cells.C).min()), float((cells.M * cells.C).max())),
-        samples=samples.tolist())
+        samples=samples.tolist(), alternatives=alternatives)
+
+
+def competing(chosen: str, usable: dict[str, Candidate], held: dict[str, list[HeldOut]]
+              ) -> list[str]:
+    """Accepted forms the held-out error cannot tell from the chosen one (the one-standard-
+    error rule: mean squared held-out log error within one standard error of the chosen
+    form's)."""
+    if chosen not in usable:
+        return []
+
+    def squared(name: str) -> np.ndarray:
+        return np.array([np.log(h.predicted / h.measured) ** 2 for h in held[name]])
+
+    best = squared(chosen)
+    margin = best.mean() + best.std(ddof=1) / np.sqrt(len(best)) if len(best) > 1 else 0.0
+    return [name for name in usable if name != chosen and squared(name).mean() <= margin]
 
 
 # ---------------------------------------------------------------- reading and writing
