@@ -688,6 +688,7 @@ def advise(
     from mlipdiv.design.kinds import default_advice_weights
     from mlipdiv.files import read_parquet
     from mlipdiv.study import StudyPaths, advise, load_config, load_fits, parse_weights
+    from mlipdiv.study.advise import describe_cell
     from mlipdiv.study.layout import RESULTS_REMEDY
     from mlipdiv.study.runner import obtainable_limits
 
@@ -728,8 +729,7 @@ def advise(
                       "  ".join(f"{s} {v:.4g} (fit {cell.predicted[s]:.4g})"
                                 for s, v in cell.measured.items()))
     if advice.next_cells:
-        table.add_row("run next", ", ".join(f"M={m} C={c} ({share:.0%})"
-                                            for m, c, share in advice.next_cells))
+        table.add_row("run next", "; ".join(describe_cell(*cell) for cell in advice.next_cells))
     Console().print(table)
     for warning in advice.warnings:
         console.print(f"[yellow]warning:[/yellow] {warning}")

@@ -11,7 +11,7 @@ from mlipdiv.design.kinds import test_set_kinds
 from mlipdiv.errors import MlipdivError
 from mlipdiv.metrics.hierarchical import trend_slope
 from mlipdiv.report.tables import Z95
-from mlipdiv.study.advise import Advice
+from mlipdiv.study.advise import Advice, describe_cell
 from mlipdiv.study.fit import FORMS, NULL_FORM, SurfaceFit
 
 
@@ -118,8 +118,8 @@ def advice_findings(advice: list[Advice]) -> list[str]:
             f"{item.conformers_interval[0]}–{item.conformers_interval[1]}); predicted "
             f"{predicted}; " + ("determined." if item.determined else "not determined" + (
                 "; to narrow it, run next: " + ", ".join(
-                    f"M = {m} × C = {c} ({share:.0%} of the curves' samples put the optimum "
-                    "there)" for m, c, share in item.next_cells) if item.next_cells else "")
+                    describe_cell(*cell) for cell in item.next_cells) if item.next_cells
+                else "")
                 + "."))
         lines += [f"Warning ({item.model}): {warning}." for warning in item.warnings]
     return lines

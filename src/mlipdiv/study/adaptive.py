@@ -27,7 +27,7 @@ from mlipdiv.design import DesignOptions, make_design, write_design
 from mlipdiv.design.experiments import FixedBudget
 from mlipdiv.errors import MlipdivError
 from mlipdiv.files import read_json, reading
-from mlipdiv.study.advise import Advice
+from mlipdiv.study.advise import Advice, describe_cell
 from mlipdiv.study.layout import RESTART_REMEDY
 
 CELL_PREFIX = "adaptive"
@@ -110,8 +110,8 @@ def why(picked: list[tuple[int, int, float, str]], advice: list[Advice]) -> str:
     where = "; ".join(f"{a.model}: M* = {a.n_molecules} (interval {a.molecules_interval[0]}-"
                       f"{a.molecules_interval[1]}), "
                       f"{'determined' if a.determined else 'not determined'}" for a in advice)
-    cells = ", ".join(f"M = {m} × C = {c} ({share:.0%} of {model}'s curve samples put the "
-                      "optimum there)" for m, c, share, model in picked)
+    cells = ", ".join(f"{describe_cell(m, c, share)} for {model}"
+                      for m, c, share, model in picked)
     return f"optimum before the round: {where}. Thompson sampling chose {cells}."
 
 

@@ -260,6 +260,13 @@ def thompson_cells(sample_m: np.ndarray, sample_c: np.ndarray,
     return chosen
 
 
+def describe_cell(m: int, c: int, share: float) -> str:
+    """A proposed cell in words: where the samples put the optimum, or its nearest neighbour."""
+    why = (f"{share:.0%} of the curves' samples put the optimum there" if share > 0 else
+           "unmeasured, next to the most sampled optimum")
+    return f"M = {m} × C = {c} ({why})"
+
+
 def _measured_cells(selected: dict[str, SurfaceFit]) -> set[tuple[float, float]]:
     return {(h.M, h.C) for f in selected.values() for h in f.held_out}
 
