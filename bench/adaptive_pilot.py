@@ -91,7 +91,7 @@ def main() -> None:
     times = {"study_s": run([mlipdiv, "study", str(config), "--out", str(args.out)])}
     times["verify_s"] = run([mlipdiv, "verify", str(args.out), "--budget",
                              str(2 * args.budget), "--replicates",
-                             str(args.verify_replicates)])
+                             str(args.verify_replicates), "--force"])
     times["report_s"] = run([mlipdiv, "report", str(args.out)])
     check = subprocess.run([sys.executable, str(Path(__file__).with_name(
         "extrapolation_check.py")), str(args.out)], check=True, capture_output=True, text=True)
