@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlipdiv.errors import MlipdivError
+
 # what to do about a damaged study file: a rerun rebuilds results, fit, advice and report from
 # the finished cells; --force starts the study over
 RESULTS_REMEDY = "rerun the study (its table, fit and advice are rebuilt from finished cells)"
@@ -17,6 +19,13 @@ class StudyPaths:
     """The files and folders of one study directory."""
 
     root: Path
+
+    def finished(self) -> StudyPaths:
+        """These paths, once checked to hold a finished study (MlipdivError otherwise)."""
+        if not self.fit.exists() or not self.settings.exists():
+            raise MlipdivError(f"{self.root}: no finished study (no fit.json); run `mlipdiv "
+                               "study` first")
+        return self
 
     @property
     def config(self) -> Path:

@@ -480,10 +480,7 @@ def run_refine(study_dir: str | Path, cells: int, *, per_round: int | None = Non
                progress: bool = True) -> AdaptiveState:
     """`mlipdiv refine`: the adaptive pilot on a finished study, adding up to `cells` more
     design points (stopping earlier when the advice is determined). Resumable."""
-    paths = StudyPaths(Path(study_dir))
-    if not paths.fit.exists() or not paths.settings.exists():
-        raise MlipdivError(f"{paths.root}: no finished study (no fit.json); run `mlipdiv "
-                           "study` first")
+    paths = StudyPaths(Path(study_dir)).finished()
     if cells < 1:
         raise FieldError("cells", cells, "must be >= 1")
     if per_round is not None and per_round < 1:

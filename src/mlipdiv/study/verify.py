@@ -182,10 +182,7 @@ def run_verify(study_dir: str | Path, budget: int, *, replicates: int = 3,
     """Train and compare the advised design and both extremes at `budget`; writes and returns
     `verify.json`."""
 
-    study = StudyPaths(Path(study_dir))
-    if not study.fit.exists() or not study.settings.exists():
-        raise MlipdivError(f"{study.root}: no finished study (no fit.json); run `mlipdiv "
-                           "study` first")
+    study = StudyPaths(Path(study_dir)).finished()
     if budget < 2:
         raise FieldError("budget", budget, "must be >= 2")
     if replicates < 1:
