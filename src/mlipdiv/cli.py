@@ -144,6 +144,9 @@ def import_(
     forces_unit: str | None = typer.Option(
         None, "--forces-unit", help="<energy>/<length>, e.g. kcal/mol/angstrom (default: "
         "energy unit / length unit)."),
+    skip_bad_frames: bool = typer.Option(
+        False, "--skip-bad-frames", help="Skip (and count) frames no molecule can have (atoms "
+        "closer than 0.3 A, an impossible energy) instead of refusing the file."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
 ) -> None:
     """Import a public or own dataset into a store (identity from geometry); `mlipdiv
@@ -159,6 +162,7 @@ def import_(
             path, out, format, energy_key, forces_key,
             on_group=lambda done, total: progress.update(task, completed=done, total=total),
             energy_unit=energy_unit, length_unit=length_unit, forces_unit=forces_unit,
+            skip_bad_frames=skip_bad_frames,
         )
     if as_json:
         print_json(summary.as_dict())
