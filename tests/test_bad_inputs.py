@@ -1,0 +1,189 @@
+"""Inputs an adversarial user tries (issue 20): each ends in one line naming the file, frame or
+option and exits 2 at once, or is skipped and counted where the user asks for that; nothing
+is left behind."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from ase.io import write
+from conftest import labelled_record
+
+from mlipdiv.data import ConformerStore
+from mlipdiv.data.units import (
+    HARTREE_TO_EV,
+    MIN_ATOM_DISTANCE,
+    closest_distances,
+    frame_problems,
+)
+
+
+def run_cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
+    from mlipdiv.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["mlipdiv", *map(str, args)])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
+
+
+def one_line(code: int, err: str, *fragments: str) -> str:
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def ethanol():
+    return labelled_record("CCO", 4)
+
+
+# ---------------------------------------------------------------- bounded parsing
+HUGE = "99999999999"
+HUGE_FILES = {
+    "extxyz": ("huge.extxyz", f"{HUGE}\nProperties=species:S:1:pos:R:3 energy=-1.0\n"
+               "C 0 0 0\nH 0 0 1.1\n"),
+    "xyz": ("huge.xyz", f"{HUGE}\nplain\nC 0 0 0\nH 0 0 1.1\n"),
+    "md17xyz": ("huge.xyz", f"{HUGE}\n-100.0\nC 0 0 0 0 0 0\nH 0 0 1.1 0 0 0\n"),
+    "qm9": ("huge.xyz", f"{HUGE}\ngdb 1 {' '.join(['1.0'] * 11)} -40.4 1 1 1\n"
+            "C 0 0 0 0\nH 0 0 1.1 0\n"),
+}
+
+
+@pytest.mark.parametrize("fmt", sorted(HUGE_FILES))
+def test_a_huge_atom_count_is_refused_at_once(fmt, tmp_path, monkeypatch, capsys):
+    name, text = HUGE_FILES[fmt]
+    path = tmp_path / name
+    path.write_text(text)
+    start = time.perf_counter()
+    code, _, err = run_cli(monkeypatch, capsys, "import", path, "--format", fmt, "--out",
+                           tmp_path / "out.h5")
+    assert time.perf_counter() - start < 2.0
+    one_line(code, err, str(path))
+    assert HUGE in err
+    assert not (tmp_path / "out.h5").exists()
+
+
+@pytest.mark.parametrize("label", ["energy=abc", "energy=-40.0 forces=abc"])
+def test_a_label_that_is_not_a_number_names_file_and_frame(label, tmp_path, monkeypatch,
+                                                           capsys):
+    path = tmp_path / "bad.extxyz"
+    path.write_text(f"2\nProperties=species:S:1:pos:R:3 {label}\nC 0 0 0\nH 0 0 1.1\n")
+    code, _, err = run_cli(monkeypatch, capsys, "import", path, "--out", tmp_path / "o.h5")
+    one_line(code, err, str(path), "bad.extxyz:0", "is not a number ('abc')")
+
+
+# ---------------------------------------------------------------- per-frame checks
+def test_frame_problems_finds_each_kind():
+    numbers = np.array([6, 1, 1, 1, 1])
+    positions = np.array([[[0, 0, 0], [0.63, 0.63, 0.63], [-0.63, -0.63, 0.63],
+                           [-0.63, 0.63, -0.63], [0.63, -0.63, -0.63]]], dtype=float)
+    methane = positions.repeat(4, axis=0)
+    methane[1, 2] = methane[1, 1] + [0.1, 0, 0]  # two hydrogens 0.1 A apart
+    energy = np.array([-1100.0, -1100.0, 575.0, -30.0])  # eV: total, total, +575, atomization
+    assert closest_distances(methane)[1] == pytest.approx(0.1)
+    problems = frame_problems(numbers, methane, energy, total_energy=True)
+    assert sorted(problems) == [1, 2, 3]
+    assert problems[1][0] == f"atoms closer than {MIN_ATOM_DISTANCE:g} A"
+    assert problems[2][0] == "positive energy"
+    assert problems[3][0] == "total energy not near the free-atom sum"
+    assert sorted(frame_problems(numbers, methane, energy, total_energy=False)) == [1, 2]
+
+
+def _frames(record, edit):
+    frames = record.to_atoms()
+    edit(frames)
+    return frames
+
+
+def _same_position(frames, which=(2,)):
+    for i in which:
+        positions = frames[i].positions.copy()
+        positions[1] = positions[0]
+        frames[i].positions = positions
+
+
+def _positive_energy(frames):
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    forces = frames[1].get_forces()
+    frames[1].calc = SinglePointCalculator(frames[1], energy=575.0, forces=forces)
+
+
+@pytest.mark.parametrize("edit,reason", [
+    (_same_position, f"atoms closer than {MIN_ATOM_DISTANCE:g} A"),
+    (_positive_energy, "positive energy"),
+])
+def test_a_bad_frame_is_refused_or_skipped_and_counted(ethanol, edit, reason, tmp_path,
+                                                       monkeypatch, capsys):
+    path = tmp_path / "frames.extxyz"
+    write(path, _frames(ethanol, edit))
+    out = tmp_path / "out.h5"
+    code, _, err = run_cli(monkeypatch, capsys, "import", path, "--out", out)
+    one_line(code, err, str(path), "frames.extxyz:", "--skip-bad-frames")
+    assert not out.exists()
+    code, summary, err = run_cli(monkeypatch, capsys, "import", path, "--out", out,
+                                 "--skip-bad-frames", "--json")
+    assert code == 0, err
+    import json
+    summary = json.loads(summary)
+    assert summary["skipped"] == {reason: 1} and summary["n_conformers"] == 3
+
+
+def test_atoms_on_top_of_each_other_in_every_frame_import_nothing(ethanol, tmp_path,
+                                                                   monkeypatch, capsys):
+    path = tmp_path / "frames.extxyz"
+    write(path, _frames(ethanol, lambda f: _same_position(f, range(4))))
+    code, _, err = run_cli(monkeypatch, capsys, "import", path, "--out", tmp_path / "o.h5")
+    one_line(code, err, "frames.extxyz:0", "0 A apart")
+    code, _, err = run_cli(monkeypatch, capsys, "import", path, "--out", tmp_path / "o.h5",
+                           "--skip-bad-frames")
+    one_line(code, err, "nothing to import", "atoms closer than 0.3 A: 4")
+
+
+def _spice(path: Path, record, energy_hartree: np.ndarray) -> None:
+    with h5py.File(path, "w") as f:
+        g = f.create_group("ethanol")
+        g["atomic_numbers"] = record.atomic_numbers.astype(np.int16)
+        g["conformations"] = (record.positions / 0.529177210903).astype(np.float32)
+        g["dft_total_energy"] = energy_hartree
+        g["dft_total_gradient"] = np.zeros_like(record.positions, dtype=np.float32)
+        g["smiles"] = np.array([b"CCO"])
+
+
+@pytest.mark.parametrize("shift,what", [(0.0, None), (+575.0, "positive"),
+                                        ("atomization", "total energy")])
+def test_total_energies_of_a_total_layout_are_checked(ethanol, shift, what, tmp_path,
+                                                      monkeypatch, capsys):
+    """SPICE's layout says its energies are total: +575 eV or an atomization energy
+    (-30 eV for ethanol) in it is refused; real (here GFN2-xTB) totals import."""
+    energy = ethanol.energy / HARTREE_TO_EV
+    if shift == "atomization":
+        energy = np.full_like(energy, -30.0 / HARTREE_TO_EV)
+    elif shift:
+        energy = energy.copy()
+        energy[2] = shift / HARTREE_TO_EV
+    path = tmp_path / "spice.h5"
+    _spice(path, ethanol, energy)
+    code, _, err = run_cli(monkeypatch, capsys, "import", path, "--format", "spice", "--out",
+                           tmp_path / "o.h5")
+    if what is None:
+        assert code == 0, err
+        with ConformerStore(tmp_path / "o.h5") as store:
+            assert store.total_conformers() == 4
+    else:
+        one_line(code, err, str(path), "group ethanol", what)
+
+
+def test_real_conformers_pass_the_per_frame_check(ethanol):
+    assert frame_problems(ethanol.atomic_numbers, ethanol.positions, ethanol.energy, True) == {}
+    assert closest_distances(ethanol.positions).min() > 0.9
