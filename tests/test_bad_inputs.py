@@ -187,3 +187,55 @@ def test_total_energies_of_a_total_layout_are_checked(ethanol, shift, what, tmp_
 def test_real_conformers_pass_the_per_frame_check(ethanol):
     assert frame_problems(ethanol.atomic_numbers, ethanol.positions, ethanol.energy, True) == {}
     assert closest_distances(ethanol.positions).min() > 0.9
+
+
+# ---------------------------------------------------------------- leftovers of kill -9
+MLIPDIV = str(Path(sys.executable).with_name("mlipdiv"))
+
+
+def test_a_killed_import_leaves_a_temporary_the_next_run_removes(ethanol, tmp_path):
+    import os
+    import signal
+    import subprocess
+
+    frames = []
+    rng = np.random.default_rng(0)
+    for _ in range(400):  # long enough to be caught while writing
+        for atoms in ethanol.to_atoms():
+            atoms.positions += rng.normal(0, 0.01, atoms.positions.shape)
+            frames.append(atoms)
+    source, out = tmp_path / "frames.extxyz", tmp_path / "out" / "store.h5"
+    write(source, frames)
+    child = subprocess.Popen([MLIPDIV, "import", str(source), "--out", str(out)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    temporary = out.with_name(f".store.tmp-{child.pid}.h5")
+    deadline = time.time() + 60
+    while not temporary.exists() and child.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    if not temporary.exists():
+        pytest.skip("the import finished before it could be killed")
+    live = out.with_name(f".store.tmp-{os.getpid()}.h5")  # a live writer's: kept
+    live.write_bytes(b"in progress")
+    done = subprocess.run([MLIPDIV, "import", str(source), "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert not temporary.exists() and live.exists()
+    assert sorted(p.name for p in out.parent.iterdir()) == sorted(
+        [live.name, "store.h5", "store.h5.lock"])
+
+
+def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
+    from mlipdiv.atomic import remove_stale_temporaries, write_text_atomic
+
+    dead = 2 ** 22 + 12345  # beyond pid_max: no such process
+    target = tmp_path / "report.html"
+    (tmp_path / f".report.tmp-{dead}.html").write_text("partial")
+    (tmp_path / f".splits.tmp-{dead}").mkdir()
+    (tmp_path / f".splits.tmp-{dead}" / "pool.parquet").write_text("partial")
+    (tmp_path / f".other.tmp-{dead}.html").write_text("not ours")
+    write_text_atomic(target, "done")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["report.html", f".splits.tmp-{dead}", f".other.tmp-{dead}.html"])
+    assert remove_stale_temporaries(tmp_path / "splits") == [tmp_path / f".splits.tmp-{dead}"]

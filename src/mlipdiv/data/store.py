@@ -38,7 +38,12 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from mlipdiv.atomic import disk_full_is_an_error, temporary_sibling, write_extxyz_atomic
+from mlipdiv.atomic import (
+    disk_full_is_an_error,
+    remove_stale_temporaries,
+    temporary_sibling,
+    write_extxyz_atomic,
+)
 from mlipdiv.errors import MlipdivError, first_line
 
 FORMAT_VERSION = 1
@@ -507,6 +512,7 @@ class StoreWriter:
     ):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(self.path)  # of writers killed before they could
         self.tmp_path = temporary_sibling(self.path)
         with disk_full_is_an_error(self.path):
             self._handle = _WriteGuard(self.tmp_path, "w+")
