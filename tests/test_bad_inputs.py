@@ -239,3 +239,53 @@ def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["report.html", f".splits.tmp-{dead}", f".other.tmp-{dead}.html"])
     assert remove_stale_temporaries(tmp_path / "splits") == [tmp_path / f".splits.tmp-{dead}"]
+
+
+# ---------------------------------------------------------------- outputs that cannot be written
+@pytest.mark.parametrize("where", ["/proc/mlipdiv-report.html", "/proc/1/x/report.html",
+                                   "{tmp}", "{tmp}/file.txt/report.html"])
+def test_report_and_predict_out_to_an_unwritable_place_is_one_line(where, tmp_path,
+                                                                   monkeypatch, capsys):
+    (tmp_path / "file.txt").write_text("a file, not a folder")
+    out = where.format(tmp=tmp_path)
+    code, _, err = run_cli(monkeypatch, capsys, "report", tmp_path / "no-study", "--out", out)
+    one_line(code, err, out)
+    code, _, err = run_cli(monkeypatch, capsys, "predict", tmp_path / "no-run",
+                           tmp_path / "file.txt", "--out", out)
+    one_line(code, err, out)
+
+
+def test_a_read_only_place_is_one_line(tmp_path, monkeypatch, capsys):
+    import subprocess
+
+    from test_faults import _small_filesystem
+
+    disk = tmp_path / "ro"
+    if not _small_filesystem(disk, "1m"):
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        out = disk / "sub" / "report.html"
+        code, _, err = run_cli(monkeypatch, capsys, "report", tmp_path, "--out", out)
+        one_line(code, err, str(out), "Read-only file system")
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+
+
+def test_report_on_a_full_disk_leaves_no_figures(finished_study, tmp_path):
+    import subprocess
+
+    from test_faults import MLIPDIV as CLI
+    from test_faults import _one_line_error, _small_filesystem
+
+    disk = tmp_path / "disk"
+    if not _small_filesystem(disk, "200k"):
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        done = subprocess.run([CLI, "report", str(finished_study), "--out",
+                               str(disk / "report.html")], capture_output=True, text=True,
+                              timeout=300)
+        _one_line_error(done, "disk full while writing")
+        assert list(disk.iterdir()) == []  # no PNG, no staging folder, no HTML
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)

@@ -71,13 +71,37 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def check_writable(path: str | os.PathLike) -> None:
+    """One line naming `path` unless a file can be written there: it is not a directory, and
+    its folder can be made and holds a new file (probed with a temporary sibling). Read-only
+    places, `/proc`, a file where a folder must be end here, before any work."""
+    path = Path(path)
+    if path.is_dir():
+        raise MlipdivError(f"{path}: is a directory; name a file to write")
+    folder = next((p for p in path.parents if p.exists()), None)
+    if folder is not None and not folder.is_dir():
+        raise MlipdivError(f"{path}: cannot write there ({folder} is a file, not a folder)")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe = temporary_sibling(path)
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        if exc.errno in DISK_FULL:
+            raise
+        reason = exc.strerror or type(exc).__name__
+        raise MlipdivError(f"{path}: cannot write there ({reason}); choose another place"
+                           ) from None
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; it replaces `path` when the block succeeds and is
-    removed when it fails. A full disk ends in one line naming `path`. Temporaries of `path`
-    left by dead processes are removed first."""
+    removed when it fails. A full disk, a read-only place or a directory at `path` end in one
+    line naming `path`. Temporaries of `path` left by dead processes are removed first."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    with disk_full_is_an_error(path):
+        check_writable(path)
     remove_stale_temporaries(path)
     tmp = temporary_sibling(path)
     try:

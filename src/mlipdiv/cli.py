@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mlipdiv.errors import FieldError, MlipdivError
+from mlipdiv.errors import FieldError, MlipdivError, check_seed
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -290,6 +290,7 @@ def profile(
                           ("--dataset-environments", dataset_environments)):
         if value < 1:
             raise MlipdivError(f"{option} {value}: must be at least 1")
+    check_seed(seed)
     result = profile_store(store, ProfileOptions(max_rmsd_pairs, molecule_environments,
                                                  dataset_environments, entropy=entropy,
                                                  seed=seed), skip_damaged=skip_damaged)
@@ -540,10 +541,11 @@ def predict(
     device: str | None = typer.Option(None, "--device"),
 ) -> None:
     """Write the run's energies and forces (ensemble mean, spread in info) into extxyz."""
-    from mlipdiv.atomic import write_extxyz_atomic
+    from mlipdiv.atomic import check_writable, write_extxyz_atomic
     from mlipdiv.models import load_run
     from mlipdiv.models.run import predict_frames, read_frames
 
+    check_writable(out)  # before the model runs
     frames = predict_frames(load_run(run, device), read_frames(input_file))
     write_extxyz_atomic(out, frames)
     flagged = sum(bool(f.info["out_of_domain"]) for f in frames)

@@ -40,7 +40,7 @@ from mlipdiv.data.qm import LabelError, QMMethod
 from mlipdiv.data.sampling import SAMPLERS, SamplingError, prepare_molecule, sample_conformers
 from mlipdiv.data.sources import MoleculeEntry, MoleculeFilter, describe_source, select_molecules
 from mlipdiv.data.store import ConformerStore, DamagedStoreError, MoleculeRecord, StoreWriter
-from mlipdiv.errors import FieldError, MlipdivError, first_line
+from mlipdiv.errors import FieldError, MlipdivError, check_seed, first_line
 from mlipdiv.files import read_json, reading
 from mlipdiv.locking import input_size, locks_output
 from mlipdiv.workers import init_worker
@@ -156,6 +156,7 @@ def generate(
     started = time.perf_counter()
     molecule_filter = molecule_filter or MoleculeFilter()
     _check_counts(n_molecules=n_molecules, conformers=options.n_conformers, workers=workers)
+    check_seed(options.seed)
     if options.sampler not in SAMPLERS:
         raise FieldError("data.sampler", options.sampler, f"choose from {', '.join(SAMPLERS)}")
     if not options.temperature > 0:

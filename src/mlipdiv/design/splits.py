@@ -50,7 +50,7 @@ from mlipdiv.design.kinds import (
 from mlipdiv.design.leaks import assert_no_leaks, near_duplicate_conformers
 from mlipdiv.diversity.conformational import DUPLICATE_RMSD_ANGSTROM
 from mlipdiv.diversity.structural import morgan_fingerprint, scaffolds
-from mlipdiv.errors import FieldError, MlipdivError
+from mlipdiv.errors import FieldError, MlipdivError, check_seed
 from mlipdiv.files import read_json, read_parquet, reading
 from mlipdiv.locking import locks_output
 
@@ -679,6 +679,7 @@ class SplitOptions:
     seed: int = 0
 
     def check(self) -> None:
+        check_seed(self.seed)
         if isinstance(self.cf, str) and self.cf != CF_ALL:
             raise FieldError(CF_FIELD, self.cf, "expected 'all', a fraction or a count")
         sizes = (("cf", self.cf), ("st", self.st), ("sf", self.sf))
