@@ -289,3 +289,100 @@ def test_report_on_a_full_disk_leaves_no_figures(finished_study, tmp_path):
         assert list(disk.iterdir()) == []  # no PNG, no staging folder, no HTML
     finally:
         subprocess.run(["umount", str(disk)], check=False)
+
+
+# ---------------------------------------------------------------- one line, once, up front
+@pytest.fixture(scope="module")
+def small_store(ethanol, tmp_path_factory) -> Path:
+    from mlipdiv.data import write_store
+
+    path = tmp_path_factory.mktemp("small") / "small.h5"
+    write_store(path, [ethanol, labelled_record("CC(=O)N", 4, seed=1),
+                       labelled_record("CCCN", 4, seed=2)], "GFN2-xTB")
+    return path
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2 ** 32)])
+def test_a_seed_numpy_refuses_is_one_line_everywhere(seed, small_store, tmp_path,
+                                                     monkeypatch, capsys):
+    commands = [
+        ["split", small_store, "--out", tmp_path / "splits"],
+        ["generate", "--molecules", "nci", "--n-molecules", "1", "--conformers", "1", "--out",
+         tmp_path / "gen.h5"],
+        ["profile", small_store, "--no-entropy"],
+        ["train", "--out", tmp_path / "run", "--model", "ani", "--size", "dev", "--train",
+         small_store, "--valid", small_store],
+    ]
+    for command in commands:
+        code, _, err = run_cli(monkeypatch, capsys, *command, "--seed", seed)
+        one_line(code, err, f"--seed {seed}", "0 <= seed < 2**32")
+    code, _, _ = run_cli(monkeypatch, capsys, "split", small_store, "--out",
+                         tmp_path / "splits", "--cf", "0", "--st", "1", "--sf", "0")
+    assert code == 0
+    code, _, err = run_cli(monkeypatch, capsys, "design", "fixed-budget", "--splits",
+                           tmp_path / "splits", "--out", tmp_path / "d.json", "--budget", "4",
+                           "--seed", seed)
+    one_line(code, err, f"--seed {seed}")
+    from mlipdiv.study import preset_text
+    config = tmp_path / "study.toml"
+    config.write_text(preset_text("quick").replace("\nseed = 0\n", f"\nseed = {seed}\n", 1))
+    code, _, err = run_cli(monkeypatch, capsys, "study", config, "--out", tmp_path / "study")
+    one_line(code, err, str(config), "seed")
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == [
+        "splits", "study.toml"]
+
+
+def test_an_unknown_element_symbol_is_one_line_without_rdkit_noise(tmp_path, monkeypatch,
+                                                                   capfd):
+    from mlipdiv.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["mlipdiv", "generate", "--molecules", "nci",
+                                      "--elements", "C,Xx", "--n-molecules", "1",
+                                      "--conformers", "1", "--out", str(tmp_path / "g.h5")])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    err = capfd.readouterr().err  # RDKit writes to the C-level stderr
+    one_line(exit_info.value.code, err, "--elements", "unknown element symbol 'Xx'")
+
+
+@pytest.mark.parametrize("level,what", [("nonsense/sto-3g", "unknown functional"),
+                                        ("pbe/nonsense", "unknown basis set")])
+def test_an_invalid_dft_level_is_refused_once_before_any_work(level, what, small_store,
+                                                              tmp_path, monkeypatch, capsys):
+    for command in (["label", small_store], ["generate", "--molecules", "nci", "--n-molecules",
+                                            "2", "--conformers", "1"]):
+        code, _, err = run_cli(monkeypatch, capsys, *command, "--out", tmp_path / "o.h5",
+                               "--method", "dft", "--dft-level", level)
+        one_line(code, err, f"--dft-level {level}", what)
+    assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == []
+
+
+def test_an_absent_device_leaves_no_run_directory(small_store, tmp_path, monkeypatch, capsys):
+    code, _, err = run_cli(monkeypatch, capsys, "train", "--out", tmp_path / "run", "--model",
+                           "ani", "--size", "dev", "--train", small_store, "--valid",
+                           small_store, "--device", "cuda:7")
+    one_line(code, err, "--device cuda:7")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_crafted_plain_pickle_is_refused_without_a_torch_warning(tmp_path):
+    import os
+    import pickle
+    import warnings
+
+    from mlipdiv.errors import MlipdivError
+    from mlipdiv.models.base import read_checkpoint
+
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    path = tmp_path / "model.pt"
+    path.write_bytes(pickle.dumps({"format": "x", "payload": Exploit()}, protocol=4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails the test
+        with pytest.raises(MlipdivError, match="refused: it holds objects other than weights"):
+            read_checkpoint(path)
+    assert not marker.exists()

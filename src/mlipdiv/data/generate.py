@@ -157,6 +157,7 @@ def generate(
     molecule_filter = molecule_filter or MoleculeFilter()
     _check_counts(n_molecules=n_molecules, conformers=options.n_conformers, workers=workers)
     check_seed(options.seed)
+    options.method.check()
     if options.sampler not in SAMPLERS:
         raise FieldError("data.sampler", options.sampler, f"choose from {', '.join(SAMPLERS)}")
     if not options.temperature > 0:
@@ -213,6 +214,7 @@ def label_store(
     the input's damaged molecules are left out and counted in `skipped`, by name."""
     started = time.perf_counter()
     _check_counts(workers=workers)
+    method.check()
     # the whole input is checked first (one read, cheap beside QM), so damage stops the run
     # before any work, and a rerun with --skip-damaged resumes the same checkpoints
     with ConformerStore(store_in, skip_damaged=True) as store:
