@@ -13,6 +13,7 @@ import ctypes
 import errno
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -33,12 +34,75 @@ def temporary_sibling(path: str | os.PathLike, suffix: str | None = None) -> Pat
     return path.with_name(f".{stem}.tmp-{os.getpid()}{suffix}")
 
 
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporary siblings of `path` (`temporary_sibling` names, and the `.old`
+    directories `replace_directory` moves aside) left by processes that no longer run (a
+    kill -9, a power cut); returns what was removed. A live process's are kept."""
+    path = Path(path)
+    stem = path.name[: -len(path.suffix)] if path.suffix else path.name
+    pattern = re.compile(rf"\.{re.escape(stem)}\.tmp-(\d+)({re.escape(path.suffix)}|\.old)?")
+    removed = []
+    try:
+        siblings = list(path.parent.iterdir())
+    except OSError:  # no folder yet, or not readable: nothing of ours there
+        return removed
+    for sibling in siblings:
+        match = pattern.fullmatch(sibling.name)
+        if match is None or _alive(int(match.group(1))):
+            continue
+        if sibling.is_dir() and not sibling.is_symlink():
+            shutil.rmtree(sibling, ignore_errors=True)
+        else:
+            sibling.unlink(missing_ok=True)
+        removed.append(sibling)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process `pid` runs on this machine (ours or another user's)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except PermissionError:  # another user's process
+        return True
+    except (ProcessLookupError, OverflowError, ValueError):  # gone, or not a process id
+        return False
+    return True
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """One line naming `path` unless a file can be written there: it is not a directory, and
+    its folder can be made and holds a new file (probed with a temporary sibling). Read-only
+    places, `/proc`, a file where a folder must be end here, before any work."""
+    path = Path(path)
+    if path.is_dir():
+        raise MlipdivError(f"{path}: is a directory; name a file to write")
+    folder = next((p for p in path.parents if p.exists()), None)
+    if folder is not None and not folder.is_dir():
+        raise MlipdivError(f"{path}: cannot write there ({folder} is a file, not a folder)")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe = temporary_sibling(path)
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        if exc.errno in DISK_FULL:
+            raise
+        reason = exc.strerror or type(exc).__name__
+        raise MlipdivError(f"{path}: cannot write there ({reason}); choose another place"
+                           ) from None
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; it replaces `path` when the block succeeds and is
-    removed when it fails. A full disk ends in one line naming `path`."""
+    removed when it fails. A full disk, a read-only place or a directory at `path` end in one
+    line naming `path`. Temporaries of `path` left by dead processes are removed first."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    with disk_full_is_an_error(path):
+        check_writable(path)
+    remove_stale_temporaries(path)
     tmp = temporary_sibling(path)
     try:
         with disk_full_is_an_error(path):
@@ -56,6 +120,7 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     synced and it takes the place of `path`; when it fails it is removed and `path` is kept."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     tmp = temporary_sibling(path, suffix="")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()

@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mlipdiv.errors import FieldError, MlipdivError
+from mlipdiv.errors import FieldError, MlipdivError, check_seed
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -69,12 +69,19 @@ def _json_safe(obj):
 def info(
     store: Path = typer.Argument(..., help="Conformer store (.h5)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    check: bool = typer.Option(False, "--check", help="Read every molecule and dataset and "
+                               "list the damaged ones (exit 1 when any)."),
+    skip_damaged: bool = typer.Option(False, "--skip-damaged",
+                                      help="Summarise the readable molecules only."),
 ) -> None:
     """Summarise a store: molecules, conformers, elements, energy and force statistics."""
     from mlipdiv.data.store import ConformerStore
     from mlipdiv.data.summary import summarize
 
-    with ConformerStore(store) as opened:
+    if check:
+        _check_store(store, as_json)
+        return
+    with ConformerStore(store, skip_damaged=skip_damaged) as opened:
         summary = summarize(opened)
     if as_json:
         print_json(summary)
@@ -89,6 +96,31 @@ def info(
             table.add_row(key, "  ".join(f"{k}={v:.4g}" for k, v in stats.items()))
     table.add_row("elements", ", ".join(f"{k}:{v}" for k, v in summary["elements"].items()))
     Console().print(table)
+    _print_damaged(summary.get("damaged_molecules", {}))
+
+
+def _check_store(store: Path, as_json: bool) -> None:
+    """`info --check`: every damaged molecule with what could not be read; exit 1 if any."""
+    from mlipdiv.data.store import ConformerStore
+
+    with ConformerStore(store) as opened:
+        damaged = opened.check()
+        total = len(opened)
+    if as_json:
+        print_json({"path": str(store), "n_molecules": total, "damaged": damaged})
+    else:
+        print(f"{store}: {total} molecules read, {len(damaged)} damaged")
+        for reason in damaged.values():
+            print(f"  {reason}")
+    if damaged:
+        raise typer.Exit(1)
+
+
+def _print_damaged(damaged: dict[str, str]) -> None:
+    """Say on stderr which damaged molecules a command skipped (--skip-damaged)."""
+    if damaged:
+        console.print(f"{len(damaged)} damaged molecule(s) skipped: {', '.join(damaged)}",
+                      highlight=False, soft_wrap=True)
 
 
 # ---------------------------------------------------------------- data: import / generate / label
@@ -112,6 +144,9 @@ def import_(
     forces_unit: str | None = typer.Option(
         None, "--forces-unit", help="<energy>/<length>, e.g. kcal/mol/angstrom (default: "
         "energy unit / length unit)."),
+    skip_bad_frames: bool = typer.Option(
+        False, "--skip-bad-frames", help="Skip (and count) frames no molecule can have (atoms "
+        "closer than 0.3 A, an impossible energy) instead of refusing the file."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
 ) -> None:
     """Import a public or own dataset into a store (identity from geometry); `mlipdiv
@@ -127,6 +162,7 @@ def import_(
             path, out, format, energy_key, forces_key,
             on_group=lambda done, total: progress.update(task, completed=done, total=total),
             energy_unit=energy_unit, length_unit=length_unit, forces_unit=forces_unit,
+            skip_bad_frames=skip_bad_frames,
         )
     if as_json:
         print_json(summary.as_dict())
@@ -198,13 +234,16 @@ def label(
     method: str = typer.Option("gfn2-xtb", "--method", help="gfn2-xtb, gfn1-xtb or dft."),
     dft_level: str = typer.Option("wb97x/6-31g*", "--dft-level", help="functional/basis."),
     workers: int = typer.Option(1, "--workers", help="Worker processes (one thread each)."),
+    skip_damaged: bool = typer.Option(False, "--skip-damaged",
+                                      help="Leave the input's damaged molecules out (counted)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
 ) -> None:
     """Relabel every conformer of a store at another level of theory (resumable)."""
     from mlipdiv.data.generate import label_store
 
     summary = label_store(store_in, out, _qm_method(method, dft_level), workers,
-                          progress=console.is_terminal and not as_json)
+                          progress=console.is_terminal and not as_json,
+                          skip_damaged=skip_damaged)
     _print_summary(summary, as_json)
 
 
@@ -241,6 +280,8 @@ def profile(
                                              help="QUESTS environments for the whole set."),
     entropy: bool = typer.Option(True, "--entropy/--no-entropy", help="QUESTS entropy."),
     seed: int = typer.Option(0, "--seed", help="Seed of every random sample."),
+    skip_damaged: bool = typer.Option(False, "--skip-damaged",
+                                      help="Profile the readable molecules only (named)."),
 ) -> None:
     """Structural, conformational and entropy diversity of a store (streamed)."""
     from mlipdiv.diversity.profile import ProfileOptions, plot_profile, profile_store
@@ -250,9 +291,10 @@ def profile(
                           ("--dataset-environments", dataset_environments)):
         if value < 1:
             raise MlipdivError(f"{option} {value}: must be at least 1")
+    check_seed(seed)
     result = profile_store(store, ProfileOptions(max_rmsd_pairs, molecule_environments,
                                                  dataset_environments, entropy=entropy,
-                                                 seed=seed))
+                                                 seed=seed), skip_damaged=skip_damaged)
     if plot is not None:
         plot_profile(result, plot)
     if as_json:
@@ -260,9 +302,10 @@ def profile(
         return
     table = Table(title=f"{store}", show_header=False)
     for key, value in result.summary.items():
-        if key not in ("options", "path"):
+        if key not in ("options", "path", "damaged_molecules"):
             table.add_row(key, json.dumps(value, default=str))
     Console().print(table)
+    _print_damaged(result.summary.get("damaged_molecules", {}))
 
 
 @app.command()
@@ -279,15 +322,18 @@ def split(
                                    help="size:MIN_HEAVY, elements:S,Cl or cluster[:K]."),
     ood_store: Path | None = typer.Option(None, "--ood-store", help="Second store as OOD set."),
     seed: int = typer.Option(0, "--seed"),
+    skip_damaged: bool = typer.Option(False, "--skip-damaged",
+                                      help="Leave the store's damaged molecules out (named)."),
     as_json: bool = typer.Option(False, "--json", help="Print the manifest as one JSON object."),
 ) -> None:
     """Carve leak-free CF/ST/SF/OOD test sets; the rest is the training pool."""
     from mlipdiv.design.splits import SplitOptions, make_splits
 
     splits, messages = make_splits(store, out, SplitOptions(_cf_size(cf), cf_conformers, st, sf,
-                                                            ood, ood_store, seed))
+                                                            ood, ood_store, seed),
+                                   skip_damaged=skip_damaged)
     for message in messages:
-        console.print(f"mlipdiv: {message}")
+        console.print(f"mlipdiv: {message}", soft_wrap=True)
     if as_json:
         print_json(splits.manifest)
         return
@@ -496,10 +542,11 @@ def predict(
     device: str | None = typer.Option(None, "--device"),
 ) -> None:
     """Write the run's energies and forces (ensemble mean, spread in info) into extxyz."""
-    from mlipdiv.atomic import write_extxyz_atomic
+    from mlipdiv.atomic import check_writable, write_extxyz_atomic
     from mlipdiv.models import load_run
     from mlipdiv.models.run import predict_frames, read_frames
 
+    check_writable(out)  # before the model runs
     frames = predict_frames(load_run(run, device), read_frames(input_file))
     write_extxyz_atomic(out, frames)
     flagged = sum(bool(f.info["out_of_domain"]) for f in frames)

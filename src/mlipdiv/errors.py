@@ -39,3 +39,14 @@ class FieldError(MlipdivError):
     def as_flag(self) -> str:
         """The message as the command line says it: `--last-part-of-the-field`."""
         return self.render("--" + self.field.rsplit(".", 1)[-1].replace("_", "-"))
+
+
+# numpy's (and RDKit's) seeds are unsigned 32-bit integers
+SEED_LIMIT = 2 ** 32
+
+
+def check_seed(value: int, field: str = "seed") -> int:
+    """`value` when it is a seed numpy accepts (0 <= seed < 2**32), else a FieldError."""
+    if not 0 <= value < SEED_LIMIT:
+        raise FieldError(field, value, "must be 0 <= seed < 2**32")
+    return value

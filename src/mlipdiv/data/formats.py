@@ -40,6 +40,7 @@ from mlipdiv.data.units import (
     LENGTH_UNITS,
     energy_to_ev,
     force_to_ev_per_angstrom,
+    frame_problems,
     length_to_angstrom,
     parse_energy_unit,
     parse_force_unit,
@@ -57,6 +58,9 @@ MAX_FRAMES_PER_GROUP = 20_000
 # conformers of a block whose geometry the plausibility check looks at (the rest are alike)
 PLAUSIBILITY_SAMPLE = 32
 TAR_SUFFIXES = (".tar", ".tgz", ".gz", ".bz2", ".xz")
+# the shortest line an atom of an xyz frame can have ("H 0 0 0\n"): an atom count larger than
+# the bytes left / this cannot be true, and is refused before a parser tries to read it
+MIN_XYZ_ATOM_LINE_BYTES = 8
 TEXT_PROBE_BYTES = 4096
 # dataset / info / arrays keys that hold forces or gradients (named when not read)
 FORCES_LIKE = re.compile(r"forc|grad|(^|[_.])f($|[_.])|FOR$", re.IGNORECASE)
@@ -79,6 +83,14 @@ class ConformerBlock:
     @property
     def n_conformers(self) -> int:
         return len(self.positions)
+
+    def subset(self, keep: np.ndarray) -> ConformerBlock:
+        """The block restricted to the conformer indices `keep`."""
+        return ConformerBlock(
+            self.atomic_numbers, self.positions[keep],
+            None if self.energy is None else self.energy[keep],
+            None if self.forces is None else self.forces[keep],
+            self.source[keep], self.sampler[keep], self.temperature[keep], self.flags[keep])
 
 
 @dataclass
@@ -141,6 +153,11 @@ class DatasetFormat:
     # True: a group is one molecule by construction (SPICE), so minority graphs are distortions.
     one_molecule_per_group: ClassVar[bool] = False
     accepts_directory: ClassVar[bool] = False
+    # True: the default energy key holds total (all-electron DFT) energies, checked per frame
+    # against the free-atom sum (`frame_problems`); unknown for free-form layouts
+    total_energy: ClassVar[bool] = False
+    # set by `open_format`: frames no molecule can have are skipped and counted, not refused
+    skip_bad_frames: bool = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -291,13 +308,17 @@ class DatasetFormat:
             self.skipped[reason] += n_conformers
 
     def block(self, where: str, atomic_numbers, positions, energy, forces, source: Iterable[str],
-              sampler=None, temperature=None, flags=None) -> ConformerBlock | None:
+              sampler=None, temperature=None, flags=None,
+              names: list[str] | None = None) -> ConformerBlock | None:
         """Check and convert native arrays to a block in eV / Angstrom (energy and forces may
         be None: not in the file).
 
         Conformers with non-finite coordinates or labels are dropped and counted; a block left
         empty, or holding an element mlipdiv does not support, returns None (counted). Values
-        no molecule can have in the stated units stop the import (`plausibility_problem`).
+        no molecule can have in the stated units stop the import (`plausibility_problem`), and
+        so does a single frame no molecule can have (`frame_problems`: atoms on top of each
+        other, an impossible energy), named by `names` (one per conformer; default: `where`
+        and its index), unless `skip_bad_frames` (then it is skipped and counted).
         """
         numbers = np.asarray(atomic_numbers).reshape(-1).astype(np.int64)
         positions = np.asarray(positions, dtype=np.float64)
@@ -357,7 +378,24 @@ class DatasetFormat:
                 problem = re.sub(r": pass --\S+ \S+$", f", but format {self.name} fixes its "
                                  "units: is --format right?", problem)
             raise MlipdivError(f"{self.path}: {where}: {problem}")
-        return out
+        return self._without_bad_frames(out, [names[i] if names else f"{where}: conformer {i}"
+                                              for i in keep])
+
+    def _without_bad_frames(self, block: ConformerBlock, names: list[str]) -> ConformerBlock | None:
+        """`block` less the frames `frame_problems` finds: refused in one line naming the
+        first, or (with `skip_bad_frames`) skipped and counted by reason."""
+        total = self.total_energy and self.energy_key == self.default_energy_key
+        problems = frame_problems(block.atomic_numbers, block.positions, block.energy, total)
+        if not problems:
+            return block
+        if not self.skip_bad_frames:
+            index, (_, detail) = min(problems.items())
+            raise MlipdivError(f"{self.path}: {names[index]}: {detail}; pass --skip-bad-frames "
+                               "to skip such frames (counted)")
+        for reason, _ in problems.values():
+            self.skip(reason, 1)
+        keep = np.array([i for i in range(block.n_conformers) if i not in problems], dtype=int)
+        return block.subset(keep) if len(keep) else None
 
 
 def _checked(text: str, parsed: str | None, flag: str, choices) -> str:
@@ -481,6 +519,7 @@ class SpiceFormat(ArrayGroupFormat):
     title = "SPICE HDF5 (a group per molecule)"
     positions_key = "conformations"
     default_energy_key = "dft_total_energy"
+    total_energy = True
     default_forces_key = "dft_total_gradient"
     default_level_of_theory = "wB97M-D3(BJ)/def2-TZVPPD"
     energy_unit = "hartree"
@@ -571,6 +610,7 @@ class Qm7xFormat(Hdf5Format):
     name = "qm7x"
     title = "QM7-X HDF5 (a subgroup per conformer)"
     default_energy_key = "ePBE0+MBD"
+    total_energy = True
     default_forces_key = "totFOR"
     default_level_of_theory = "PBE0+MBD"
 
@@ -622,6 +662,7 @@ class Ani1xFormat(ArrayGroupFormat):
     title = "ANI-1x release HDF5 (a group per formula)"
     positions_key = "coordinates"
     default_energy_key = "wb97x_dz.energy"
+    total_energy = True
     default_forces_key = "wb97x_dz.forces"
     default_level_of_theory = "wB97X/6-31G(d)"
     energy_unit = "hartree"
@@ -657,6 +698,7 @@ class Ani1Format(Hdf5Format):
     name = "ani1"
     title = "original ANI-1 HDF5 (pyanitools: gdb11_sXX/<molecule>/species, coordinates, energies)"
     default_energy_key = "energies"
+    total_energy = True
     default_forces_key = "forces"
     default_level_of_theory = "wB97X/6-31G(d)"
     energy_unit = "hartree"
@@ -755,6 +797,7 @@ class Ani2xFormat(Hdf5Format):
     name = "ani2x"
     title = "ANI-2x release HDF5 (groups by atom count: species, coordinates, energies, forces)"
     default_energy_key = "energies"
+    total_energy = True
     default_forces_key = "forces"
     default_level_of_theory = "wB97X/6-31G(d)"
     energy_unit = "hartree"
@@ -962,13 +1005,14 @@ class AseFramesFormat(DatasetFormat):
                 self.skip(f"missing key '{missing}'", 1)
                 continue
             if forces is not None:
-                forces = np.asarray(forces, dtype=np.float64)
+                forces = _numbers(forces, f"{self.path}: {where}: forces '{self.forces_key}'")
                 if forces.shape != atoms.positions.shape:
                     raise MlipdivError(f"{self.path}: {where}: forces '{self.forces_key}' "
                                        f"shape {forces.shape} does not match positions "
                                        f"{atoms.positions.shape}")
             if energy is not None:
-                energy = np.asarray(energy, dtype=np.float64).reshape(-1)
+                energy = _numbers(energy, f"{self.path}: {where}: energy '{self.energy_key}'"
+                                  ).reshape(-1)
                 if energy.size != 1:
                     raise MlipdivError(f"{self.path}: {where}: energy '{self.energy_key}' holds "
                                        f"{energy.size} values, expected 1")
@@ -985,12 +1029,49 @@ class AseFramesFormat(DatasetFormat):
             sampler=[str(a.info.get("sampler", "")) for _, a, _, _ in kept],
             temperature=[float(a.info.get("temperature", math.nan)) for _, a, _, _ in kept],
             flags=[str(a.info.get("flags", "")) for _, a, _, _ in kept],
+            names=[w for w, _, _, _ in kept],
         )
         if block is not None:
             smiles = str(first.info.get("smiles", ""))
             charge = first.info.get("charge")
             yield SourceGroup(kept[0][0], [block],
                               smiles_charge(smiles) if charge is None else int(charge), smiles)
+
+
+def _numbers(value, where: str) -> np.ndarray:
+    """A label as float64, or one line naming where it is not a number (`energy=abc`)."""
+    try:
+        return np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        text = str(value if np.ndim(value) == 0 else np.asarray(value).ravel()[0])
+        raise MlipdivError(f"{where} is not a number ('{text[:40]}')") from None
+
+
+def xyz_counts_fit(path: Path) -> None:
+    """Refuse at once an xyz-family file whose frame header counts more atoms than the bytes
+    after it can hold (a parser would otherwise try to read them all): one pass in C-speed
+    line skips, before the frames are parsed."""
+    from collections import deque
+    from itertools import islice
+
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        index = 0
+        while line := handle.readline():
+            if not line.strip():
+                continue
+            try:
+                n_atoms = int(line.split()[0])
+            except ValueError:
+                return  # not a count: the parser says so, naming the frame
+            left = size - handle.tell()
+            if n_atoms < 0 or n_atoms * MIN_XYZ_ATOM_LINE_BYTES > left:
+                raise MlipdivError(
+                    f"{path}: frame {index}: header says {n_atoms} atoms but only {left} bytes "
+                    f"follow (at most {left // MIN_XYZ_ATOM_LINE_BYTES} atom lines): the count "
+                    "is wrong or the file is cut short")
+            deque(islice(handle, n_atoms + 1), maxlen=0)  # the comment and atom lines
+            index += 1
 
 
 def _lookup(atoms, key: str):
@@ -1030,6 +1111,7 @@ class ExtxyzFormat(AseFramesFormat):
     def frames(self):
         from ase.io import iread
 
+        xyz_counts_fit(self.path)
         index = 0
         iterator = iread(self.path, index=":", format="extxyz")
         while True:
@@ -1146,6 +1228,7 @@ class Qm9XyzFormat(AseFramesFormat):
     name = "qm9"
     title = "QM9 raw xyz (a file, a directory or a tarball of them)"
     default_energy_key = "U0"
+    total_energy = True
     default_forces_key = ""
     default_level_of_theory = "B3LYP/6-31G(2df,p)"
     energy_unit = "hartree"
@@ -1188,6 +1271,9 @@ class Qm9XyzFormat(AseFramesFormat):
                     raise ValueError("line 2 is not 'gdb <id>' and 15 properties")
                 values = [float(v.replace("*^", "e")) for v in fields[2:2 + len(QM9_PROPERTIES)]]
                 rows = [line.replace("*^", "e").split() for line in text[2:2 + n_atoms]]
+                if n_atoms < 1 or len(rows) != n_atoms:
+                    raise ValueError(f"line 1 counts {n_atoms} atoms, the file holds "
+                                     f"{len(rows)} lines after line 2")
                 smiles = text[3 + n_atoms].split() if len(text) > 3 + n_atoms else []
             except (IndexError, ValueError) as exc:
                 raise MlipdivError(f"{where}: not a QM9 xyz file ({first_line(exc)})") from None
@@ -1391,12 +1477,15 @@ def detect_format(path: str | Path) -> str:
 def open_format(path: str | Path, format: str = "auto", energy_key: str | None = None,
                 forces_key: str | None = None, energy_unit: str | None = None,
                 length_unit: str | None = None,
-                forces_unit: str | None = None) -> DatasetFormat:
+                forces_unit: str | None = None, skip_bad_frames: bool = False) -> DatasetFormat:
     """A reader for `path` (`format` one of `format_names()`; 'auto' detects it); the unit
-    flags apply to formats whose layout does not fix the units."""
+    flags apply to formats whose layout does not fix the units; `skip_bad_frames` skips (and
+    counts) the frames no molecule can have instead of refusing the file."""
     if format != AUTO and format not in REGISTERED:
         raise FieldError("format", None, f"unknown format '{format}' (choose from "
                          f"{', '.join(format_names())})")
     name = detect_format(path) if format == AUTO else format
-    return REGISTERED[name](path, energy_key, forces_key, energy_unit=energy_unit,
-                            length_unit=length_unit, forces_unit=forces_unit)
+    reader = REGISTERED[name](path, energy_key, forces_key, energy_unit=energy_unit,
+                              length_unit=length_unit, forces_unit=forces_unit)
+    reader.skip_bad_frames = skip_bad_frames
+    return reader

@@ -39,8 +39,8 @@ from mlipdiv.data.importer import MISMATCH_FLAG
 from mlipdiv.data.qm import LabelError, QMMethod
 from mlipdiv.data.sampling import SAMPLERS, SamplingError, prepare_molecule, sample_conformers
 from mlipdiv.data.sources import MoleculeEntry, MoleculeFilter, describe_source, select_molecules
-from mlipdiv.data.store import ConformerStore, MoleculeRecord, StoreWriter
-from mlipdiv.errors import FieldError, MlipdivError, first_line
+from mlipdiv.data.store import ConformerStore, DamagedStoreError, MoleculeRecord, StoreWriter
+from mlipdiv.errors import FieldError, MlipdivError, check_seed, first_line
 from mlipdiv.files import read_json, reading
 from mlipdiv.locking import input_size, locks_output
 from mlipdiv.workers import init_worker
@@ -156,6 +156,8 @@ def generate(
     started = time.perf_counter()
     molecule_filter = molecule_filter or MoleculeFilter()
     _check_counts(n_molecules=n_molecules, conformers=options.n_conformers, workers=workers)
+    check_seed(options.seed)
+    options.method.check()
     if options.sampler not in SAMPLERS:
         raise FieldError("data.sampler", options.sampler, f"choose from {', '.join(SAMPLERS)}")
     if not options.temperature > 0:
@@ -205,21 +207,32 @@ def label_store(
     method: QMMethod,
     workers: int = 1,
     progress: bool = True,
+    skip_damaged: bool = False,
 ) -> RunSummary:
     """Relabel every conformer of a store with `method` (only positions are used; provenance
-    is kept). Parallel over molecules and resumable like `generate`."""
+    is kept). Parallel over molecules and resumable like `generate`. With `skip_damaged`,
+    the input's damaged molecules are left out and counted in `skipped`, by name."""
     started = time.perf_counter()
     _check_counts(workers=workers)
-    with ConformerStore(store_in) as store:
+    method.check()
+    # the whole input is checked first (one read, cheap beside QM), so damage stops the run
+    # before any work, and a rerun with --skip-damaged resumes the same checkpoints
+    with ConformerStore(store_in, skip_damaged=True) as store:
+        damaged = list(store.damaged)
+        if not skip_damaged:
+            store.refuse_damaged()
         checksum = store.checksum()
         costs = {key: n_conf * len(store.atomic_numbers(key)) ** 2
                  for key, n_conf in store.conformer_counts().items()}
+    if damaged and not costs:
+        raise MlipdivError(f"{store_in}: every molecule of the store is damaged")
     settings = {"command": "label", "store": os.path.abspath(store_in), "checksum": checksum,
                 "method": asdict(method)}
     checkpoints = _Checkpoints(out, settings)
     jobs = [_Job(i, key, str(checkpoints.directory), (str(store_in), key, method), cost)
             for i, (key, cost) in enumerate(costs.items())]
     summary = RunSummary("label", str(out), method.level_of_theory)
+    summary.skipped.update({f"damaged in {store_in} ({key})": 1 for key in damaged})
     _run(_label_job, jobs, workers, checkpoints, summary, {"labelled_from": str(store_in)},
          progress)
     summary.seconds = time.perf_counter() - started
@@ -255,6 +268,8 @@ def _checkpointed(job: _Job, make: Callable[[], MoleculeRecord]) -> MoleculeReco
     """Run one molecule and checkpoint its record, or its skip reason; returns either."""
     try:
         record = make()
+    except DamagedStoreError:  # the input store, not the molecule: stop (or --skip-damaged)
+        raise
     except (SamplingError, PerceptionError, LabelError, MlipdivError) as exc:
         reason = str(exc)
     except Exception as exc:  # one bad molecule must never end the run

@@ -158,15 +158,18 @@ def import_dataset(
     energy_unit: str | None = None,
     length_unit: str | None = None,
     forces_unit: str | None = None,
+    skip_bad_frames: bool = False,
 ) -> ImportSummary:
     """Import `path` into a new store at `out`; returns the summary.
 
     `on_group(groups_done, groups_total_or_None)` is called after each source group (progress).
     The unit arguments override the format's native units where its layout does not fix them.
+    A frame no molecule can have (`units.frame_problems`) stops the import, or with
+    `skip_bad_frames` is skipped and counted by reason.
     """
     start = time.perf_counter()
     reader = open_format(path, format, energy_key, forces_key, energy_unit, length_unit,
-                         forces_unit)
+                         forces_unit, skip_bad_frames)
     summary = ImportSummary(str(path), reader.name, str(out), reader.level_of_theory)
     atom_orders: dict[str, bytes] = {}
     label_kinds: dict[str, str] = {}

@@ -11,13 +11,14 @@ import functools
 import importlib
 import os
 import threading
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 
 from mlipdiv.data.units import BOHR_TO_ANGSTROM, HARTREE_PER_BOHR_TO_EV_PER_ANGSTROM, HARTREE_TO_EV
-from mlipdiv.errors import first_line
+from mlipdiv.errors import FieldError, first_line
 
 XTB_METHODS = {"gfn2-xtb": "GFN2-xTB", "gfn1-xtb": "GFN1-xTB"}
 DFT_DEFAULT = "wb97x/6-31g*"
@@ -36,6 +37,33 @@ class QMMethod:
     name: str = "gfn2-xtb"
     charge: int = 0
     functional_basis: str = DFT_DEFAULT
+
+    def check(self) -> None:
+        """Refuse an unknown method, functional or basis set once, before any molecule is
+        labelled (a FieldError naming `method` or `dft_level`)."""
+        if self.name not in METHODS:
+            raise FieldError("method", self.name, f"choose from {', '.join(METHODS)}")
+        if self.name != "dft":
+            return
+        functional, _, basis = self.functional_basis.partition("/")
+        if not functional or not basis:
+            raise FieldError("dft_level", self.functional_basis,
+                             "expected functional/basis, e.g. pbe/sto-3g")
+        from pyscf import gto
+        from pyscf.dft import libxc
+
+        try:
+            libxc.parse_xc(functional)
+        except (KeyError, ValueError, RuntimeError):
+            raise FieldError("dft_level", self.functional_basis,
+                             f"unknown functional '{functional}' (PySCF/libxc names)") from None
+        try:
+            with warnings.catch_warnings():  # pyscf suggests installing a package on a miss
+                warnings.simplefilter("ignore")
+                gto.basis.load(basis, "H")
+        except Exception:  # noqa: BLE001 - pyscf raises several types for an unknown name
+            raise FieldError("dft_level", self.functional_basis,
+                             f"unknown basis set '{basis}' (PySCF names)") from None
 
     @property
     def level_of_theory(self) -> str:

@@ -105,13 +105,11 @@ def parse_elements(text: str | None) -> frozenset[int] | None:
     """'C,H,N,O' -> atomic numbers; None or '' -> None (all supported elements)."""
     if not text:
         return None
-    table = Chem.GetPeriodicTable()
+    from ase.data import atomic_numbers  # a dict: RDKit's table prints a dump on a miss
+
     numbers = set()
     for symbol in (s.strip() for s in text.split(",") if s.strip()):
-        try:
-            number = table.GetAtomicNumber(symbol)
-        except RuntimeError:
-            number = 0
+        number = atomic_numbers.get(symbol, 0)  # "X" (a dummy atom) is 0 too
         if number == 0:
             raise FieldError("data.elements", None, f"unknown element symbol '{symbol}'")
         numbers.add(number)

@@ -15,7 +15,15 @@ Layout::
         temperature         (n_conf,)             K (NaN where not applicable)
 
 Reading is lazy (one molecule group at a time). Writing goes to a temporary file that is
-renamed over the target only when complete, so a store is never left half-written.
+renamed over the target only when complete, so a store is never left half-written. Numeric
+datasets carry HDF5's Fletcher-32 checksum, so damaged bytes in their data are found when read.
+
+A store damaged after writing (a copy cut short, bytes overwritten) makes h5py raise KeyError,
+OSError, RuntimeError or ValueError at whichever read meets the damage; every read goes through
+`ConformerStore._reading`, which turns them into `DamagedStoreError`: one line naming the
+store, the molecule and the dataset, and what to do. `ConformerStore.check()` walks the whole
+store (`mlipdiv info --check`), and `ConformerStore(path, skip_damaged=True)` leaves damaged
+molecules out (listed in `damaged`) for the commands that stream a store.
 """
 
 from __future__ import annotations
@@ -25,18 +33,48 @@ import io
 import os
 import sys
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from mlipdiv.atomic import disk_full_is_an_error, temporary_sibling, write_extxyz_atomic
-from mlipdiv.errors import MlipdivError
+from mlipdiv.atomic import (
+    disk_full_is_an_error,
+    remove_stale_temporaries,
+    temporary_sibling,
+    write_extxyz_atomic,
+)
+from mlipdiv.errors import MlipdivError, first_line
 
 FORMAT_VERSION = 1
 PROVENANCE_STR = ("sampler", "source", "flags")
 STR_DTYPE = h5py.string_dtype("utf-8")
+# what h5py raises where a store's bytes are damaged (a broken B-tree or object header is a
+# KeyError on lookup, a broken chunk an OSError on read, a broken heap a RuntimeError or
+# ValueError); a molecule missing from the store is told apart before reading
+HDF5_DAMAGE = (KeyError, OSError, RuntimeError, ValueError, TypeError, IndexError)
+# the datasets every molecule group has (energy and forces are optional)
+REQUIRED_DATASETS = ("atomic_numbers", "positions", *PROVENANCE_STR, "temperature")
+RESTORE = "restore it from a good copy or rerun the command that wrote it"
+DAMAGE_REMEDY = (f"{RESTORE} "
+                 "(`mlipdiv info STORE --check` lists every damaged molecule; profile, label "
+                 "and split take --skip-damaged)")
+
+
+class DamagedStoreError(MlipdivError):
+    """A part of a store cannot be read: PATH: damaged store: cannot read PART (REASON);
+    what to do. `inchikey` is the molecule concerned (None: the store's own structure)."""
+
+    def __init__(self, path: str | os.PathLike, part: str, reason: str,
+                 inchikey: str | None = None):
+        self.path, self.part, self.reason, self.inchikey = str(path), part, reason, inchikey
+        super().__init__(f"{path}: damaged store: cannot read {part} ({reason}); "
+                         f"{DAMAGE_REMEDY}")
+
+    def __reduce__(self):  # crosses process boundaries (worker pools) intact
+        return type(self), (self.path, self.part, self.reason, self.inchikey)
 
 
 @dataclass
@@ -179,20 +217,40 @@ def concatenate(records: list[MoleculeRecord]) -> MoleculeRecord:
 
 
 class ConformerStore:
-    """Read-only, lazy access to a store file. Use as a context manager or call `close()`."""
+    """Read-only, lazy access to a store file. Use as a context manager or call `close()`.
 
-    def __init__(self, path: str | os.PathLike):
+    Damage met while reading raises `DamagedStoreError`. With `skip_damaged`, the store is
+    checked when opened (`check()`: every dataset read once) and its damaged molecules are
+    left out of every listing; `damaged` maps each to what could not be read."""
+
+    def __init__(self, path: str | os.PathLike, skip_damaged: bool = False):
         self.path = Path(path)
+        self.damaged: dict[str, str] = {}
         if not self.path.exists():
             raise MlipdivError(f"{self.path}: no such store")
+        if self.path.is_dir():
+            raise MlipdivError(f"{self.path}: is a directory, not a store file")
         try:
             self._file = h5py.File(self.path, "r")
         except OSError as exc:
-            raise MlipdivError(f"{self.path}: not a readable HDF5 store ({exc})") from None
-        if self._file.attrs.get("format_version") is None:
+            raise MlipdivError(f"{self.path}: not a readable HDF5 store ({first_line(exc)}); "
+                               f"if it is a damaged store, {RESTORE}") from None
+        try:
+            with self._reading("the store's attributes"):
+                version = self._file.attrs.get("format_version")
+            if version is None:
+                raise MlipdivError(
+                    f"{self.path}: not an mlipdiv store (no format_version attribute)")
+            with self._reading("the list of molecules (root group)"):
+                self._keys = sorted(self._file.keys())
+            self._key_set = set(self._keys)
+            if skip_damaged:
+                self.damaged = self.check()
+                self._keys = [k for k in self._keys if k not in self.damaged]
+                self._key_set = set(self._keys)
+        except BaseException:
             self._file.close()
-            raise MlipdivError(f"{self.path}: not an mlipdiv store (no format_version attribute)")
-        self._keys = sorted(self._file.keys())
+            raise
 
     def __enter__(self) -> ConformerStore:
         return self
@@ -203,13 +261,69 @@ class ConformerStore:
     def close(self) -> None:
         self._file.close()
 
+    @contextmanager
+    def _reading(self, part: str, inchikey: str | None = None) -> Iterator[None]:
+        """Inside the block, an HDF5 error is damage to `part` (of molecule `inchikey`)."""
+        try:
+            yield
+        except MlipdivError:
+            raise
+        except HDF5_DAMAGE as exc:
+            # a KeyError's text is its quoted key: take the message itself
+            reason = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args \
+                else first_line(exc)
+            raise DamagedStoreError(self.path, part, reason, inchikey) from None
+
+    def _in_molecule(self, inchikey: str, dataset: str | None = None):
+        what = f"molecule {inchikey}" + (f" (dataset '{dataset}')" if dataset else "")
+        return self._reading(what, inchikey)
+
+    def check(self) -> dict[str, str]:
+        """Read every group and dataset once; {inchikey: what is damaged} of the molecules
+        that cannot be read or whose arrays are impossible (wrong shapes, non-finite values,
+        atomic numbers outside 1-118). Raises DamagedStoreError when the store's own
+        structure (the list of molecules) is damaged."""
+        self._damage_errors: dict[str, MlipdivError] = {}
+        for key in self._keys:
+            try:
+                self._check_molecule(key)
+            except MlipdivError as exc:
+                self._damage_errors[key] = exc
+        return {key: f"{exc.part}: {exc.reason}" if isinstance(exc, DamagedStoreError)
+                else f"molecule {key}: {exc}" for key, exc in self._damage_errors.items()}
+
+    def refuse_damaged(self) -> None:
+        """Raise the first damaged molecule's one-line error, if a check found any."""
+        errors = getattr(self, "_damage_errors", {})
+        if errors:
+            raise next(iter(errors.values()))
+
+    def _check_molecule(self, key: str) -> None:
+        with self._in_molecule(key):
+            group = self._file[key]
+            names = set(group.keys())
+            dict(group.attrs)
+        missing = [name for name in REQUIRED_DATASETS if name not in names]
+        if missing:
+            raise DamagedStoreError(self.path, f"molecule {key}",
+                                    f"no dataset {', '.join(missing)}", key)
+        for name in sorted(names):
+            with self._in_molecule(key, name):
+                group[name][()]
+        record = self.molecule(key)
+        if not np.all((record.atomic_numbers >= 1) & (record.atomic_numbers <= 118)):
+            raise DamagedStoreError(self.path, f"molecule {key} (dataset 'atomic_numbers')",
+                                    "atomic numbers outside 1-118", key)
+
     @property
     def attrs(self) -> dict:
-        return {k: _plain(v) for k, v in self._file.attrs.items()}
+        with self._reading("the store's attributes"):
+            return {k: _plain(v) for k, v in self._file.attrs.items()}
 
     @property
     def level_of_theory(self) -> str:
-        return str(self._file.attrs.get("level_of_theory", "unknown"))
+        with self._reading("the store's attributes"):
+            return str(self._file.attrs.get("level_of_theory", "unknown"))
 
     @property
     def inchikeys(self) -> list[str]:
@@ -219,43 +333,55 @@ class ConformerStore:
         return len(self._keys)
 
     def __contains__(self, inchikey: str) -> bool:
-        return inchikey in self._file
+        return inchikey in self._key_set
 
     def n_conformers(self, inchikey: str) -> int:
-        return int(self._group(inchikey)["positions"].shape[0])
+        group = self._group(inchikey)
+        with self._in_molecule(inchikey, "positions"):
+            return int(group["positions"].shape[0])
 
     def conformer_counts(self) -> dict[str, int]:
         """Conformers per molecule, read from dataset shapes only (no data loaded)."""
-        return {k: int(self._file[k]["positions"].shape[0]) for k in self._keys}
+        return {k: self.n_conformers(k) for k in self._keys}
 
     def total_conformers(self) -> int:
         return sum(self.conformer_counts().values())
 
     def group_attrs(self, inchikey: str) -> dict:
         """smiles, inchikey and formula of a molecule without loading its arrays."""
-        return {k: _plain(v) for k, v in self._group(inchikey).attrs.items()}
+        group = self._group(inchikey)
+        with self._in_molecule(inchikey):
+            return {k: _plain(v) for k, v in group.attrs.items()}
 
     def atomic_numbers(self, inchikey: str) -> np.ndarray:
-        return self._group(inchikey)["atomic_numbers"][()]
+        group = self._group(inchikey)
+        with self._in_molecule(inchikey, "atomic_numbers"):
+            return group["atomic_numbers"][()]
 
     def geometry(self, inchikey: str) -> tuple[np.ndarray, np.ndarray]:
         """(atomic numbers, every conformer's positions (n_conf, n_atoms, 3) in Angstrom) with
         one group lookup and nothing else read (what the near-duplicate check needs)."""
         group = self._group(inchikey)
-        return group["atomic_numbers"][()], group["positions"][()]
+        with self._in_molecule(inchikey, "atomic_numbers"):
+            numbers = group["atomic_numbers"][()]
+        with self._in_molecule(inchikey, "positions"):
+            return numbers, group["positions"][()]
 
     def overview(self) -> Iterator[tuple[str, str, np.ndarray, int]]:
         """(inchikey, smiles, atomic numbers, conformers) of every molecule, one group lookup
         each and no conformer data read (a molecule table of a large store)."""
         for key in self._keys:
-            group = self._file[key]
-            yield (key, _plain(group.attrs.get("smiles", "")), group["atomic_numbers"][()],
-                   int(group["positions"].shape[0]))
+            group = self._group(key)
+            with self._in_molecule(key):
+                smiles = _plain(group.attrs.get("smiles", ""))
+                numbers = group["atomic_numbers"][()]
+                n_conf = int(group["positions"].shape[0])
+            yield key, smiles, numbers, n_conf
 
     def molecule(self, inchikey: str, conformers: Iterable[int] | None = None) -> MoleculeRecord:
         """Load one molecule, optionally only the listed conformer indices (in that order)."""
         group = self._group(inchikey)
-        n_conf = group["positions"].shape[0]
+        n_conf = self.n_conformers(inchikey)
         if conformers is None:
             sel: slice | np.ndarray = slice(None)
             order = None
@@ -270,19 +396,22 @@ class ConformerStore:
             sel, order = np.unique(idx, return_inverse=True)
 
         def read(name):
-            data = group[name][sel] if len(group[name].shape) else group[name][()]
+            with self._in_molecule(inchikey, name):
+                data = group[name][sel] if len(group[name].shape) else group[name][()]
             return data if order is None else data[order]
 
-        labelled = "energy" in group
-        attrs = group.attrs
+        with self._in_molecule(inchikey):
+            labelled = "energy" in group
+            with_forces = "forces" in group
+            attrs = {k: _plain(v) for k, v in group.attrs.items()}
         return MoleculeRecord(
             inchikey=inchikey,
             smiles=str(attrs.get("smiles", "")),
             formula=str(attrs.get("formula", "")),
-            atomic_numbers=group["atomic_numbers"][()],
+            atomic_numbers=self.atomic_numbers(inchikey),
             positions=read("positions"),
             energy=read("energy") if labelled else None,
-            forces=read("forces") if "forces" in group else None,
+            forces=read("forces") if with_forces else None,
             sampler=_decode(read("sampler")),
             temperature=read("temperature"),
             source=_decode(read("source")),
@@ -301,7 +430,7 @@ class ConformerStore:
         for key, idx in pairs:
             grouped.setdefault(key, []).append(int(idx))
         for key, indices in grouped.items():
-            if key not in self._file:
+            if key not in self:
                 raise MlipdivError(f"{self.path}: molecule {key} is not in the store")
             yield self.molecule(key, indices)
 
@@ -310,28 +439,32 @@ class ConformerStore:
         records = self.molecules() if pairs is None else self.select(pairs)
         return [atoms for record in records for atoms in record.to_atoms()]
 
-    def checksum(self) -> str:
-        """Content fingerprint: molecules, conformer counts and label arrays.
+    def checksum(self, skip: Iterable[str] = ()) -> str:
+        """Content fingerprint: molecules, conformer counts and label arrays (of the molecules
+        not in `skip`: those a split made with --skip-damaged left out).
 
         Cheap enough for large stores (energies only, not positions), and changes whenever a
         molecule or conformer is added, removed or relabelled.
         """
         digest = hashlib.sha256()
-        for key in self._keys:
-            group = self._file[key]
-            digest.update(key.encode())
-            digest.update(str(group["positions"].shape).encode())
-            if "energy" in group:
-                digest.update(np.ascontiguousarray(group["energy"][()]).tobytes())
-            else:
-                digest.update(np.ascontiguousarray(group["positions"][:, 0, :]).tobytes())
+        left_out = set(skip)
+        for key in (k for k in self._keys if k not in left_out):
+            group = self._group(key)
+            with self._in_molecule(key, "positions"):
+                digest.update(key.encode())
+                digest.update(str(group["positions"].shape).encode())
+            with self._in_molecule(key, "energy"):
+                if "energy" in group:
+                    digest.update(np.ascontiguousarray(group["energy"][()]).tobytes())
+                else:
+                    digest.update(np.ascontiguousarray(group["positions"][:, 0, :]).tobytes())
         return digest.hexdigest()
 
     def _group(self, inchikey: str) -> h5py.Group:
-        try:
+        if inchikey not in self:
+            raise MlipdivError(f"{self.path}: molecule {inchikey} is not in the store")
+        with self._in_molecule(inchikey):
             return self._file[inchikey]
-        except KeyError:
-            raise MlipdivError(f"{self.path}: molecule {inchikey} is not in the store") from None
 
 
 class _WriteGuard(io.FileIO):
@@ -381,6 +514,7 @@ class StoreWriter:
     ):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(self.path)  # of writers killed before they could
         self.tmp_path = temporary_sibling(self.path)
         with disk_full_is_an_error(self.path):
             self._handle = _WriteGuard(self.tmp_path, "w+")
@@ -450,7 +584,8 @@ class StoreWriter:
         group.attrs["smiles"] = record.smiles
         group.attrs["inchikey"] = record.inchikey
         group.attrs["formula"] = record.formula
-        group.create_dataset("atomic_numbers", data=record.atomic_numbers.astype(np.int16))
+        group.create_dataset("atomic_numbers", data=record.atomic_numbers.astype(np.int16),
+                             fletcher32=True)
         n_atoms = record.n_atoms
 
         def resizable(name, data, dtype=None):
@@ -459,6 +594,7 @@ class StoreWriter:
                 name, data=data, dtype=dtype, maxshape=(None, *shape[1:]),
                 chunks=(max(1, min(len(data), max(1, 65536 // max(1, 24 * n_atoms)))),
                         *shape[1:]),
+                fletcher32=dtype is None,  # HDF5 filters cannot apply to strings
             )
 
         resizable("positions", record.positions)

@@ -57,4 +57,5 @@ def summarize(store: ConformerStore) -> dict:
         "source_units": {k[len("source_"):-len("_unit")]: v for k, v in store.attrs.items()
                          if k.startswith("source_") and k.endswith("_unit")},
         "created_by": store.attrs.get("created_by", ""),
+        **({"damaged_molecules": dict(store.damaged)} if store.damaged else {}),
     }

@@ -167,3 +167,78 @@ def _likely(value: float, factors: dict[str, float], stated: str, plausible,
     if target is None:
         return min(fits, key=lambda f: abs(factors[f[0]] - factors[stated]))[0]
     return min(fits, key=lambda f: abs(np.log(abs(f[1]) / target)))[0]
+
+
+# ---------------------------------------------------------------- per-frame checks
+# Two atoms of a molecule are never closer than this: the shortest bond is H2's 0.74 A and
+# the closest contacts of strongly compressed MD / normal-mode frames stay above ~0.5 A. Two
+# atoms closer than it (the same position twice, a coordinate typed wrong) are a broken frame.
+MIN_ATOM_DISTANCE = 0.3  # A
+# No energy convention gives a molecule more than this per atom: total and atomization
+# energies are negative, referenced (E - sum of E0) and shifted (E - E_min) ones stay within
+# a fraction of an eV per atom of zero.
+MAX_POSITIVE_ENERGY_PER_ATOM = 2.0  # eV/atom
+# A total energy (the layouts of SPICE, ANI, QM7-X, QM9) is negative and of the order of its
+# atoms' free-atom energies: the upper bound is the plausibility check's (1.5 x their sum,
+# `FREE_ATOM_HARTREE`), the lower one is this many eV per atom. H2, the least bound molecule
+# per atom, has -15.9 eV/atom all-electron and about -13 with valence-only methods (GFN2-xTB,
+# effective core potentials, whose totals are far below the all-electron free-atom sum),
+# while atomization, referenced and relative energies stay within ~6 eV/atom of zero.
+MIN_TOTAL_ENERGY_PER_ATOM = 8.0  # eV/atom, magnitude
+# conformers x atoms^2 per vectorised distance batch
+_DISTANCE_BATCH = 2_000_000
+
+
+def closest_distances(positions: np.ndarray) -> np.ndarray:
+    """The shortest interatomic distance (Angstrom) of every conformer (n_conf, n_atoms, 3);
+    infinity for one atom."""
+    n_conf, n_atoms = positions.shape[:2]
+    if n_atoms < 2:
+        return np.full(n_conf, np.inf)
+    batch = max(1, _DISTANCE_BATCH // n_atoms ** 2)
+    upper = np.triu_indices(n_atoms, k=1)
+    out = np.empty(n_conf)
+    for start in range(0, n_conf, batch):
+        part = positions[start:start + batch]
+        diff = part[:, :, None, :] - part[:, None, :, :]
+        out[start:start + batch] = np.linalg.norm(diff, axis=-1)[:, upper[0], upper[1]].min(
+            axis=1)
+    return out
+
+
+def free_atom_energy_ev(numbers: np.ndarray) -> float:
+    """Sum of the all-electron free-atom energies (eV, negative) of the atoms."""
+    return -HARTREE_TO_EV * sum(FREE_ATOM_HARTREE.get(int(z), 0.0) for z in numbers)
+
+
+def frame_problems(numbers: np.ndarray, positions: np.ndarray, energy: np.ndarray | None,
+                   total_energy: bool) -> dict[int, tuple[str, str]]:
+    """{conformer index: (reason to count it under, one-line detail)} of the conformers (eV,
+    Angstrom) no molecule can have: two atoms closer than `MIN_ATOM_DISTANCE`; an energy
+    above +`MAX_POSITIVE_ENERGY_PER_ATOM` per atom; and, where the layout says its energies
+    are total (`total_energy`), one that is not negative or smaller in magnitude than
+    `MIN_TOTAL_ENERGY_PER_ATOM` per atom (larger ones are the plausibility check's)."""
+    problems: dict[int, tuple[str, str]] = {}
+    n_atoms = len(numbers)
+    for i in np.flatnonzero(closest_distances(positions) < MIN_ATOM_DISTANCE):
+        d = np.linalg.norm(positions[i][:, None] - positions[i][None], axis=-1)
+        d[np.diag_indices(n_atoms)] = np.inf
+        a, b = np.unravel_index(np.argmin(d), d.shape)
+        problems[int(i)] = (f"atoms closer than {MIN_ATOM_DISTANCE:g} A",
+                            f"atoms {a} and {b} are {d[a, b]:.3g} A apart (closer than "
+                            f"{MIN_ATOM_DISTANCE:g} A: no molecule has that)")
+    if energy is None or not len(energy):
+        return problems
+    bound = -MIN_TOTAL_ENERGY_PER_ATOM * n_atoms
+    for i, value in enumerate(np.asarray(energy, dtype=float)):
+        if i in problems:
+            continue
+        if value > MAX_POSITIVE_ENERGY_PER_ATOM * n_atoms:
+            problems[i] = ("positive energy", f"energy {value:.6g} eV is positive beyond any "
+                           f"convention (> +{MAX_POSITIVE_ENERGY_PER_ATOM:g} eV/atom)")
+        elif total_energy and (value >= 0 or value > bound):
+            problems[i] = ("total energy not near the free-atom sum",
+                           f"total energy {value:.6g} eV is not a total energy of these atoms "
+                           f"(negative, below {bound:.6g} eV and of the order of their "
+                           f"free-atom sum {free_atom_energy_ev(numbers):.6g} eV)")
+    return problems

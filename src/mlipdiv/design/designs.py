@@ -46,7 +46,7 @@ from mlipdiv.diversity.conformational import (
 from mlipdiv.diversity.entropy import EnvironmentReservoir
 from mlipdiv.diversity.profile import quartiles
 from mlipdiv.diversity.structural import mean_tanimoto_distance, morgan_fingerprint
-from mlipdiv.errors import FieldError, MlipdivError
+from mlipdiv.errors import FieldError, MlipdivError, check_seed
 from mlipdiv.files import reading
 
 __all__ = ["Cell", "Design", "DesignOptions", "farthest_point_order",
@@ -146,6 +146,7 @@ def spread(total: int, parts: int) -> np.ndarray:
 
 
 def _check_options(options: DesignOptions) -> None:
+    check_seed(options.seed)
     if options.experiment not in experiment_names():
         raise MlipdivError(f"design: unknown experiment '{options.experiment}' (choose from "
                            f"{', '.join(experiment_names())})")

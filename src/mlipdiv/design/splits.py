@@ -50,7 +50,7 @@ from mlipdiv.design.kinds import (
 from mlipdiv.design.leaks import assert_no_leaks, near_duplicate_conformers
 from mlipdiv.diversity.conformational import DUPLICATE_RMSD_ANGSTROM
 from mlipdiv.diversity.structural import morgan_fingerprint, scaffolds
-from mlipdiv.errors import FieldError, MlipdivError
+from mlipdiv.errors import FieldError, MlipdivError, check_seed
 from mlipdiv.files import read_json, read_parquet, reading
 from mlipdiv.locking import locks_output
 
@@ -155,9 +155,9 @@ def load_splits(path: str | os.PathLike, verify: bool = True) -> Splits:
         ood_store = manifest.get("ood_store")
         ood_path = _resolve_store(path, ood_store) if ood_store else store_path
         if verify:
-            _verify_checksum(store_path, manifest["store"]["checksum"])
+            _verify_checksum(store_path, manifest["store"])
             if ood_store:
-                _verify_checksum(ood_path, ood_store["checksum"])
+                _verify_checksum(ood_path, ood_store)
     sets = {}
     for name in ("pool", *test_set_names()):
         file = path / f"{name}.parquet"
@@ -193,9 +193,11 @@ def _resolve_store(splits_dir: Path, entry: dict) -> Path:
     return relative if relative.exists() else Path(entry["path"])
 
 
-def _verify_checksum(store_path: Path, expected: str) -> None:
+def _verify_checksum(store_path: Path, entry: dict) -> None:
+    """The store's checksum (without the damaged molecules the split left out) must be the
+    manifest's."""
     with ConformerStore(store_path) as store:
-        if store.checksum() != expected:
+        if store.checksum(entry.get("damaged_molecules", ())) != entry["checksum"]:
             raise MlipdivError(
                 f"{store_path}: the store changed since the split was made (checksum mismatch); "
                 "split it again"
@@ -206,7 +208,8 @@ def _store_entry(store: ConformerStore, splits_dir: Path) -> dict:
     absolute = store.path.resolve()
     return {"path": str(absolute),
             "relative_path": os.path.relpath(absolute, splits_dir.resolve()),
-            "checksum": store.checksum()}
+            "checksum": store.checksum(),
+            **({"damaged_molecules": sorted(store.damaged)} if store.damaged else {})}
 
 
 # ---------------------------------------------------------------- the molecule table
@@ -676,6 +679,7 @@ class SplitOptions:
     seed: int = 0
 
     def check(self) -> None:
+        check_seed(self.seed)
         if isinstance(self.cf, str) and self.cf != CF_ALL:
             raise FieldError(CF_FIELD, self.cf, "expected 'all', a fraction or a count")
         sizes = (("cf", self.cf), ("st", self.st), ("sf", self.sf))
@@ -689,15 +693,22 @@ class SplitOptions:
 
 @locks_output("out")
 def make_splits(store_path: str | os.PathLike, out: str | os.PathLike,
-                options: SplitOptions = SplitOptions()) -> tuple[Splits, list[str]]:
+                options: SplitOptions = SplitOptions(),
+                skip_damaged: bool = False) -> tuple[Splits, list[str]]:
     """Carve the test sets (each registered kind in its carving order), run the leak check,
     and write SPLITS only if it passes. Returns the splits and the messages about skipped
-    sets."""
+    sets. With `skip_damaged`, the store's damaged molecules are left out of every set
+    (named in the manifest's store entry and the messages)."""
 
     options.check()
     out = Path(out)
     store_path = Path(store_path)
-    with ConformerStore(store_path) as store:
+    with ConformerStore(store_path, skip_damaged=skip_damaged) as store:
+        if store.damaged:
+            carving_messages = [f"{len(store.damaged)} damaged molecule(s) of {store_path} "
+                                f"skipped: {', '.join(store.damaged)}"]
+        else:
+            carving_messages = []
         if len(store) == 0:
             raise MlipdivError(f"{store_path}: the store holds no molecules")
         table = molecule_table(store)
@@ -712,7 +723,7 @@ def make_splits(store_path: str | os.PathLike, out: str | os.PathLike,
             "ood_store": None,
             "options": {**options.__dict__, "ood_store": str(options.ood_store or "") or None},
             "seed": options.seed,
-            "skipped": carving.messages,
+            "skipped": carving_messages + carving.messages,
             **carving.extra,
         }
     if options.ood_store:
@@ -725,7 +736,7 @@ def make_splits(store_path: str | os.PathLike, out: str | os.PathLike,
     splits = Splits(out, store_path, ordered, table, manifest)
     assert_no_leaks(splits)
     write_splits(splits)
-    return splits, carving.messages
+    return splits, carving_messages + carving.messages
 
 
 def write_splits(splits: Splits) -> None:

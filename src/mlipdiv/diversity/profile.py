@@ -132,14 +132,19 @@ def profile_records(records: Iterable[MoleculeRecord],
 
 
 def profile_store(path: str | os.PathLike,
-                  options: ProfileOptions = ProfileOptions()) -> Profile:
-    """Profile a store file, streaming it one molecule at a time."""
-    with ConformerStore(path) as store:
+                  options: ProfileOptions = ProfileOptions(),
+                  skip_damaged: bool = False) -> Profile:
+    """Profile a store file, streaming it one molecule at a time; with `skip_damaged`, its
+    damaged molecules are left out and named in `damaged_molecules`."""
+    with ConformerStore(path, skip_damaged=skip_damaged) as store:
         if len(store) == 0:
-            raise MlipdivError(f"{path}: the store holds no molecules")
+            raise MlipdivError(f"{path}: the store holds no "
+                               + ("readable " if store.damaged else "") + "molecules")
         profile = profile_records(store.molecules(), options)
         profile.summary = {"path": str(path), "level_of_theory": store.level_of_theory,
-                           **profile.summary}
+                           **profile.summary,
+                           **({"damaged_molecules": dict(store.damaged)} if store.damaged
+                              else {})}
     return profile
 
 

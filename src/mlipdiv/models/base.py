@@ -290,7 +290,10 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     Only tensors and plain containers are loaded (`weights_only=True`): a pickle is code, and
     a crafted `model.pt` in a shared run directory must not run on the reader's machine."""
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        # a pickle written by another tool (a crafted one) makes torch warn about its protocol
+        # before refusing it: the refusal below says what matters
+        with quiet_warnings("Detected pickle protocol"):
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise MlipdivError(f"{path}: no such checkpoint") from None
     except pickle.UnpicklingError:

@@ -26,7 +26,7 @@ import torch
 from mlipdiv.data.importer import import_dataset
 from mlipdiv.data.store import ConformerStore, MoleculeRecord
 from mlipdiv.design import load_design, load_splits
-from mlipdiv.errors import MlipdivError
+from mlipdiv.errors import MlipdivError, check_seed
 from mlipdiv.locking import locks_output
 from mlipdiv.models.base import (
     DTYPES,
@@ -198,6 +198,9 @@ def train(
         raise MlipdivError(f"dtype {dtype!r}: choose from {', '.join(DTYPES)}")
     if ensemble < 1:
         raise MlipdivError(f"--ensemble {ensemble}: must be at least 1")
+    check_seed(seed)
+    check_seed(seed + ensemble - 1, "seed")  # the last member's
+    device = resolve_device(device)  # before the run directory is made
     _check_training_data(train, valid, mask_missing_forces)
     n_train = sum(r.n_conformers for r in train)
     schedule, policy = _schedule(chosen, n_train, max_epochs, steps, steps_per_round)
@@ -214,7 +217,6 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     RunRecord(status=TRAINING, spec=spec).write(out)
     log = RunLog(out / LOG_FILE)
-    device = resolve_device(device)
     log(f"run {out}: model={model} size={size} ensemble={ensemble} seed={seed} dtype={dtype} "
         f"device={device}")
     log("hyperparameters " + json.dumps(chosen.as_dict()))

@@ -13,7 +13,13 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from mlipdiv.atomic import write_bytes_atomic, write_text_atomic
+from mlipdiv.atomic import (
+    atomic_directory,
+    check_writable,
+    disk_full_is_an_error,
+    write_bytes_atomic,
+    write_text_atomic,
+)
 from mlipdiv.design import load_splits
 from mlipdiv.design.experiments import experiment as design_experiment
 from mlipdiv.design.experiments import experiment_names
@@ -469,20 +475,25 @@ SECTIONS = [
 
 def write_report(study_dir: str | Path, out: str | Path | None = None) -> Path:
     """Build the report of a finished study; returns the HTML path (figures beside it)."""
+    if out is not None:  # a directory, a read-only place: one line before any reading
+        with disk_full_is_an_error(out):
+            check_writable(out)
     view = StudyView(Path(study_dir))
     out = Path(out) if out is not None else view.paths.report
-    figure_dir = out.parent / "figures"
-    body = [f"<h1>mlipdiv study: {html.escape(view.config.name)}</h1>",
-            "".join(f"<p>{html.escape(s)}</p>" for s in setup_sentences(view))]
-    for title, draw in SECTIONS:  # each section's figures are written (and closed) in turn
-        section = drawn(draw, view, title)
-        if section is None:
-            continue
-        body.append(f"<h2>{html.escape(section.title)}</h2>{section.html}")
-        body += [_figure_html(name, caption, figure, figure_dir)
-                 for name, caption, figure in section.figures]
-    document = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-                f"<title>mlipdiv study {html.escape(view.config.name)}</title>{CHECK_SCRIPT}"
-                f"{STYLE}</head><body>{''.join(body)}</body></html>")
-    write_text_atomic(out, document)
+    # the figures go to a staging folder that replaces figures/ with the report, so a failure
+    # (a full disk) leaves the previous figures and report, not a part of the new ones
+    with atomic_directory(out.parent / "figures") as figure_dir:
+        body = [f"<h1>mlipdiv study: {html.escape(view.config.name)}</h1>",
+                "".join(f"<p>{html.escape(s)}</p>" for s in setup_sentences(view))]
+        for title, draw in SECTIONS:  # each section's figures are written (and closed) in turn
+            section = drawn(draw, view, title)
+            if section is None:
+                continue
+            body.append(f"<h2>{html.escape(section.title)}</h2>{section.html}")
+            body += [_figure_html(name, caption, figure, figure_dir)
+                     for name, caption, figure in section.figures]
+        document = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+                    f"<title>mlipdiv study {html.escape(view.config.name)}</title>"
+                    f"{CHECK_SCRIPT}{STYLE}</head><body>{''.join(body)}</body></html>")
+        write_text_atomic(out, document)
     return out

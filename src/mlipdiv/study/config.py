@@ -22,7 +22,7 @@ from mlipdiv.design.experiments import (
     MOLECULE_SELECTIONS,
 )
 from mlipdiv.design.kinds import default_advice_weights, test_set_names
-from mlipdiv.errors import FieldError, MlipdivError
+from mlipdiv.errors import SEED_LIMIT, FieldError, MlipdivError
 from mlipdiv.models.registry import backend_names, study_schedule
 from mlipdiv.models.sizes import SIZES
 
@@ -220,7 +220,7 @@ class StudyConfig(_Strict):
     """A whole study: data, splits, both experiment designs, models, executor, advice."""
 
     name: str = "study"
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=SEED_LIMIT)
     out: Path = Path("study-output")
     data: DataConfig = DataConfig()
     split: SplitConfig = SplitConfig()
