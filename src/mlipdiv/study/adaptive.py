@@ -70,6 +70,11 @@ class AdaptiveState(BaseModel):
     rounds: list[Round] = []
     stopped: str | None = None
     final: list[Optimum] = []
+    cell_limit: int | None = None  # the cells the running invocation may reach in all
+
+    @property
+    def interrupted(self) -> bool:
+        return any(r.status == "pending" for r in self.rounds)
 
     @property
     def cells_added(self) -> int:

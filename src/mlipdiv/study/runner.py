@@ -588,8 +588,13 @@ def adaptive_step(config: StudyConfig, paths: StudyPaths, designs: list[Path], p
     settings = config.adaptive
     state = load_state(paths.adaptive) or AdaptiveState(
         budget=study_budget(config), criterion=criterion_text(settings.max_molecule_ratio))
-    state.stopped, state.final = None, []
-    limit = settings.cells if extra_cells is None else state.cells_added + extra_cells
+    if extra_cells is None:
+        limit = settings.cells
+    elif state.interrupted and state.cell_limit is not None:  # a killed refine, resumed
+        limit = state.cell_limit
+    else:
+        limit = state.cells_added + extra_cells
+    state.stopped, state.final, state.cell_limit = None, [], limit
 
     def tasks() -> list[CellTask]:
         return cell_tasks(config, paths, designs + adaptive_designs(state, config, paths))
