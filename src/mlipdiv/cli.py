@@ -751,7 +751,8 @@ def advise(
     chosen = (parse_weights(weights) if weights is not None else
               {split: weight for split, weight in default_advice_weights().items()
                if any(f.split == split for f in fits)})
-    limits = (obtainable_limits(load_config(paths.config), paths, max_molecules, max_conformers)
+    limits = (obtainable_limits(load_config(paths.config, this_machine=False), paths,
+                                max_molecules, max_conformers)
               if (paths.splits / "manifest.json").exists() else None)
     advice = advise(fits, budget, model=model, selection=selection,
                     weights=chosen, cost_per_molecule=cost_per_molecule,

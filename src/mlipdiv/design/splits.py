@@ -572,6 +572,8 @@ class SizeShift(OodShift):
 
     @classmethod
     def parse(cls, argument):
+        if int(argument) < 1:
+            raise ValueError(argument)
         return cls(int(argument))
 
     def withhold(self, table, candidates, rng):
@@ -613,6 +615,8 @@ class ClusterShift(OodShift):
 
     @classmethod
     def parse(cls, argument):
+        if argument and int(argument) < 2:
+            raise ValueError(argument)
         return cls(int(argument)) if argument else cls()
 
     def withhold(self, table, candidates, rng):

@@ -29,6 +29,7 @@ class Metric:
     unit: str
     label: str
     summary: str = ""  # a short column header for terminal tables; "" = not shown there
+    error: bool = True  # an error (lower is better): one a surface fit and advice can use
 
     @property
     def root(self) -> bool:
@@ -50,10 +51,13 @@ METRIC_DECLARATIONS = (
     Metric("forces_rmse_mev_per_angstrom", "meV/A", "force RMSE (meV/Å)"),
     Metric("conformational_energy_mae_mev", "meV", "conformational energy MAE (meV)",
            "conf. E MAE meV"),
-    Metric("spearman_mean", "", "mean Spearman ρ of conformer energies", "Spearman"),
+    Metric("spearman_mean", "", "mean Spearman ρ of conformer energies", "Spearman",
+           error=False),
 )
 METRICS = tuple(metric.name for metric in METRIC_DECLARATIONS)
 METRIC_BY_NAME = {metric.name: metric for metric in METRIC_DECLARATIONS}
+# the metrics an error surface is fitted to (`advice.metric`): errors, not correlations
+ERROR_METRICS = tuple(metric.name for metric in METRIC_DECLARATIONS if metric.error)
 
 
 def metric_label(name: str) -> str:

@@ -83,7 +83,7 @@ class StudyView:
         self.paths = StudyPaths(root)
         if not self.paths.results_parquet.exists():
             raise MlipdivError(f"{root}: no results.parquet; run `mlipdiv study` first")
-        self.config: StudyConfig = load_config(self.paths.config)
+        self.config: StudyConfig = load_config(self.paths.config, this_machine=False)
         self.results = read_parquet(self.paths.results_parquet, "study results", RESULTS_REMEDY)
         if not self.paths.results_molecules.exists():
             raise MlipdivError(f"{self.paths.results_molecules}: missing; rerun `mlipdiv study` "

@@ -1,20 +1,36 @@
 """The study configuration: one TOML file, validated by pydantic.
 
 Unknown keys, wrong types and impossible combinations are rejected with the key's dotted name
-and the reason, in one line. Presets (`quick`, `standard`) are TOML files shipped in
-`mlipdiv/resources/` and can be printed as a starting file (`mlipdiv study --print-config`).
+and the reason, in one line, when the config is parsed: types are strict (`true`, not "yes";
+whole numbers for counts, not 1e12), every value that names something (metric, test-set kind,
+OOD shift, sampler, selection, backend, size, device) is checked against its registry, and
+the values that depend on the machine (device, workers, threads) against this machine unless
+the config is only read back (`this_machine=False`: the report of a finished study).
+Presets (`quick`, `standard`) are TOML files shipped in `mlipdiv/resources/` and can be
+printed as a starting file (`mlipdiv study --print-config`).
 """
 
 from __future__ import annotations
 
+import os
+import re
 import tomllib
 from collections.abc import Callable, Iterable
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
 
+from mlipdiv.data.sampling import SAMPLERS
 from mlipdiv.data.sources import parse_elements
 from mlipdiv.design.experiments import (
     CONFORMER_SELECTIONS,
@@ -22,11 +38,24 @@ from mlipdiv.design.experiments import (
     MOLECULE_SELECTIONS,
 )
 from mlipdiv.design.kinds import default_advice_weights, test_set_names
+from mlipdiv.design.splits import parse_ood
 from mlipdiv.errors import SEED_LIMIT, FieldError, MlipdivError
+from mlipdiv.metrics.stats import ERROR_METRICS
 from mlipdiv.models.registry import backend_names, study_schedule
+from mlipdiv.models.run import resolve_device
 from mlipdiv.models.sizes import SIZES
 
 PRESETS = ("quick", "standard")
+MAX_STEPS = 10**7  # optimiser steps of a cell: far above any study's (a typo guard)
+
+
+class ConfigKeyError(ValueError):
+    """A bad value found by a validator above its key (a section or the whole study):
+    `key` is dotted from where the validator sits, so the message still names it."""
+
+    def __init__(self, key: str, reason: str):
+        self.key, self.reason = key, reason
+        super().__init__(f"{key}: {reason}")
 
 
 def _registered(choices: Callable[[], Iterable[str]]) -> Any:
@@ -43,18 +72,45 @@ def _registered(choices: Callable[[], Iterable[str]]) -> Any:
     return Annotated[str, AfterValidator(check)]
 
 
+def _ood_spec(value: str) -> str:
+    """`split.ood` parsed by the OOD shift registry (the parser `make_splits` uses)."""
+    try:
+        parse_ood(value)
+    except FieldError as exc:
+        raise ValueError(f"{value!r} is not an OOD shift; {exc.reason}") from None
+    return value
+
+
+DEVICE_SYNTAX = re.compile(r"cpu|cuda(:\d+)?")
+
+
+def _device_syntax(value: str) -> str:
+    """A torch device name mlipdiv trains on; whether this machine has it is checked by
+    StudyConfig (it depends on where the cells run)."""
+    if not DEVICE_SYNTAX.fullmatch(value):
+        raise ValueError(f"{value!r}: expected cpu, cuda or cuda:N")
+    return value
+
+
 # choices that come from the registries: a new backend is a valid `models.architectures` entry
 BackendName = _registered(backend_names)
 SizeName = Literal[SIZES]
 TestSetName = _registered(test_set_names)
 MoleculeSelectionName = _registered(lambda: MOLECULE_SELECTIONS)
 ConformerSelectionName = _registered(lambda: CONFORMER_SELECTIONS)
+MetricName = _registered(lambda: ERROR_METRICS)  # the result columns a surface is fitted to
+SamplerName = _registered(lambda: SAMPLERS)
+OodSpec = Annotated[str, AfterValidator(_ood_spec)]
+DeviceName = Annotated[str, AfterValidator(_device_syntax)]
+# paths are read from TOML strings (strict mode would want Path objects)
+PathValue = Annotated[Path, Field(strict=False)]
 
 
 class _Strict(BaseModel):
     # NaN/inf never validate: a NaN weight or temperature is a silent wrong number, and a
     # config holding NaN could never be resumed (NaN != NaN in the comparison)
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    # strict: "yes" is not a bool, 1e12 and 2.0 are not counts (an int is still a float)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
 
 
 class DataConfig(_Strict):
@@ -65,12 +121,12 @@ class DataConfig(_Strict):
     n_molecules: int = Field(24, ge=2)
     conformers: int = Field(12, ge=1)
     method: Literal["gfn2-xtb", "gfn1-xtb", "dft"] = "gfn2-xtb"
-    sampler: str | None = None  # None = the generator's default
+    sampler: SamplerName | None = None  # None = the generator's default
     temperature: float | None = Field(None, gt=0)
     elements: str | None = None  # generate: allowed elements, e.g. "C,H,N,O" (None = all)
     min_heavy_atoms: int | None = Field(None, ge=1)
     max_heavy_atoms: int | None = Field(None, ge=1)
-    store: Path | None = None  # source = "store": an existing conformer store
+    store: PathValue | None = None  # source = "store": an existing conformer store
 
     @model_validator(mode="after")
     def _source_fields(self) -> DataConfig:
@@ -97,7 +153,7 @@ class SplitConfig(_Strict):
     cf_conformers: int = Field(2, ge=1)  # conformers withheld per CF molecule
     st: float = Field(0.15, ge=0)  # unseen molecules (scaffold still in the pool)
     sf: float = Field(0.15, ge=0)  # unseen scaffolds
-    ood: str | None = None  # e.g. "size:9", "elements:S,Cl", "cluster"
+    ood: OodSpec | None = None  # e.g. "size:9", "elements:S,Cl", "cluster"
 
     @model_validator(mode="after")
     def _fractions(self) -> SplitConfig:
@@ -162,10 +218,10 @@ class ModelsConfig(_Strict):
     size: SizeName = "fast"
     ensemble: int = Field(1, ge=1)
     dtype: Literal["float32", "float64"] = "float32"
-    device: str | None = None
+    device: DeviceName | None = None
     # optimiser steps of every cell (the same for all, so cells differ only in their data);
     # None = what the study's largest cell needs for the size's epochs at its batch size
-    steps: int | None = Field(None, ge=1)
+    steps: int | None = Field(None, ge=1, le=MAX_STEPS)
 
     @model_validator(mode="after")
     def _distinct(self) -> ModelsConfig:
@@ -194,7 +250,7 @@ class AdviceConfig(_Strict):
     """Defaults for the budget advice written with the study."""
 
     weights: dict[TestSetName, float] = Field(default_factory=default_advice_weights)
-    metric: str = "energy_mae_mev_per_atom"
+    metric: MetricName = "energy_mae_mev_per_atom"
     cost_per_molecule: float = Field(0.0, ge=0)
     cost_per_conformer: float = Field(1.0, gt=0)
 
@@ -221,7 +277,7 @@ class StudyConfig(_Strict):
 
     name: str = "study"
     seed: int = Field(0, ge=0, lt=SEED_LIMIT)
-    out: Path = Path("study-output")
+    out: PathValue = Path("study-output")
     data: DataConfig = DataConfig()
     split: SplitConfig = SplitConfig()
     fixed_budget: FixedBudgetConfig | None = None
@@ -240,6 +296,13 @@ class StudyConfig(_Strict):
             raise ValueError("advice.weights names 'ood' but split.ood makes no OOD set")
         if self.data.source == "generate":
             self._fits_generated_data()
+        return self
+
+    @model_validator(mode="after")
+    def _on_this_machine(self, info: ValidationInfo) -> StudyConfig:
+        # skipped when a finished study's config is only read back (report, advice)
+        if (info.context or {}).get("this_machine", True):
+            check_machine(self)
         return self
 
     def _fits_generated_data(self) -> None:
@@ -291,6 +354,38 @@ class StudyConfig(_Strict):
         return {**settings, "training_schedule": self.training_schedule()}
 
 
+def runs_elsewhere(executor: ExecutorConfig) -> bool:
+    """Whether the cells run on another machine (a Ray cluster at an address)."""
+    return executor.kind == "ray" and executor.address is not None
+
+
+def check_machine(config: StudyConfig) -> None:
+    """The values that depend on the machine fit this one: `models.device` exists here, and
+    `executor.workers`, `executor.threads_per_worker` and their product are at most its
+    cores. Skipped for cells on a Ray cluster (`executor.address`): its nodes decide."""
+    if runs_elsewhere(config.executor):
+        return
+    if config.models.device is not None:
+        try:
+            resolve_device(config.models.device)
+        except MlipdivError as exc:
+            reason = exc.reason if isinstance(exc, FieldError) else str(exc).partition(": ")[2]
+            raise ConfigKeyError("models.device", f"{config.models.device!r}: "
+                                 f"{reason or exc}") from None
+    cores = os.cpu_count() or 1
+    workers, threads = config.executor.workers, config.executor.threads_per_worker
+    where = "this machine" if config.executor.kind == "local" else "a local Ray instance here"
+    for key, value in (("workers", workers), ("threads_per_worker", threads)):
+        if value > cores:
+            raise ConfigKeyError(f"executor.{key}", f"{value} exceeds the {cores} cores of "
+                                 f"{where} (more only on a Ray cluster: kind = 'ray' with an "
+                                 "address)")
+    if workers and threads and workers * threads > cores:
+        raise ConfigKeyError("executor.threads_per_worker",
+                             f"{workers} workers × {threads} threads exceed the {cores} cores "
+                             f"of {where}")
+
+
 def _check_grid(values: list[int], name: str) -> None:
     if not values:
         raise ValueError(f"{name} grid is empty")
@@ -300,21 +395,28 @@ def _check_grid(values: list[int], name: str) -> None:
         raise ValueError(f"{name} grid repeats a value")
 
 
-def parse_config(text: str, origin: str = "config") -> StudyConfig:
-    """Validate TOML text into a StudyConfig; MlipdivError names the key and the reason."""
+def parse_config(text: str, origin: str = "config", *, this_machine: bool = True
+                 ) -> StudyConfig:
+    """Validate TOML text into a StudyConfig; MlipdivError names the key and the reason.
+    `this_machine=False` skips the checks against this machine (`check_machine`), for a
+    config that is only read back, not run."""
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise MlipdivError(f"{origin}: not valid TOML ({exc})") from None
     try:
-        return StudyConfig.model_validate(raw)
+        return StudyConfig.model_validate(raw, context={"this_machine": this_machine})
     except ValidationError as exc:
         raise MlipdivError(f"{origin}: {_first_error(exc)}") from None
 
 
 def _first_error(exc: ValidationError) -> str:
     error = exc.errors()[0]
-    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    loc = [str(part) for part in error["loc"]]
+    cause = error.get("ctx", {}).get("error")
+    if isinstance(cause, ConfigKeyError):
+        return f"key {'.'.join([*loc, cause.key])}: {cause.reason}"
+    key = ".".join(loc) or "(top level)"
     if error["type"] == "extra_forbidden":
         return f"unknown key {key}"
     message = error["msg"].removeprefix("Value error, ")
@@ -333,9 +435,9 @@ def read_config_text(path: str | Path) -> str:
                            ) from None
 
 
-def load_config(path: str | Path) -> StudyConfig:
-    """Read and validate a study TOML file."""
-    return parse_config(read_config_text(path), str(path))
+def load_config(path: str | Path, *, this_machine: bool = True) -> StudyConfig:
+    """Read and validate a study TOML file (`this_machine` as `parse_config`)."""
+    return parse_config(read_config_text(path), str(path), this_machine=this_machine)
 
 
 def preset_text(name: str) -> str:
