@@ -9,9 +9,11 @@ import time
 import pytest
 import torch
 
-from mlipdiv.errors import MlipdivError
+from mlipdiv.errors import SEED_LIMIT, MlipdivError
 from mlipdiv.metrics.stats import METRICS
-from mlipdiv.study.config import MAX_SEED, MAX_STEPS, parse_config
+from mlipdiv.study.config import MAX_STEPS, parse_config
+
+MAX_SEED = SEED_LIMIT - 1
 
 BASE = "[fixed_budget]\nbudget = 8\n"
 CORES = os.cpu_count() or 1
@@ -22,7 +24,7 @@ LATE_MISTAKES = [  # (config text, key the error names, words of the reason)
     (BASE + "[advice]\nmetric = 'spearman_mean'", "advice.metric", "energy_mae_mev_per_atom"),
     (BASE + f"[models]\ndevice = '{MISSING_GPU}'", "models.device", MISSING_GPU),
     (BASE + "[models]\ndevice = 'gpu'", "models.device", "expected cpu, cuda or cuda:N"),
-    (f"seed = {MAX_SEED + 1}\n" + BASE, "seed", "less than or equal to"),
+    (f"seed = {MAX_SEED + 1}\n" + BASE, "seed", "less than"),
     ("seed = -1\n" + BASE, "seed", "greater than or equal to 0"),
     (BASE + "[executor]\nthreads_per_worker = 100000", "executor.threads_per_worker",
      f"exceeds the {CORES} cores"),
