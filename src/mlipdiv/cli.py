@@ -384,12 +384,14 @@ def design(
              c.conformers_per_molecule, "remainder": c.remainder, "n_train": c.n_train,
              "n_valid": len(c.valid), "short": c.short, **c.diversity} for c in result.cells]
     if as_json:
-        print_json({"design": str(out), "cells": rows})
+        print_json({"design": str(out), "grid_note": result.grid_note, "cells": rows})
         return
     for row in rows:
         print(f"{row['id']:48s} N={row['n_train']:<7d} valid={row['n_valid']:<6d} "
               f"remainder={row['remainder']:<5d} tanimoto={row['mean_tanimoto_distance']:.3f} "
               f"rmsd={row['median_rmsd_angstrom']}{'  SHORT' if row['short'] else ''}")
+    if result.grid_note:
+        print(result.grid_note)
     print(f"{len(rows)} cells written to {out}")
 
 
