@@ -655,13 +655,12 @@ def parse_config_dict(raw: dict, origin: str):
     from pydantic import ValidationError
 
     from mlipdiv.study import StudyConfig
+    from mlipdiv.study.config import first_error
 
     try:
         return StudyConfig.model_validate(raw)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        key = ".".join(str(p) for p in error["loc"])
-        raise MlipdivError(f"{origin}: {key}: {error['msg']}") from None
+        raise MlipdivError(f"{origin}: {first_error(exc)}") from None
 
 
 @app.command()
