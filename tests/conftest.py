@@ -104,3 +104,20 @@ def finished_study(diverse_store, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("study") / "study"
     write_report(run_study(parse_config(text), text, out, progress=False))
     return out
+
+
+UNEVEN_SMILES = {  # 14 molecules × 10 conformers, 2 × 3
+    **dict.fromkeys(("CCCCO", "CCOCC", "CCCCN", "CC(C)CO", "CCCOC", "CCCCCO", "CCCCC",
+                     "CCOC(C)C", "CCCN(C)C", "CCC(C)O", "OCCCCN", "CCOCCO", "NCCO",
+                     "CCCC(C)C"), 10),
+    "OCc1ccccc1": 3, "CCc1ccncc1": 3}
+
+
+@pytest.fixture(scope="session")
+def uneven_store(tmp_path_factory) -> Path:
+    """A store whose molecules hold different conformer counts: 14 × 10, 2 × 3 (as a real
+    store's few molecules left with few pool conformers), GFN2-xTB labelled."""
+    records = [labelled_record(s, n, seed=i + 1) for i, (s, n) in enumerate(UNEVEN_SMILES.items())]
+    path = tmp_path_factory.mktemp("uneven") / "uneven.h5"
+    write_store(path, records, "GFN2-xTB (tblite)")
+    return path

@@ -96,3 +96,21 @@ def test_machine_checks_are_left_to_a_ray_cluster_and_to_a_config_read_back():
         parse_config(cluster.replace(MISSING_GPU, "gpu"))  # the syntax is checked anywhere
     elsewhere = BASE + f"[executor]\nworkers = {CORES + 1}\n[models]\ndevice = '{MISSING_GPU}'"
     assert parse_config(elsewhere, this_machine=False).models.device == MISSING_GPU
+
+
+def test_cli_override_beyond_the_cores_is_one_line_naming_the_key(tmp_path, monkeypatch,
+                                                                  capsys):
+    import sys
+
+    from mlipdiv import cli
+
+    out = tmp_path / "never"
+    monkeypatch.setattr(sys, "argv", ["mlipdiv", "study", "--preset", "quick", "--workers",
+                                      str(CORES + 1), "--out", str(out)])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        f"mlipdiv: error: preset quick: key executor.workers: {CORES + 1} exceeds the {CORES} "
+        "cores of this machine (more only on a Ray cluster: kind = 'ray' with an address)")
+    assert not out.exists()

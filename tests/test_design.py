@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import tempfile
 from functools import cache
@@ -362,3 +363,82 @@ def test_cli_split_check_leaks_design(diverse_store, tmp_path):
     write_pairs({**pool, victim: np.array([0])}, out / "pool.parquet")
     result = runner.invoke(app, ["check-leaks", str(out)])
     assert result.exit_code != 0 and "connectivity" in str(result.exception)
+
+
+# ---------------------------------------------------------------- designs the data can fill
+@pytest.fixture(scope="module")
+def uneven_splits(uneven_store, tmp_path_factory):
+    """The whole uneven store as the pool: 14 molecules with 10 conformers, 2 with 3."""
+    out = tmp_path_factory.mktemp("uneven") / "splits"
+    make_splits(uneven_store, out, SplitOptions(cf=0, st=0, sf=0))
+    return out
+
+
+def _fills(splits, options) -> bool:
+    try:
+        make_design(splits, options)
+    except MlipdivError as exc:
+        assert "pool conformers" in str(exc) and "\n" not in str(exc)
+        return False
+    return True
+
+
+def test_automatic_budget_grid_proposes_only_cells_the_pool_fills(uneven_splits):
+    """M = 16 × C = 2 needs 2-3 conformers a molecule, M = 10 × C = 3 needs 3-4: the grid
+    skips the M whose first molecules include one of the two 3-conformer molecules at a
+    position needing 4, and says how many M were eligible."""
+    options = DesignOptions("fixed-budget", budget=32, replicates=2, seed=2)
+    design = make_design(uneven_splits, options)
+    grid = design.options["grid"]
+    fitting = [m for m in range(1, 17) if _fills(uneven_splits, DesignOptions(
+        "fixed-budget", budget=32, replicates=2, seed=2, grid=(m,)))]
+    assert set(grid) <= set(fitting) and len(grid) == 5
+    assert min(grid) == min(fitting) and max(grid) == max(fitting) == 16
+    assert f"automatic grid: {len(fitting)} of the M from 1 to 16 can be filled" in \
+        design.grid_note
+    assert set(range(min(fitting), 17)) - set(fitting)  # this seed's order has a gap ...
+    assert "left out" in design.grid_note  # ... which the note names
+    assert not any(cell.short for cell in design.cells)
+    assert all(cell.n_train == 32 for cell in design.cells)
+
+
+def test_automatic_conformer_grid_stops_at_the_largest_c_that_fits(uneven_splits):
+    design = make_design(uneven_splits, DesignOptions("fixed-molecules", molecules=16))
+    largest = max(design.options["grid"])
+    assert "automatic grid: C from 1 to 2" in design.grid_note and largest == 2
+    assert not _fills(uneven_splits, DesignOptions("fixed-molecules", molecules=16,
+                                                   grid=(largest + 1,)))
+
+
+def test_an_explicit_grid_the_pool_cannot_fill_names_what_fits(uneven_splits):
+    with pytest.raises(MlipdivError) as error:
+        make_design(uneven_splits, DesignOptions("fixed-budget", budget=32, grid=(4, 12)))
+    message = str(error.value)
+    smallest = int(re.search(r"the smallest M that fits budget 32 is (\d+)", message)[1])
+    assert message.startswith("cell fixed-budget/M4-C8/r0/") and "has 3 pool conformers" in message
+    assert "or use allow_short" in message and "\n" not in message
+    assert _fills(uneven_splits, DesignOptions("fixed-budget", budget=32, grid=(smallest,)))
+    assert not _fills(uneven_splits, DesignOptions("fixed-budget", budget=32,
+                                                   grid=(smallest - 1,)))
+
+    with pytest.raises(MlipdivError) as error:
+        make_design(uneven_splits, DesignOptions("fixed-molecules", molecules=16, grid=(1, 4)))
+    largest = int(re.search(r"the largest C that fits M = 16 is (\d+)", str(error.value))[1])
+    assert str(error.value).startswith("cell fixed-molecules/M16-C4/r0/")
+    assert _fills(uneven_splits, DesignOptions("fixed-molecules", molecules=16, grid=(largest,)))
+    assert not _fills(uneven_splits, DesignOptions("fixed-molecules", molecules=16,
+                                                   grid=(largest + 1,)))
+
+
+def test_cli_design_prints_the_automatic_grid_and_refuses_an_unfillable_one(uneven_splits,
+                                                                            tmp_path):
+    runner = CliRunner()
+    common = ["design", "fixed-budget", "--splits", str(uneven_splits), "--budget", "32"]
+    result = runner.invoke(app, [*common, "--out", str(tmp_path / "d.json"), "--seed", "2"])
+    assert result.exit_code == 0, result.output
+    assert "automatic grid: 11 of the M from 1 to 16 can be filled" in result.output
+    result = runner.invoke(app, [*common, "--out", str(tmp_path / "e.json"),
+                                 "--molecules-grid", "4,16"])
+    assert result.exit_code != 0 and "the smallest M that fits budget 32" in str(
+        result.exception)
+    assert not (tmp_path / "e.json").exists()

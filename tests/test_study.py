@@ -448,3 +448,39 @@ def test_verify_beyond_what_the_pool_supplies_names_the_largest_budget(finished_
                                            r"can supply is N = \d+"):
         run_verify(study, 100, replicates=1, progress=False)
     assert not (study / "verify" / "N100" / "runs").exists()
+
+
+def test_automatic_grid_of_a_study_holds_only_cells_the_pool_fills(uneven_store, tmp_path,
+                                                                   caplog):
+    """Two molecules keep 2 pool conformers after CF, the others 9: the study's automatic
+    fixed-budget grid stops below M = 14 (all pool molecules, which it used to propose and
+    then fail on) instead of failing, and says which M were eligible; the same M given
+    explicitly is refused naming the smallest M that fits."""
+    from mlipdiv.design import load_design
+    from mlipdiv.study.runner import design_step, split_step
+
+    text = STUDY_TOML.format(store=uneven_store).replace("budget = 12\nmolecules = [2, 4, 6]",
+                                                         "budget = 30")
+    text = text[:text.index("[fixed_molecules]")] + text[text.index("[design]"):]
+    text = text.replace("allow_short = true", "allow_short = false")
+    config = parse_config(text)
+    paths = StudyPaths(tmp_path / "uneven")
+    paths.root.mkdir()
+    split_step(config, uneven_store, paths)
+    with caplog.at_level("INFO", logger="mlipdiv.study"):
+        [path] = design_step(config, paths)
+    design = load_design(path)
+    assert "of the M from 1 to 14 can be filled" in design.grid_note
+    assert design.grid_note in caplog.text
+    assert max(design.options["grid"]) < 14
+    assert design.cells and not any(cell.short for cell in design.cells)
+    assert {cell.n_train for cell in design.cells} == {30}
+
+    explicit = parse_config(text.replace("budget = 30", "budget = 30\nmolecules = [5, 14]"))
+    paths = StudyPaths(tmp_path / "explicit")
+    paths.root.mkdir()
+    split_step(explicit, uneven_store, paths)
+    with pytest.raises(MlipdivError, match=r"fixed-budget M=14: cell .* the smallest M that "
+                                           r"fits budget 30 is \d+") as error:
+        design_step(explicit, paths)
+    assert "M=5:" not in str(error.value)

@@ -431,12 +431,14 @@ def design(
              c.conformers_per_molecule, "remainder": c.remainder, "n_train": c.n_train,
              "n_valid": len(c.valid), "short": c.short, **c.diversity} for c in result.cells]
     if as_json:
-        print_json({"design": str(out), "cells": rows})
+        print_json({"design": str(out), "grid_note": result.grid_note, "cells": rows})
         return
     for row in rows:
         print(f"{row['id']:48s} N={row['n_train']:<7d} valid={row['n_valid']:<6d} "
               f"remainder={row['remainder']:<5d} tanimoto={row['mean_tanimoto_distance']:.3f} "
               f"rmsd={row['median_rmsd_angstrom']}{'  SHORT' if row['short'] else ''}")
+    if result.grid_note:
+        print(result.grid_note)
     print(f"{len(rows)} cells written to {out}")
 
 
@@ -701,13 +703,12 @@ def parse_config_dict(raw: dict, origin: str):
     from pydantic import ValidationError
 
     from mlipdiv.study import StudyConfig
+    from mlipdiv.study.config import first_error
 
     try:
         return StudyConfig.model_validate(raw)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        key = ".".join(str(p) for p in error["loc"])
-        raise MlipdivError(f"{origin}: {key}: {error['msg']}") from None
+        raise MlipdivError(f"{origin}: {first_error(exc)}") from None
 
 
 @app.command()

@@ -83,6 +83,7 @@ class Design(BaseModel):
     splits_path: Path
     options: dict
     cells: list[Cell]
+    grid_note: str = ""  # an automatic grid: which grid values the pool can fill
 
     def cell(self, cell_id: str) -> Cell:
         """The cell with this id (MlipdivError naming it if absent)."""
@@ -135,7 +136,8 @@ def make_design(splits_path: str | os.PathLike, options: DesignOptions) -> Desig
     cells = [cell for replicate in range(options.replicates)
              for cell in planner.replicate_cells(replicate)]
     return Design(experiment=options.experiment, splits_path=Path(splits_path).resolve(),
-                  options={**options.__dict__, "grid": list(planner.grid)}, cells=cells)
+                  options={**options.__dict__, "grid": list(planner.grid)}, cells=cells,
+                  grid_note=planner.grid_note)
 
 
 def spread(total: int, parts: int) -> np.ndarray:
@@ -187,7 +189,10 @@ class _Planner:
         self.experiment.check_sizes(self)
         self.orders = [self.molecule_order(r, self.experiment.largest_m(self)) for r in
                        range(options.replicates)]
+        self.grid_note = ""
         self.grid = options.grid or self.experiment.automatic_grid(self)
+        if options.grid:
+            self.check_grid()
 
     # ------------------------------------------------------------ grid and cell sizes
     def n_valid(self, n_train: int) -> int:
@@ -203,6 +208,61 @@ class _Planner:
         position = {k: i for i, k in enumerate(self.keys)}
         return np.min([np.minimum.accumulate(self.available[[position[k] for k in order]])
                        for order in self.orders], axis=0)
+
+    def shortfall(self, value: int) -> str | None:
+        """Why the cell at grid value `value` cannot be filled in some replicate (the
+        first one), or None when every replicate can fill it; as `_fill` decides."""
+        m, train, valid = self._cell_sizes(value)
+        needed = train + valid
+        if m > len(self.keys):
+            return f"the pool has only {len(self.keys)} molecules"
+        if self.options.allow_short:  # the largest molecules on the largest needs
+            if (np.sort(self.available)[::-1][:m] >= np.sort(needed)[::-1]).all():
+                return None
+            return (f"cell {self._cell_id(m, train, 0)}: the pool's molecules hold too few "
+                    "conformers to fill it, even with --allow-short")
+        for replicate, held in enumerate(self.held_in_order()):
+            lacking = np.flatnonzero(held[:m] < needed)
+            if len(lacking):
+                p = lacking[0]
+                return (f"cell {self._cell_id(m, train, replicate)}: molecule "
+                        f"{self.orders[replicate][p]} has {held[p]} pool conformers, the cell "
+                        f"needs {needed[p]} (train + validation)")
+        return None
+
+    def held_in_order(self) -> list[np.ndarray]:
+        """Per replicate, the pool conformers of each molecule in its molecule order."""
+        if not hasattr(self, "_held"):
+            position = {k: i for i, k in enumerate(self.keys)}
+            self._held = [self.available[[position[k] for k in order]] for order in self.orders]
+        return self._held
+
+    def fillable(self, values: np.ndarray) -> np.ndarray:
+        """Whether the cell at each grid value can be filled in every replicate (as `_fill`
+        decides): `capacity` settles most values at once (every molecule holds the most any
+        position needs, or one holds fewer than the least), `shortfall` the rest."""
+        capacity = self.capacity()
+        sizes = np.array([self.experiment.cell_size(self.options, int(v)) for v in values],
+                         dtype=np.int64).reshape(-1, 2)
+        ms, n_train = sizes[:, 0], sizes[:, 1]
+        n_valid = np.array([self.n_valid(int(n)) for n in n_train], dtype=np.int64)
+        inside = ms <= len(capacity)
+        held = np.where(inside, capacity[np.minimum(ms, len(capacity)) - 1], 0)
+        result = inside & (held >= -(-n_train // ms) + -(-n_valid // ms))
+        unsure = inside & ~result & (held >= n_train // ms + n_valid // ms)
+        for i in np.flatnonzero(unsure):
+            result[i] = self.shortfall(int(values[i])) is None
+        return result
+
+    def check_grid(self) -> None:
+        """An explicit grid: every value can be filled, else one line naming the first that
+        cannot and the nearest value that can."""
+        for value in self.options.grid or ():
+            reason = self.shortfall(value)
+            if reason is not None:
+                advice = "" if self.options.allow_short else "; or use allow_short"
+                raise MlipdivError(f"{reason}; {self.experiment.what_fits(self, value)}"
+                                   f"{advice}")
 
     def _cell_sizes(self, value: int) -> tuple[int, np.ndarray, np.ndarray]:
         """(M, train per molecule, validation per molecule) for one grid value."""

@@ -89,7 +89,14 @@ class Experiment(ABC):
     @classmethod
     @abstractmethod
     def automatic_grid(cls, planner: _Planner) -> tuple[int, ...]:
-        """Log-spaced grid values between the smallest and largest cell the pool can fill."""
+        """Log-spaced grid values between the smallest and largest cell the pool can fill,
+        only values the pool can fill (`planner.grid_note` says which were left out)."""
+
+    @classmethod
+    @abstractmethod
+    def what_fits(cls, planner: _Planner, value: int) -> str:
+        """For a grid value the pool cannot fill: the nearest that it can ("the largest C
+        that fits M = 4 is 5"), for the one-line refusal."""
 
     @classmethod
     @abstractmethod
@@ -101,6 +108,23 @@ def log_grid(low: int, high: int, points: int) -> tuple[int, ...]:
     """Up to `points` whole numbers spaced evenly on a log scale from `low` to `high`."""
     values = np.unique(np.round(np.geomspace(low, high, points)).astype(int))
     return tuple(int(v) for v in values)
+
+
+def log_grid_within(allowed: np.ndarray, points: int) -> tuple[int, ...]:
+    """`log_grid` between the smallest and largest of the sorted values `allowed`, each
+    point not allowed moved to the nearest allowed value (the lower on a tie)."""
+    grid = np.array(log_grid(int(allowed[0]), int(allowed[-1]), points))
+    nearest = np.abs(grid[:, None] - allowed[None, :]).argmin(axis=1)
+    return tuple(int(v) for v in np.unique(allowed[nearest]))
+
+
+def value_ranges(values: np.ndarray) -> str:
+    """Sorted whole numbers as ranges: [1, 2, 3, 7, 9, 10] -> "1-3, 7, 9-10"."""
+    breaks = np.flatnonzero(np.diff(values) != 1)
+    starts = np.concatenate([[0], breaks + 1])
+    stops = np.concatenate([breaks, [len(values) - 1]])
+    return ", ".join(str(values[a]) if a == b else f"{values[a]}-{values[b]}"
+                     for a, b in zip(starts, stops, strict=True))
 
 
 class FixedBudget(Experiment):
@@ -136,14 +160,36 @@ class FixedBudget(Experiment):
 
     @classmethod
     def automatic_grid(cls, planner):
-        options, capacity = planner.options, planner.capacity()
-        budget, n_valid = options.budget, planner.n_valid(options.budget)
+        options, budget = planner.options, planner.options.budget
         ms = np.arange(1, min(budget, len(planner.keys)) + 1)
-        fits = capacity[ms - 1] >= -(-budget // ms) + -(-n_valid // ms)
+        fits = planner.fillable(ms)
         if not fits.any():
             raise FieldError(cls.field("budget"), budget, "no molecule count M lets the "
                              "pool's molecules hold it; use allow_short or a smaller budget")
-        return log_grid(int(ms[fits][0]), int(ms[-1]), options.grid_points)
+        # capacity falls as M grows (a molecule short of conformers enters the order) while
+        # the conformers each molecule needs fall too: the fitting M need not be one range
+        fitting = ms[fits]
+        inside = ms[(ms > fitting[0]) & (ms < fitting[-1])]
+        left_out = np.setdiff1d(inside, fitting)
+        planner.grid_note = (
+            f"automatic grid: {fits.sum()} of the M from 1 to {ms[-1]} can be filled from "
+            f"every replicate's molecule order ({value_ranges(fitting)})"
+            + (f"; M = {value_ranges(left_out)} left out (a molecule among the first M holds "
+               "too few conformers)" if len(left_out) else ""))
+        return log_grid_within(fitting, options.grid_points)
+
+    @classmethod
+    def what_fits(cls, planner, value):
+        ms = np.arange(1, min(planner.options.budget, len(planner.keys)) + 1)
+        fitting = ms[planner.fillable(ms)]
+        if not len(fitting):
+            return (f"no M fills budget {planner.options.budget}; use allow_short or a "
+                    "smaller budget")
+        above = fitting[fitting > value]
+        nearest = (f"the smallest M above {value} that fits is {above[0]}; " if len(above)
+                   and above[0] != fitting[0] else "")
+        return (f"{nearest}the smallest M that fits budget {planner.options.budget} is "
+                f"{fitting[0]} (M that fit: {value_ranges(fitting)})")
 
     @classmethod
     def cell_size(cls, options, value):
@@ -176,14 +222,25 @@ class FixedMolecules(Experiment):
     def automatic_grid(cls, planner):
         options, capacity = planner.options, planner.capacity()
         m = options.molecules
-        cs = np.arange(1, int(capacity[m - 1]) + 1)
-        n_valid = np.array([planner.n_valid(m * c) for c in cs], dtype=np.int64)
-        fits = capacity[m - 1] >= cs + -(-n_valid // m)
+        cs = np.arange(1, int(capacity[m - 1]) + 1)  # C + validation fit the smallest of M
+        fits = planner.fillable(cs)
         if not fits.any():
             raise FieldError(cls.field("molecules"), m, f"the first {m} molecules hold "
                              f"{int(capacity[m - 1])} conformer(s), too few for C = 1 plus "
                              "validation; use allow_short or a smaller M")
+        planner.grid_note = (f"automatic grid: C from 1 to {int(cs[fits][-1])}, the most the "
+                             f"first {m} molecules of every replicate's order hold")
         return log_grid(1, int(cs[fits][-1]), options.grid_points)
+
+    @classmethod
+    def what_fits(cls, planner, value):
+        m = planner.options.molecules
+        cs = np.arange(1, value)
+        fitting = cs[planner.fillable(cs)]
+        largest = int(fitting[-1]) if len(fitting) else None
+        if largest is None:
+            return f"no C fits M = {m}; use allow_short or a smaller M"
+        return f"the largest C that fits M = {m} is {largest}"
 
     @classmethod
     def cell_size(cls, options, value):

@@ -407,10 +407,11 @@ def parse_config(text: str, origin: str = "config", *, this_machine: bool = True
     try:
         return StudyConfig.model_validate(raw, context={"this_machine": this_machine})
     except ValidationError as exc:
-        raise MlipdivError(f"{origin}: {_first_error(exc)}") from None
+        raise MlipdivError(f"{origin}: {first_error(exc)}") from None
 
 
-def _first_error(exc: ValidationError) -> str:
+def first_error(exc: ValidationError) -> str:
+    """The first error of a validation as one line: `key a.b: reason` (`unknown key a.b`)."""
     error = exc.errors()[0]
     loc = [str(part) for part in error["loc"]]
     cause = error.get("ctx", {}).get("error")

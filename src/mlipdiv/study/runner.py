@@ -248,7 +248,10 @@ def design_step(config: StudyConfig, paths: StudyPaths) -> list[Path]:
             options = _design_options(config, experiment, molecule_selection,
                                       conformer_selection)
             try:
-                write_design(make_design(paths.splits, options), path)
+                design = make_design(paths.splits, options)
+                write_design(design, path)
+                if design.grid_note:
+                    log.info("design %s: %s", path.stem, design.grid_note)
             except MlipdivError as exc:
                 problems += _unfillable_cells(config, paths, experiment, options, exc)
     if problems:
