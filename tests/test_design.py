@@ -281,7 +281,7 @@ def test_fixed_budget_cells_hold_exactly_n_and_are_nested(splits_dir):
 
 
 def test_fixed_molecules_same_molecules_nested_conformers(splits_dir, tmp_path):
-    options = DesignOptions("fixed-molecules", molecules=4, grid=(1, 2, 4), valid_fraction=0.2,
+    options = DesignOptions("fixed-molecules", molecules=4, grid=(1, 2, 4), validation_fraction=0.2,
                             conformer_selection="farthest", molecule_selection="maxmin", seed=3)
     design = make_design(splits_dir, options)
     first = per_molecule(design.cells[0].train)
@@ -300,7 +300,7 @@ def test_fixed_molecules_same_molecules_nested_conformers(splits_dir, tmp_path):
 def test_maxmin_picks_more_diverse_molecules_than_random(splits_dir):
     def mean_distance(selection):
         design = make_design(splits_dir, DesignOptions(
-            "fixed-molecules", molecules=4, grid=(1,), replicates=6, valid_fraction=0,
+            "fixed-molecules", molecules=4, grid=(1,), replicates=6, validation_fraction=0,
             molecule_selection=selection))
         return np.mean([c.diversity["mean_tanimoto_distance"] for c in design.cells])
 
@@ -336,7 +336,7 @@ def test_bad_design_options_are_one_line_errors(splits_dir, options, message):
 
 def test_allow_short_fills_and_flags(splits_dir):
     design = make_design(splits_dir, DesignOptions("fixed-molecules", molecules=4, grid=(7,),
-                                                   valid_fraction=0, allow_short=True))
+                                                   validation_fraction=0, allow_short=True))
     cell = design.cells[0]
     assert cell.short and cell.n_train == 28
     assert all(len(v) == 7 for v in per_molecule(cell.train).values())

@@ -319,7 +319,7 @@ def test_cli_design_cell_train_and_evaluate_splits(tmp_path):
     make_splits(tmp_path / "store.h5", tmp_path / "splits",
                 SplitOptions(cf=2, cf_conformers=1, st=1, sf=0))
     design = make_design(tmp_path / "splits", DesignOptions(
-        experiment="fixed-budget", budget=16, grid=(4,), valid_fraction=0.2, allow_short=True))
+        experiment="fixed-budget", budget=16, grid=(4,), validation_fraction=0.2, allow_short=True))
     write_design(design, tmp_path / "design.json")
     cell = design.cells[0]
     runner = CliRunner()

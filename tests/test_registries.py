@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from mlipdiv.data import formats
-from mlipdiv.design import experiments, kinds, splits
+from mlipdiv.design import experiments, kinds, selections, splits
 from mlipdiv.errors import FieldError, MlipdivError
 from mlipdiv.models import base, registry
 from mlipdiv.study.advise import parse_weights
@@ -159,10 +159,10 @@ def test_experiments_and_selections_come_from_their_registries():
     assert experiments.experiment("fixed-molecules").axis == "C"
     with pytest.raises(FieldError, match="choose from fixed-budget, fixed-molecules"):
         experiments.experiment("fixed-time")
-    assert set(experiments.MOLECULE_SELECTIONS) == {"random", "maxmin"}
-    assert set(experiments.CONFORMER_SELECTIONS) == {"random", "farthest"}
-    with registered(experiments.CONFORMER_SELECTIONS):
-        class LowestEnergy(experiments.ConformerSelection):
+    assert set(selections.MOLECULE_SELECTIONS) == {"random", "maxmin"}
+    assert set(selections.CONFORMER_SELECTIONS) == {"random", "farthest"}
+    with registered(selections.CONFORMER_SELECTIONS):
+        class LowestEnergy(selections.ConformerSelection):
             name = "lowest-energy"
 
             @classmethod
@@ -182,8 +182,8 @@ def test_a_new_conformer_selection_draws_a_design(diverse_store, tmp_path):
     from mlipdiv.design import DesignOptions, make_design
 
     splits.make_splits(diverse_store, tmp_path / "sp", splits.SplitOptions(st=0, sf=0, cf=0))
-    with registered(experiments.CONFORMER_SELECTIONS):
-        class LowestEnergy(experiments.ConformerSelection):
+    with registered(selections.CONFORMER_SELECTIONS):
+        class LowestEnergy(selections.ConformerSelection):
             name = "lowest-energy"
 
             @classmethod
@@ -191,7 +191,7 @@ def test_a_new_conformer_selection_draws_a_design(diverse_store, tmp_path):
                 return available[np.argsort(store.molecule(key, available).energy)]
 
         design = make_design(tmp_path / "sp", DesignOptions(
-            "fixed-molecules", molecules=2, grid=(1,), valid_fraction=0,
+            "fixed-molecules", molecules=2, grid=(1,), validation_fraction=0,
             conformer_selection="lowest-energy"))
     from mlipdiv.data import ConformerStore
 

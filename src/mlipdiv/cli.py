@@ -372,6 +372,13 @@ def check_leaks(
                            f"{first['test_set']}: {first['kind']}: {first['detail']}")
 
 
+def _design_help(name: str) -> str:
+    """A design flag's help: the declaration's (`DesignOptions` field metadata)."""
+    from mlipdiv.design.options import DesignOptions
+
+    return DesignOptions.__dataclass_fields__[name].metadata["help"]
+
+
 def _grid(text: str | None, option: str) -> tuple[int, ...] | None:
     if text is None:
         return None
@@ -383,49 +390,49 @@ def _grid(text: str | None, option: str) -> tuple[int, ...] | None:
 
 @app.command()
 def design(
-    experiment: str = typer.Argument(..., help="fixed-budget or fixed-molecules."),
+    experiment: str = typer.Argument(..., help="The experiment (`mlipdiv design --help` lists "
+                                     "them: fixed-budget, fixed-molecules, ...)."),
     splits: Path = typer.Option(..., "--splits", help="SPLITS directory."),
     out: Path = typer.Option(..., "--out", help="DESIGN file (JSON) to write."),
-    budget: int | None = typer.Option(None, "--budget", help="fixed-budget: conformers N."),
-    molecules: int | None = typer.Option(None, "--molecules", help="fixed-molecules: M."),
+    budget: int | None = typer.Option(None, "--budget", help=_design_help("budget")),
+    molecules: int | None = typer.Option(None, "--molecules", help=_design_help("molecules")),
+    conformers: int | None = typer.Option(None, "--conformers",
+                                          help=_design_help("conformers")),
     molecules_grid: str | None = typer.Option(
-        None, "--molecules-grid", help="fixed-budget: M values, e.g. 4,16,64 (default: log grid)."),
+        None, "--molecules-grid", help="M values, e.g. 4,16,64 (default: log grid)."),
     conformers_grid: str | None = typer.Option(
-        None, "--conformers-grid", help="fixed-molecules: C values, e.g. 1,2,4,8."),
-    grid_points: int = typer.Option(5, "--grid-points", help="Points of the automatic grid."),
-    replicates: int = typer.Option(1, "--replicates"),
-    valid_fraction: float = typer.Option(0.1, "--valid-fraction",
-                                         help="Validation conformers per cell / N."),
+        None, "--conformers-grid", help="C values, e.g. 1,2,4,8 (default: log grid)."),
+    grid_points: int = typer.Option(5, "--grid-points", help=_design_help("grid_points")),
+    replicates: int = typer.Option(1, "--replicates", help=_design_help("replicates")),
+    validation_fraction: float = typer.Option(
+        0.1, "--validation-fraction", "--valid-fraction",
+        help=_design_help("validation_fraction")),
     molecule_selection: str = typer.Option(
-        "random", "--molecule-selection",
-        help="random or maxmin (RDKit MaxMinPicker on Morgan fingerprints)."),
+        "random", "--molecule-selection", help=_design_help("molecule_selection")),
     conformer_selection: str = typer.Option(
-        "random", "--conformer-selection",
-        help="random or farthest (scikit-matter FPS on inverse distances)."),
-    allow_short: bool = typer.Option(False, "--allow-short",
-                                     help="Fill cells from molecules with enough conformers."),
-    seed: int = typer.Option(0, "--seed"),
+        "random", "--conformer-selection", help=_design_help("conformer_selection")),
+    allow_short: bool = typer.Option(False, "--allow-short", help=_design_help("allow_short")),
+    seed: int = typer.Option(0, "--seed", help=_design_help("seed")),
     as_json: bool = typer.Option(False, "--json", help="Print the cells as one JSON object."),
 ) -> None:
-    """Training cells: fixed-budget (N conformers, M x N/M over a grid of M) or
-    fixed-molecules (the same M molecules, a grid of C conformers each)."""
+    """Training cells of one experiment: it holds N, M or C fixed and varies M or C over a
+    grid (fixed-budget: M x N/M; fixed-molecules: the same M molecules, C each; ...)."""
     from mlipdiv.design.designs import DesignOptions, make_design, write_design
-    from mlipdiv.design.experiments import EXPERIMENTS
+    from mlipdiv.design.experiments import experiment as find_experiment
 
-    if experiment not in EXPERIMENTS:
-        raise MlipdivError(f"design {experiment}: choose {' or '.join(EXPERIMENTS)}")
-    kind = EXPERIMENTS[experiment]
-    grid_option = kind.grid_field.rpartition(".")[2]  # molecules_grid / conformers_grid
-    given = {"budget": budget, "molecules": molecules, "molecules_grid": molecules_grid,
-             "conformers_grid": conformers_grid}
+    kind = find_experiment(experiment)
+    given = {"budget": budget, "molecules": molecules, "conformers": conformers,
+             "molecules_grid": molecules_grid, "conformers_grid": conformers_grid}
     for option, value in given.items():
-        if value is not None and option not in (kind.fixed_field, grid_option):
+        if value is not None and option not in (kind.fixed_field, kind.grid_option()):
             raise MlipdivError(f"--{option.replace('_', '-')}: not an option of design "
                                f"{experiment}")
-    grid = _grid(given[grid_option], f"--{grid_option.replace('_', '-')}")
+    grid = _grid(given[kind.grid_option()], f"--{kind.grid_option().replace('_', '-')}")
     result = make_design(splits, DesignOptions(
-        experiment, budget, molecules, grid, grid_points, replicates, valid_fraction,
-        molecule_selection, conformer_selection, allow_short, seed))
+        experiment, **{kind.fixed_field: given[kind.fixed_field]}, grid=grid,
+        grid_points=grid_points, replicates=replicates,
+        validation_fraction=validation_fraction, molecule_selection=molecule_selection,
+        conformer_selection=conformer_selection, allow_short=allow_short, seed=seed))
     write_design(result, out)
     rows = [{"id": c.id, "n_molecules": c.n_molecules, "conformers_per_molecule":
              c.conformers_per_molecule, "remainder": c.remainder, "n_train": c.n_train,

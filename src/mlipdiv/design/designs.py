@@ -1,26 +1,23 @@
-"""`mlipdiv design`: the two experiment designs over a SPLITS training pool.
+"""`mlipdiv design`: an experiment's design over a SPLITS training pool.
 
-* fixed-budget: N training conformers; for each M in a grid, M molecules x C = N / M
-  conformers (M x C = N exactly: the first N mod M molecules get one more conformer).
-* fixed-molecules: M molecules; for each C in a grid, C conformers per molecule.
-
-Within one replicate every cell draws from one molecule order and one conformer order per
-molecule, so cells are nested: a fixed-budget cell's molecules are a prefix of the order, and a
-fixed-molecules cell uses the same M molecules for every C with the smaller cell's conformers
-inside the larger's. Differences between cells therefore come from diversity, not from which
-molecules were drawn. Validation conformers come from the same molecules (the next conformers
-in each molecule's order), never from a test set.
+An experiment (`design/experiments/`: fixed budget N, fixed molecules M, fixed conformers per
+molecule C, ...) says what it holds fixed and which of M and C its grid varies; the `Planner`
+here draws the cells. Within one replicate every cell draws from one molecule order and one
+conformer order per molecule, so cells are nested: a cell's molecules are a prefix of the
+order, and a molecule's conformers in a smaller cell are inside those of a larger one.
+Differences between cells therefore come from diversity, not from which molecules were drawn.
+Validation conformers come from the same molecules (the next conformers in each molecule's
+order), never from a test set.
 
 Selection: molecules `random` or `maxmin` (RDKit MaxMinPicker on Morgan fingerprints);
 conformers `random` or `farthest` (scikit-matter FPS on sorted inverse interatomic distances).
-The experiments and selections are registered classes in `experiments.py`.
+The experiments and selections are registered classes (`experiments/`, `selections.py`).
 """
 
 from __future__ import annotations
 
 import os
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,10 +25,10 @@ from pydantic import BaseModel
 
 from mlipdiv.atomic import write_text_atomic
 from mlipdiv.data.store import ConformerStore
-from mlipdiv.design.experiments import (
+from mlipdiv.design.experiments import experiment, experiment_names
+from mlipdiv.design.options import DesignOptions
+from mlipdiv.design.selections import (
     conformer_selection,
-    experiment,
-    experiment_names,
     farthest_point_order,
     inverse_distance_descriptor,
     molecule_selection,
@@ -49,7 +46,7 @@ from mlipdiv.diversity.structural import mean_tanimoto_distance, morgan_fingerpr
 from mlipdiv.errors import FieldError, MlipdivError, check_seed
 from mlipdiv.files import reading
 
-__all__ = ["Cell", "Design", "DesignOptions", "farthest_point_order",
+__all__ = ["Cell", "Design", "DesignOptions", "Planner", "farthest_point_order",
            "inverse_distance_descriptor", "load_design", "make_design", "spread",
            "write_design"]
 CELL_RMSD_MOLECULES = 200  # molecules per cell whose RMSD / entropy enter its diversity figures
@@ -71,7 +68,7 @@ class Cell(BaseModel):
     valid: list[tuple[str, int]]
     diversity: dict[str, float | int | None]
     short: bool = False
-    remainder: int = 0  # molecules holding one conformer more than C (fixed-budget)
+    remainder: int = 0  # molecules holding one conformer more than C (N not a multiple of M)
     note: str = ""
 
 
@@ -108,23 +105,6 @@ def write_design(design: Design, path: str | os.PathLike) -> None:
     write_text_atomic(path, design.model_dump_json())
 
 
-@dataclass(frozen=True)
-class DesignOptions:
-    """`grid` holds M values (fixed-budget) or C values (fixed-molecules); None = automatic."""
-
-    experiment: str
-    budget: int | None = None
-    molecules: int | None = None
-    grid: tuple[int, ...] | None = None
-    grid_points: int = 5
-    replicates: int = 1
-    valid_fraction: float = 0.1
-    molecule_selection: str = "random"
-    conformer_selection: str = "random"
-    allow_short: bool = False
-    seed: int = 0
-
-
 def make_design(splits_path: str | os.PathLike, options: DesignOptions) -> Design:
     """Draw every cell of the design (all replicates) from the SPLITS training pool."""
     _check_options(options)
@@ -132,7 +112,7 @@ def make_design(splits_path: str | os.PathLike, options: DesignOptions) -> Desig
     pool = splits.pool_set.by_molecule
     if not pool:
         raise MlipdivError(f"{splits_path}: the training pool is empty")
-    planner = _Planner(splits, options)
+    planner = Planner(splits, options)
     cells = [cell for replicate in range(options.replicates)
              for cell in planner.replicate_cells(replicate)]
     return Design(experiment=options.experiment, splits_path=Path(splits_path).resolve(),
@@ -157,23 +137,24 @@ def _check_options(options: DesignOptions) -> None:
     conformer_selection(options.conformer_selection)
     if options.replicates < 1:
         raise FieldError("design.replicates", options.replicates, "must be at least 1")
-    if not 0 <= options.valid_fraction < 1:
-        # the option's name (flag --valid-fraction), not the config's design.validation_fraction
-        raise FieldError("design.valid_fraction", options.valid_fraction, "must be in [0, 1)")
+    if not 0 <= options.validation_fraction < 1:
+        raise FieldError("design.validation_fraction", options.validation_fraction,
+                         "must be in [0, 1)")
     if options.grid_points < 1:
         raise FieldError("design.grid_points", options.grid_points, "must be at least 1")
     kind.check(options)
     if options.grid is not None:
         values = ",".join(map(str, options.grid))
         if not options.grid or min(options.grid) < 1:
-            raise FieldError(kind.grid_field, None, f"every {kind.axis} must be at least 1 "
+            raise FieldError(kind.grid_field(), None, f"every {kind.axis} must be at least 1 "
                              f"(got {values})")
         if len(set(options.grid)) != len(options.grid):
-            raise FieldError(kind.grid_field, None, f"repeats a value ({values})")
+            raise FieldError(kind.grid_field(), None, f"repeats a value ({values})")
 
 
-class _Planner:
-    """Draws the molecule and conformer orders of each replicate and the cells from them."""
+class Planner:
+    """Draws the molecule and conformer orders of each replicate and the cells from them
+    (what an experiment may ask of it: `experiments.DesignPlanner`)."""
 
     def __init__(self, splits: Splits, options: DesignOptions):
         self.splits = splits
@@ -197,7 +178,7 @@ class _Planner:
     # ------------------------------------------------------------ grid and cell sizes
     def n_valid(self, n_train: int) -> int:
         """Validation conformers of a cell with `n_train` training conformers."""
-        fraction = self.options.valid_fraction
+        fraction = self.options.validation_fraction
         return 0 if fraction == 0 else max(1, round(fraction * n_train))
 
     def capacity(self) -> np.ndarray:

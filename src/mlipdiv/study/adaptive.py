@@ -23,8 +23,8 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from mlipdiv.atomic import write_json_atomic
-from mlipdiv.design import DesignOptions, make_design, write_design
-from mlipdiv.design.experiments import FixedBudget
+from mlipdiv.design import make_design, write_design
+from mlipdiv.design.experiments import budget_options
 from mlipdiv.errors import MlipdivError
 from mlipdiv.files import read_json, reading
 from mlipdiv.study.advise import Advice, describe_cell
@@ -174,7 +174,7 @@ def save_state(state: AdaptiveState, path: Path) -> None:
     write_json_atomic(path, state.model_dump(mode="json"))
 
 
-def round_design(splits: Path, options: DesignOptions, round_index: int, cell: tuple[int, int],
+def round_design(splits: Path, common: dict, round_index: int, cell: tuple[int, int],
                  path: Path) -> Path:
     """The design of one proposed (M, C): a fixed-budget design at N = M·C with grid [M],
     drawn with the study's seed (so its molecules follow the same order as the grid's cells),
@@ -182,11 +182,7 @@ def round_design(splits: Path, options: DesignOptions, round_index: int, cell: t
     if path.exists():
         return path
     m, c = cell
-    design = make_design(splits, DesignOptions(
-        FixedBudget.name, budget=m * c, grid=(m,), replicates=options.replicates,
-        valid_fraction=options.valid_fraction, molecule_selection=options.molecule_selection,
-        conformer_selection=options.conformer_selection, allow_short=options.allow_short,
-        seed=options.seed))
+    design = make_design(splits, budget_options(common, m * c, (m,)))
     for item in design.cells:
         item.id = f"{CELL_PREFIX}-r{round_index}/{item.id}"
     if not design.cells:

@@ -22,22 +22,19 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     ValidationInfo,
+    create_model,
     model_validator,
 )
 
 from mlipdiv.data.sampling import SAMPLERS
 from mlipdiv.data.sources import parse_elements
-from mlipdiv.design.experiments import (
-    CONFORMER_SELECTIONS,
-    EXPERIMENTS,
-    MOLECULE_SELECTIONS,
-)
+from mlipdiv.design.experiments import experiments
 from mlipdiv.design.kinds import default_advice_weights, test_set_names
+from mlipdiv.design.options import StrictSection
+from mlipdiv.design.selections import CONFORMER_SELECTIONS, MOLECULE_SELECTIONS
 from mlipdiv.design.splits import parse_ood
 from mlipdiv.errors import SEED_LIMIT, FieldError, MlipdivError
 from mlipdiv.metrics.stats import ERROR_METRICS
@@ -106,11 +103,7 @@ DeviceName = Annotated[str, AfterValidator(_device_syntax)]
 PathValue = Annotated[Path, Field(strict=False)]
 
 
-class _Strict(BaseModel):
-    # NaN/inf never validate: a NaN weight or temperature is a silent wrong number, and a
-    # config holding NaN could never be resumed (NaN != NaN in the comparison)
-    # strict: "yes" is not a bool, 1e12 and 2.0 are not counts (an int is still a float)
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
+_Strict = StrictSection
 
 
 class DataConfig(_Strict):
@@ -162,34 +155,6 @@ class SplitConfig(_Strict):
         fractions = [v for v in (self.st, self.sf) if v < 1]
         if sum(fractions) >= 1:
             raise ValueError("split fractions st + sf leave no training pool")
-        return self
-
-
-class FixedBudgetConfig(_Strict):
-    """N training conformers split as M molecules × C conformers per molecule."""
-
-    budget: int = Field(..., ge=2)
-    molecules: list[int] | None = None  # the M grid; None = automatic log-spaced grid
-
-    @model_validator(mode="after")
-    def _grid(self) -> FixedBudgetConfig:
-        if self.molecules is not None:
-            _check_grid(self.molecules, "molecules")
-            if max(self.molecules) > self.budget:
-                raise ValueError(f"M = {max(self.molecules)} exceeds the budget "
-                                 f"{self.budget} (C would be below 1)")
-        return self
-
-
-class FixedMoleculesConfig(_Strict):
-    """M fixed molecules, C conformers per molecule varied."""
-
-    molecules: int = Field(..., ge=1)
-    conformers: list[int]
-
-    @model_validator(mode="after")
-    def _grid(self) -> FixedMoleculesConfig:
-        _check_grid(self.conformers, "conformers")
         return self
 
 
@@ -272,16 +237,15 @@ class AdaptiveConfig(_Strict):
     max_molecule_ratio: float = Field(4.0, gt=1)
 
 
-class StudyConfig(_Strict):
-    """A whole study: data, splits, both experiment designs, models, executor, advice."""
+class StudyBase(_Strict):
+    """A whole study but its experiments: data, splits, design, models, executor, advice.
+    `StudyConfig` adds one optional section per registered experiment."""
 
     name: str = "study"
     seed: int = Field(0, ge=0, lt=SEED_LIMIT)
     out: PathValue = Path("study-output")
     data: DataConfig = DataConfig()
     split: SplitConfig = SplitConfig()
-    fixed_budget: FixedBudgetConfig | None = None
-    fixed_molecules: FixedMoleculesConfig | None = None
     design: DesignConfig = DesignConfig()
     models: ModelsConfig = ModelsConfig()
     executor: ExecutorConfig = ExecutorConfig()
@@ -289,47 +253,56 @@ class StudyConfig(_Strict):
     adaptive: AdaptiveConfig = AdaptiveConfig()
 
     @model_validator(mode="after")
-    def _combinations(self) -> StudyConfig:
-        if self.fixed_budget is None and self.fixed_molecules is None:
-            raise ValueError("give at least one experiment: [fixed_budget] or [fixed_molecules]")
+    def _combinations(self) -> StudyBase:
+        if not self.experiment_sections():
+            keys = " or ".join(f"[{kind.config_key}]" for kind in experiments())
+            raise ValueError(f"give at least one experiment: {keys}")
         if self.split.ood is None and "ood" in self.advice.weights:
             raise ValueError("advice.weights names 'ood' but split.ood makes no OOD set")
         if self.data.source == "generate":
-            self._fits_generated_data()
+            for kind, section in self.experiment_sections().items():
+                kind.check_generated(section, self.data.n_molecules, self.data.conformers)
         return self
 
     @model_validator(mode="after")
-    def _on_this_machine(self, info: ValidationInfo) -> StudyConfig:
+    def _on_this_machine(self, info: ValidationInfo) -> StudyBase:
         # skipped when a finished study's config is only read back (report, advice)
         if (info.context or {}).get("this_machine", True):
             check_machine(self)
         return self
 
-    def _fits_generated_data(self) -> None:
-        total = self.data.n_molecules * self.data.conformers
-        budget = self.fixed_budget.budget if self.fixed_budget else 0
-        if budget > total:
-            raise ValueError(f"fixed_budget.budget = {budget} exceeds the generated data "
-                             f"({self.data.n_molecules} molecules × {self.data.conformers} "
-                             f"conformers = {total})")
-        fixed = self.fixed_molecules
-        if fixed and fixed.molecules > self.data.n_molecules:
-            raise ValueError(f"fixed_molecules.molecules = {fixed.molecules} exceeds "
-                             f"data.n_molecules = {self.data.n_molecules}")
-        if fixed and max(fixed.conformers) > self.data.conformers:
-            raise ValueError(f"fixed_molecules.conformers up to {max(fixed.conformers)} "
-                             f"exceeds data.conformers = {self.data.conformers}")
+    def experiment_sections(self) -> dict:
+        """{experiment class: its config section} of the experiments this study runs, in
+        report order."""
+        sections = {kind: getattr(self, kind.config_key, None) for kind in experiments()}
+        return {kind: section for kind, section in sections.items() if section is not None}
 
     def experiments(self) -> list[str]:
         """The experiments this study runs, in report order."""
-        return [name for name, kind in EXPERIMENTS.items() if getattr(self, kind.config_key)]
+        return [kind.name for kind in self.experiment_sections()]
 
     def largest_training_set(self) -> int:
-        """Training conformers of the study's largest cell (N, or M × the largest C)."""
-        sizes = [self.fixed_budget.budget] if self.fixed_budget else []
-        if self.fixed_molecules:
-            sizes.append(self.fixed_molecules.molecules * max(self.fixed_molecules.conformers))
-        return max(sizes)
+        """Training conformers of the study's largest cell, over its experiments."""
+        return max(kind.largest_training_set(section)
+                   for kind, section in self.experiment_sections().items())
+
+    def advice_cell(self) -> tuple[int, int]:
+        """(M, training conformers) whose cost is the study's own advice budget: the first
+        experiment's (in report order) own cell for it."""
+        kind, section = next(iter(self.experiment_sections().items()))
+        return kind.advice_cell(section)
+
+    def design_common(self, selection: tuple[str, str]) -> dict:
+        """The options every experiment's design shares (`DesignOptions.common()`), for one
+        (molecule selection, conformer selection) pair."""
+        design = self.design
+        return dict(replicates=design.replicates, validation_fraction=design.validation_fraction,
+                    molecule_selection=selection[0], conformer_selection=selection[1],
+                    allow_short=design.allow_short, seed=self.seed)
+
+    def design_options(self, kind, selection: tuple[str, str]):
+        """The DesignOptions of experiment `kind` for one selection pair."""
+        return kind.options(getattr(self, kind.config_key), self.design_common(selection))
 
     def training_schedule(self) -> dict[str, dict]:
         """Per model, the study-wide schedule every cell trains with: the same number of
@@ -351,7 +324,17 @@ class StudyConfig(_Strict):
         settings = self.model_dump(mode="json", exclude={"out": True, "executor": True})
         if not self.adaptive.enabled:  # studies made before the adaptive pilot compare equal
             settings.pop("adaptive")
+        for kind in experiments():  # nor do studies made before an experiment was added
+            if settings.get(kind.config_key, 0) is None:
+                settings.pop(kind.config_key)
         return {**settings, "training_schedule": self.training_schedule()}
+
+
+# one optional section per registered experiment ([fixed_budget], [fixed_molecules], ...)
+StudyConfig = create_model(
+    "StudyConfig", __base__=StudyBase, __module__=__name__,
+    __doc__="A whole study: data, splits, the experiments' designs, models, executor, advice.",
+    **{kind.config_key: (kind.Config | None, None) for kind in experiments()})
 
 
 def runs_elsewhere(executor: ExecutorConfig) -> bool:
@@ -359,7 +342,7 @@ def runs_elsewhere(executor: ExecutorConfig) -> bool:
     return executor.kind == "ray" and executor.address is not None
 
 
-def check_machine(config: StudyConfig) -> None:
+def check_machine(config: StudyBase) -> None:
     """The values that depend on the machine fit this one: `models.device` exists here, and
     `executor.workers`, `executor.threads_per_worker` and their product are at most its
     cores. Skipped for cells on a Ray cluster (`executor.address`): its nodes decide."""
@@ -384,15 +367,6 @@ def check_machine(config: StudyConfig) -> None:
         raise ConfigKeyError("executor.threads_per_worker",
                              f"{workers} workers × {threads} threads exceed the {cores} cores "
                              f"of {where}")
-
-
-def _check_grid(values: list[int], name: str) -> None:
-    if not values:
-        raise ValueError(f"{name} grid is empty")
-    if min(values) < 1:
-        raise ValueError(f"{name} grid has a value below 1 ({min(values)})")
-    if len(set(values)) != len(values):
-        raise ValueError(f"{name} grid repeats a value")
 
 
 def parse_config(text: str, origin: str = "config", *, this_machine: bool = True

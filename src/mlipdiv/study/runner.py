@@ -16,7 +16,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -27,7 +27,6 @@ from mlipdiv.data.identity import quiet_rdkit
 from mlipdiv.data.qm import QMMethod
 from mlipdiv.data.sources import MoleculeFilter, parse_elements, select_molecules
 from mlipdiv.design import (
-    DesignOptions,
     SplitOptions,
     load_design,
     load_splits,
@@ -35,8 +34,8 @@ from mlipdiv.design import (
     make_splits,
     write_design,
 )
-from mlipdiv.design.experiments import FixedBudget
 from mlipdiv.design.experiments import experiment as design_experiment
+from mlipdiv.design.experiments import experiments
 from mlipdiv.diversity import plot_profile, profile_store
 from mlipdiv.errors import FieldError, MlipdivError, first_line
 from mlipdiv.files import read_json, read_parquet
@@ -64,9 +63,9 @@ MIN_FREE_BYTES = 50 * 1024**2
 STEP_ORDER = ("data", "split", "design", "models", "advice")
 # Which step a changed top-level config key invalidates (with every later step).
 FIRST_STALE_STEP = {"name": "advice", "seed": "data", "data": "data", "split": "split",
-                    "fixed_budget": "design", "fixed_molecules": "design", "design": "design",
-                    "models": "models", "training_schedule": "models", "advice": "advice",
-                    "adaptive": "advice"}
+                    "design": "design", "models": "models", "training_schedule": "models",
+                    "advice": "advice", "adaptive": "advice",
+                    **{kind.config_key: "design" for kind in experiments()}}
 
 log = logging.getLogger("mlipdiv.study")
 
@@ -212,20 +211,10 @@ def split_step(config: StudyConfig, store: Path, paths: StudyPaths) -> None:
 
 
 def _design_options(config: StudyConfig, experiment: str, molecule_selection: str,
-                    conformer_selection: str, grid: tuple[int, ...] | None = None,
-                    budget: int | None = None):
-
-    design = config.design
-    common = dict(replicates=design.replicates, valid_fraction=design.validation_fraction,
-                  molecule_selection=molecule_selection,
-                  conformer_selection=conformer_selection, allow_short=design.allow_short,
-                  seed=config.seed)
-    kind = design_experiment(experiment)
-    section = getattr(config, kind.config_key)
-    configured = getattr(section, kind.config_grid_key) if section else None
-    fixed = budget if budget is not None else getattr(section, kind.fixed_field)
-    return DesignOptions(experiment, grid=grid or (tuple(configured) if configured else None),
-                         **{kind.fixed_field: fixed}, **common)
+                    conformer_selection: str, grid: tuple[int, ...] | None = None):
+    options = config.design_options(design_experiment(experiment),
+                                    (molecule_selection, conformer_selection))
+    return replace(options, grid=grid) if grid else options
 
 
 def selections(config: StudyConfig) -> list[tuple[str, str]]:
@@ -455,14 +444,9 @@ def collect_results(tasks: list[CellTask], paths: StudyPaths) -> pd.DataFrame:
 
 # ---------------------------------------------------------------- fit and advice
 def study_budget(config: StudyConfig) -> float:
-    """The budget (cost units) of the study's own advice: what its fixed-budget N cost at the
-    smallest M of the grid, else the largest fixed-molecules cell."""
-    if config.fixed_budget:
-        n_conformers = config.fixed_budget.budget
-        n_molecules = min(config.fixed_budget.molecules or [1])
-    else:
-        fixed = config.fixed_molecules
-        n_conformers, n_molecules = fixed.molecules * max(fixed.conformers), fixed.molecules
+    """The budget (cost units) of the study's own advice: the cost of its first experiment's
+    advice cell (fixed-budget: its N at the smallest M of the grid)."""
+    n_molecules, n_conformers = config.advice_cell()
     advice = config.advice
     return advice.cost_per_conformer * n_conformers + advice.cost_per_molecule * n_molecules
 
@@ -572,12 +556,11 @@ def _draw_round(config: StudyConfig, paths: StudyPaths, current: Round) -> None:
     """Write the designs of a round's cells (a cell the pool cannot supply is logged)."""
     for m, c in current.cells:
         for molecule_selection, conformer_selection in selections(config):
-            options = _design_options(config, FixedBudget.name, molecule_selection,
-                                      conformer_selection, grid=(m,), budget=m * c)
+            common = config.design_common((molecule_selection, conformer_selection))
             path = paths.adaptive_design(current.index, m, c,
                                          f"{molecule_selection}-{conformer_selection}")
             try:
-                round_design(paths.splits, options, current.index, (m, c), path)
+                round_design(paths.splits, common, current.index, (m, c), path)
             except MlipdivError as exc:
                 log.warning("adaptive round %d: M = %d × C = %d cannot be drawn (%s)",
                             current.index, m, c, exc)

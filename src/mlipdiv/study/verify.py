@@ -26,7 +26,7 @@ from pydantic import BaseModel
 
 from mlipdiv.atomic import write_json_atomic
 from mlipdiv.design import Design, DesignOptions, load_design, make_design, write_design
-from mlipdiv.design.experiments import FixedBudget
+from mlipdiv.design.experiments import budget_options
 from mlipdiv.errors import FieldError, MlipdivError
 from mlipdiv.files import read_json, reading
 from mlipdiv.locking import locks_output
@@ -78,8 +78,10 @@ def verify_directory(study_dir: Path, budget: int) -> Path:
 
 
 def _grid(config: StudyConfig) -> list[int]:
-    return (config.fixed_budget.molecules if config.fixed_budget and config.fixed_budget.molecules
-            else [config.fixed_molecules.molecules] if config.fixed_molecules else [1])
+    """The molecule counts the study's first experiment naming any measured ([1] if none)."""
+    named = (kind.configured_molecules(section)
+             for kind, section in config.experiment_sections().items())
+    return next((values for values in named if values), [1])
 
 
 def verify_designs(advice: Advice, config: StudyConfig, limits: DataLimits,
@@ -131,12 +133,10 @@ def _check_settings(root: Path, settings: dict, force: bool) -> None:
 
 def _options(config: StudyConfig, molecules: list[int], budget: int, replicates: int,
              selection: tuple[str, str]) -> DesignOptions:
-    """The verification design: a fixed-budget design over the compared M values."""
-    return DesignOptions(
-        FixedBudget.name, budget=budget, grid=tuple(sorted(set(molecules))),
-        replicates=replicates, valid_fraction=config.design.validation_fraction,
-        molecule_selection=selection[0], conformer_selection=selection[1],
-        allow_short=config.design.allow_short, seed=config.seed + VERIFY_SEED_OFFSET)
+    """The verification design: a design at budget N over the compared M values."""
+    common = {**config.design_common(selection), "replicates": replicates,
+              "seed": config.seed + VERIFY_SEED_OFFSET}
+    return budget_options(common, budget, tuple(molecules))
 
 
 def _draw(config: StudyConfig, study: StudyPaths, molecules: list[int], budget: int,
