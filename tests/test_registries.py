@@ -154,10 +154,11 @@ def test_ood_shifts_are_registered_and_named_in_errors():
 
 # ---------------------------------------------------------------- experiments, selections
 def test_experiments_and_selections_come_from_their_registries():
-    assert experiments.experiment_names() == ("fixed-budget", "fixed-molecules")
+    assert experiments.experiment_names() == ("fixed-budget", "fixed-molecules",
+                                              "fixed-conformers")
     assert experiments.experiment("fixed-budget").axis == "M"
     assert experiments.experiment("fixed-molecules").axis == "C"
-    with pytest.raises(FieldError, match="choose from fixed-budget, fixed-molecules"):
+    with pytest.raises(FieldError, match="choose from fixed-budget, fixed-molecules, fixed-c"):
         experiments.experiment("fixed-time")
     assert set(selections.MOLECULE_SELECTIONS) == {"random", "maxmin"}
     assert set(selections.CONFORMER_SELECTIONS) == {"random", "farthest"}
