@@ -38,7 +38,7 @@ from mlipdiv.design.experiments import (
     MOLECULE_SELECTIONS,
 )
 from mlipdiv.design.kinds import default_advice_weights, test_set_names
-from mlipdiv.design.splits import parse_ood
+from mlipdiv.design.ood import parse_ood
 from mlipdiv.errors import SEED_LIMIT, FieldError, MlipdivError
 from mlipdiv.metrics.stats import ERROR_METRICS
 from mlipdiv.models.registry import backend_names, study_schedule
