@@ -327,7 +327,8 @@ def split(
     as_json: bool = typer.Option(False, "--json", help="Print the manifest as one JSON object."),
 ) -> None:
     """Carve leak-free CF/ST/SF/OOD test sets; the rest is the training pool."""
-    from mlipdiv.design.splits import SplitOptions, make_splits
+    from mlipdiv.design.split_sets import SplitOptions
+    from mlipdiv.design.splits import make_splits
 
     splits, messages = make_splits(store, out, SplitOptions(_cf_size(cf), cf_conformers, st, sf,
                                                             ood, ood_store, seed),

@@ -13,22 +13,14 @@ from mlipdiv.design.designs import (
 )
 from mlipdiv.design.kinds import TestSetKind, test_set_kind, test_set_kinds, test_set_names
 from mlipdiv.design.leaks import Leak, assert_no_leaks, find_leaks, leak_report
-from mlipdiv.design.splits import (
-    ClusterShift,
+from mlipdiv.design.ood import ClusterShift, ElementShift, OodShift, SizeShift
+from mlipdiv.design.split_sets import SplitOptions, Splits, SplitSet
+from mlipdiv.design.splits import load_splits, make_splits, molecule_table, write_splits
+from mlipdiv.design.test_sets import (
     ConformerSplit,
-    ElementShift,
-    OodShift,
     OutOfDistribution,
     ScaffoldSplit,
-    SizeShift,
-    SplitOptions,
-    Splits,
-    SplitSet,
     StructureSplit,
-    load_splits,
-    make_splits,
-    molecule_table,
-    write_splits,
 )
 
 __all__ = [

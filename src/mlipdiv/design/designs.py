@@ -33,7 +33,8 @@ from mlipdiv.design.selections import (
     inverse_distance_descriptor,
     molecule_selection,
 )
-from mlipdiv.design.splits import ByMolecule, Splits, load_splits
+from mlipdiv.design.split_sets import ByMolecule, Splits
+from mlipdiv.design.splits import load_splits
 from mlipdiv.diversity.conformational import (
     DISTINCT_RMSD_ANGSTROM,
     DUPLICATE_RMSD_ANGSTROM,

@@ -16,20 +16,20 @@ A kind declares, as class attributes checked when the class is defined:
 * `advice_weight`: its weight in `advise` when the user gives none (0: not weighted).
 
 Defining a subclass registers it; `test_set_names()` is what splits, configs, the leak check,
-the metrics and the report iterate. The concrete kinds live in `splits.py`, which the package
-`mlipdiv.design` imports, so the registry is full whenever this module is in use.
+the metrics and the report iterate, and `scored_sets` is how a run is scored on a split's test
+sets. The concrete kinds live in `test_sets.py`, which the package `mlipdiv.design` imports, so
+the registry is full whenever this module is in use.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
+from mlipdiv.design.split_sets import Carving, Splits, SplitSet
 from mlipdiv.errors import MlipdivError
-
-if TYPE_CHECKING:  # splits.py defines the concrete kinds on top of this module
-    from mlipdiv.design.splits import Carving, Splits
 
 DECLARED = ("name", "label", "title", "order", "carve_order", "whole_molecules", "leak_rules")
 REGISTERED: dict[str, type[TestSetKind]] = {}
@@ -123,3 +123,15 @@ def test_set_kind(name: str) -> type[TestSetKind]:
     if name not in kinds:
         raise MlipdivError(f"'{name}' is not a test set (choose from {', '.join(kinds)})")
     return kinds[name]
+
+
+def scored_sets(splits: Splits, trained_on: Iterable[str] | None
+                ) -> Iterator[tuple[str, SplitSet, bool]]:
+    """(name, set, restricted) for each test set of `splits` as a run is scored on it: a kind
+    scored on training molecules (CF) keeps only the run's own training molecules `trained_on`
+    (when known: then `restricted` is True)."""
+    for name, split_set in splits.test_sets.items():
+        if trained_on is not None and test_set_kind(name).scored_on_training_molecules:
+            yield name, split_set.restricted(trained_on), True
+        else:
+            yield name, split_set, False

@@ -13,21 +13,18 @@ each test-set kind adds its own declared rules (`mlipdiv.design.kinds`):
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from mlipdiv.data.store import ConformerStore
 from mlipdiv.design.kinds import Leak, test_set_kind
+from mlipdiv.design.split_sets import Splits
 from mlipdiv.diversity.conformational import (
     DUPLICATE_RMSD_ANGSTROM,
     ConformerGeometry,
     rmsd_lower_bounds,
 )
 from mlipdiv.errors import MlipdivError
-
-if TYPE_CHECKING:  # splits.py runs this check on every split it makes
-    from mlipdiv.design.splits import Splits
 
 __all__ = ["Leak", "assert_no_leaks", "find_leaks", "leak_report", "near_duplicate_conformers"]
 

@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from mlipdiv.atomic import write_text_atomic
 from mlipdiv.data.store import MoleculeRecord
 from mlipdiv.design import load_splits
+from mlipdiv.design.kinds import scored_sets
 from mlipdiv.domain.model import (
     Domain,
     conformer_errors,
@@ -207,7 +208,7 @@ def evaluate_run(run_path: str | os.PathLike, splits_path: str | os.PathLike,
     data = {}
     trained_on = run.training_molecules()
     # in distribution = unseen conformers of the run's own training molecules
-    for name, split_set, _ in splits.scored_sets(trained_on):
+    for name, split_set, _ in scored_sets(splits, trained_on):
         records = list(split_set.records())
         if not records:
             continue

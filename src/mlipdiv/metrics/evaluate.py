@@ -12,6 +12,7 @@ from pydantic import BaseModel, create_model
 
 from mlipdiv.data.store import MoleculeRecord
 from mlipdiv.design import load_splits
+from mlipdiv.design.kinds import scored_sets
 from mlipdiv.errors import MlipdivError
 from mlipdiv.metrics.stats import (
     METRIC_DECLARATIONS,
@@ -144,7 +145,7 @@ def score_run(run_path: str | os.PathLike, splits_path: str | os.PathLike,
     splits = load_splits(splits_path)
     trained_on = run.training_molecules()
     scored = []
-    for name, split_set, restricted in splits.scored_sets(trained_on):
+    for name, split_set, restricted in scored_sets(splits, trained_on):
         scope = SCOPE_TRAINING if restricted else SCOPE_ALL
         metrics, terms = score_split(run, split_set.records(), name, scope=scope)
         scored.append((result_record(run, metrics), terms))

@@ -33,9 +33,9 @@ from mlipdiv.data.sampling import SAMPLERS
 from mlipdiv.data.sources import parse_elements
 from mlipdiv.design.experiments import experiments
 from mlipdiv.design.kinds import default_advice_weights, test_set_names
+from mlipdiv.design.ood import parse_ood
 from mlipdiv.design.options import StrictSection
 from mlipdiv.design.selections import CONFORMER_SELECTIONS, MOLECULE_SELECTIONS
-from mlipdiv.design.splits import parse_ood
 from mlipdiv.errors import SEED_LIMIT, FieldError, MlipdivError
 from mlipdiv.metrics.stats import ERROR_METRICS
 from mlipdiv.models.registry import backend_names, study_schedule
