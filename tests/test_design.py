@@ -105,7 +105,7 @@ def test_splits_are_leak_free_and_a_planted_leak_is_caught(
     write_store(store, records, "synthetic")
     out = example / "splits"
     try:
-        make_splits(store, out, SplitOptions(cf=2, cf_conformers=1, st=1, sf=1, ood=ood,
+        make_splits(store, out, SplitOptions(cf_molecules=2, cf_conformers=1, st=1, sf=1, ood=ood,
                                              seed=seed))
     except MlipdivError as exc:  # a size the random store cannot supply is refused, not leaked
         # naming the option at fault (as a field the CLI renders as its flag)
@@ -143,7 +143,8 @@ def test_splits_are_leak_free_and_a_planted_leak_is_caught(
 
 def test_split_sets_partition_the_store_and_reload(diverse_store, tmp_path):
     splits, messages = make_splits(diverse_store, tmp_path / "sp",
-                                   SplitOptions(cf=3, st=2, sf=2, ood="elements:N", seed=4))
+                                   SplitOptions(cf_molecules=3, st=2, sf=2, ood="elements:N",
+                                                seed=4))
     assert messages == []
     loaded = load_splits(tmp_path / "sp")
     assert set(loaded.test_sets) == {"cf", "st", "sf", "ood"}
@@ -166,7 +167,8 @@ def test_split_sets_partition_the_store_and_reload(diverse_store, tmp_path):
 
 def test_split_is_deterministic_given_the_seed(diverse_store, tmp_path):
     def pairs(seed, name):
-        splits, _ = make_splits(diverse_store, tmp_path / name, SplitOptions(seed=seed, cf=3))
+        splits, _ = make_splits(diverse_store, tmp_path / name,
+                                SplitOptions(seed=seed, cf_molecules=3))
         return {n: sorted(s.pairs) for n, s in splits.sets.items()}
 
     assert pairs(7, "a") == pairs(7, "b")
@@ -189,7 +191,7 @@ def test_all_acyclic_store_skips_sf_with_a_message(tmp_path):
     store = tmp_path / "acyclic.h5"
     write_store(store, [synthetic_record(s, 4, 0, rng) for s in
                         ("CCCCO", "CCOCC", "CCCCN", "CC(C)CO", "C[C@H](O)CC")], "synthetic")
-    splits, messages = make_splits(store, tmp_path / "sp", SplitOptions(cf=1, st=1, sf=1))
+    splits, messages = make_splits(store, tmp_path / "sp", SplitOptions(cf_molecules=1, st=1, sf=1))
     assert "sf" not in splits.sets and "SF is skipped" in messages[0]
 
 
@@ -199,7 +201,7 @@ def test_ood_store_and_size_shift(diverse_store, tmp_path):
     write_store(other, [synthetic_record("C[C@H](N)c1ccccc1", 3, 0, rng),
                         synthetic_record("CCc1ccccc1", 3, 0, rng)], "synthetic")
     splits, _ = make_splits(diverse_store, tmp_path / "sp",
-                            SplitOptions(cf=0, st=0, sf=0, ood_store=other))
+                            SplitOptions(cf_molecules=0, st=0, sf=0, ood_store=other))
     loaded = load_splits(tmp_path / "sp")
     assert loaded.sets["ood"].store_path.resolve() == other.resolve()
     assert loaded.manifest["ood_overlap_dropped"] == 1  # ethylbenzene is in the main store
@@ -212,11 +214,11 @@ def test_ood_store_and_size_shift(diverse_store, tmp_path):
 
 
 @pytest.mark.parametrize("options, message", [
-    (SplitOptions(cf=0.5, st=0.4, sf=0.3), "sum to 1.2, above the limit 1"),
+    (SplitOptions(cf_molecules=0.5, st=0.4, sf=0.3), "sum to 1.2, above the limit 1"),
     (SplitOptions(ood="elements:S"), "split.ood elements:S: selects 0"),
     (SplitOptions(ood="weird"), "split.ood weird"),
     (SplitOptions(st=40), "split.st 40: exceeds"),
-    (SplitOptions(cf=16, cf_conformers=8), "split.cf 16: only 0"),
+    (SplitOptions(cf_molecules=16, cf_conformers=8), "split.cf_molecules 16: only 0"),
 ])
 def test_bad_split_options_are_one_line_errors(diverse_store, tmp_path, options, message):
     with pytest.raises(MlipdivError, match=message.replace("(", r"\(")) as info:
@@ -247,7 +249,7 @@ def test_empty_store_is_refused(tmp_path):
 @pytest.fixture(scope="module")
 def splits_dir(diverse_store, tmp_path_factory):
     out = tmp_path_factory.mktemp("design") / "splits"
-    make_splits(diverse_store, out, SplitOptions(cf=2, st=1, sf=0, seed=2))
+    make_splits(diverse_store, out, SplitOptions(cf_molecules=2, st=1, sf=0, seed=2))
     return out
 
 
@@ -370,7 +372,7 @@ def test_cli_split_check_leaks_design(diverse_store, tmp_path):
 def uneven_splits(uneven_store, tmp_path_factory):
     """The whole uneven store as the pool: 14 molecules with 10 conformers, 2 with 3."""
     out = tmp_path_factory.mktemp("uneven") / "splits"
-    make_splits(uneven_store, out, SplitOptions(cf=0, st=0, sf=0))
+    make_splits(uneven_store, out, SplitOptions(cf_molecules=0, st=0, sf=0))
     return out
 
 

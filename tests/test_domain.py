@@ -240,7 +240,7 @@ def test_cli_fit_and_score(trained, tmp_path):
     assert chlorine and not any(f.info["in_domain"] for f in chlorine)
 
     make_splits(paths["test"], tmp_path / "splits",
-                SplitOptions(cf=2, cf_conformers=1, st=2, sf=0, ood_store=paths["ood"]))
+                SplitOptions(cf_molecules=2, cf_conformers=1, st=2, sf=0, ood_store=paths["ood"]))
     result = runner.invoke(app, ["domain", "evaluate", str(run_dir), "--splits",
                                  str(tmp_path / "splits"), "--json"])
     assert result.exit_code == 0, result.output

@@ -31,7 +31,7 @@ def per_molecule(pairs) -> dict[str, list[int]]:
 @pytest.fixture(scope="module")
 def pool(diverse_store, tmp_path_factory):
     out = tmp_path_factory.mktemp("fixed-c") / "splits"
-    make_splits(diverse_store, out, SplitOptions(cf=0, st=0, sf=0))
+    make_splits(diverse_store, out, SplitOptions(cf_molecules=0, st=0, sf=0))
     return out
 
 

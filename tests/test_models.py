@@ -317,7 +317,7 @@ def test_cli_design_cell_train_and_evaluate_splits(tmp_path):
     records = [labelled_record(s, 10, seed=i) for i, s in enumerate(flexible)]
     write_store(tmp_path / "store.h5", records, "GFN2-xTB (tblite)")
     make_splits(tmp_path / "store.h5", tmp_path / "splits",
-                SplitOptions(cf=2, cf_conformers=1, st=1, sf=0))
+                SplitOptions(cf_molecules=2, cf_conformers=1, st=1, sf=0))
     design = make_design(tmp_path / "splits", DesignOptions(
         experiment="fixed-budget", budget=16, grid=(4,), validation_fraction=0.2, allow_short=True))
     write_design(design, tmp_path / "design.json")

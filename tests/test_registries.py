@@ -114,7 +114,7 @@ def test_a_new_kind_is_carved_leak_checked_and_configurable(diverse_store, tmp_p
                 return {sorted(candidates)[0]}
 
         made, _ = splits.make_splits(diverse_store, tmp_path / "sp",
-                                     splits.SplitOptions(st=1, sf=0, cf=0))
+                                     splits.SplitOptions(st=1, sf=0, cf_molecules=0))
         withheld = made.sets["first"].by_molecule
         assert len({key[:14] for key in withheld}) == 1  # one molecule and its stereoisomers
         assert list(made.sets)[-1] == "first"
@@ -182,7 +182,8 @@ def test_experiments_and_selections_come_from_their_registries():
 def test_a_new_conformer_selection_draws_a_design(diverse_store, tmp_path):
     from mlipdiv.design import DesignOptions, make_design
 
-    splits.make_splits(diverse_store, tmp_path / "sp", splits.SplitOptions(st=0, sf=0, cf=0))
+    splits.make_splits(diverse_store, tmp_path / "sp",
+                       splits.SplitOptions(st=0, sf=0, cf_molecules=0))
     with registered(selections.CONFORMER_SELECTIONS):
         class LowestEnergy(selections.ConformerSelection):
             name = "lowest-energy"

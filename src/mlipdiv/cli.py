@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from mlipdiv.design.options import DesignOptions, SplitOptions
 from mlipdiv.errors import FieldError, MlipdivError, check_seed
 
 app = typer.Typer(
@@ -23,6 +24,17 @@ app = typer.Typer(
     help="Structural vs conformational diversity of QM data for MLIPs.",
 )
 console = Console(stderr=True)
+
+
+def declared_help(options_class: type) -> dict[str, str]:
+    """The help of each option of an options dataclass: its declaration (field metadata),
+    which the flags of the same name show."""
+    return {name: spec.metadata["help"] for name, spec in
+            options_class.__dataclass_fields__.items() if "help" in spec.metadata}
+
+
+SPLIT_HELP = declared_help(SplitOptions)
+DESIGN_HELP = declared_help(DesignOptions)
 
 
 @app.callback()
@@ -312,26 +324,24 @@ def profile(
 def split(
     store: Path = typer.Argument(..., help="Conformer store (.h5)."),
     out: Path = typer.Option(..., "--out", help="SPLITS directory to write."),
-    cf: str = typer.Option("all", "--cf", help="CF molecules: 'all' (every pool molecule with "
-                           "enough conformers), a fraction (<1) or a count; 0 = none."),
-    cf_conformers: int = typer.Option(2, "--cf-conformers",
-                                      help="Conformers withheld per CF molecule."),
-    st: float = typer.Option(0.1, "--st", help="ST molecules: fraction or count; 0 = none."),
-    sf: float = typer.Option(0.1, "--sf", help="SF molecules: fraction or count; 0 = none."),
-    ood: str | None = typer.Option(None, "--ood",
-                                   help="size:MIN_HEAVY, elements:S,Cl or cluster[:K]."),
-    ood_store: Path | None = typer.Option(None, "--ood-store", help="Second store as OOD set."),
-    seed: int = typer.Option(0, "--seed"),
+    cf_molecules: str = typer.Option("all", "--cf-molecules", "--cf",
+                                     help=SPLIT_HELP["cf_molecules"]),
+    cf_conformers: int = typer.Option(2, "--cf-conformers", help=SPLIT_HELP["cf_conformers"]),
+    st: float = typer.Option(0.15, "--st", help=SPLIT_HELP["st"]),
+    sf: float = typer.Option(0.15, "--sf", help=SPLIT_HELP["sf"]),
+    ood: str | None = typer.Option(None, "--ood", help=SPLIT_HELP["ood"]),
+    ood_store: Path | None = typer.Option(None, "--ood-store", help=SPLIT_HELP["ood_store"]),
+    seed: int = typer.Option(0, "--seed", help=SPLIT_HELP["seed"]),
     skip_damaged: bool = typer.Option(False, "--skip-damaged",
                                       help="Leave the store's damaged molecules out (named)."),
     as_json: bool = typer.Option(False, "--json", help="Print the manifest as one JSON object."),
 ) -> None:
     """Carve leak-free CF/ST/SF/OOD test sets; the rest is the training pool."""
-    from mlipdiv.design.split_sets import SplitOptions
     from mlipdiv.design.splits import make_splits
 
-    splits, messages = make_splits(store, out, SplitOptions(_cf_size(cf), cf_conformers, st, sf,
-                                                            ood, ood_store, seed),
+    options = SplitOptions(cf_molecules=_cf_size(cf_molecules), cf_conformers=cf_conformers,
+                           st=st, sf=sf, ood=ood, ood_store=ood_store, seed=seed)
+    splits, messages = make_splits(store, out, options,
                                    skip_damaged=skip_damaged)
     for message in messages:
         console.print(f"mlipdiv: {message}", soft_wrap=True)
@@ -344,13 +354,14 @@ def split(
 
 
 def _cf_size(text: str) -> float | str:
-    """`--cf`: "all", or a fraction / count."""
+    """`--cf-molecules`: "all", or a fraction / count."""
     if text.strip().lower() == "all":
         return "all"
     try:
         return float(text)
     except ValueError:
-        raise MlipdivError(f"--cf {text}: expected 'all', a fraction (<1) or a count") from None
+        raise MlipdivError(f"--cf-molecules {text}: expected 'all', a fraction (<1) or a count"
+                           ) from None
 
 
 @app.command("check-leaks")
@@ -373,13 +384,6 @@ def check_leaks(
                            f"{first['test_set']}: {first['kind']}: {first['detail']}")
 
 
-def _design_help(name: str) -> str:
-    """A design flag's help: the declaration's (`DesignOptions` field metadata)."""
-    from mlipdiv.design.options import DesignOptions
-
-    return DesignOptions.__dataclass_fields__[name].metadata["help"]
-
-
 def _grid(text: str | None, option: str) -> tuple[int, ...] | None:
     if text is None:
         return None
@@ -395,30 +399,30 @@ def design(
                                      "them: fixed-budget, fixed-molecules, ...)."),
     splits: Path = typer.Option(..., "--splits", help="SPLITS directory."),
     out: Path = typer.Option(..., "--out", help="DESIGN file (JSON) to write."),
-    budget: int | None = typer.Option(None, "--budget", help=_design_help("budget")),
-    molecules: int | None = typer.Option(None, "--molecules", help=_design_help("molecules")),
+    budget: int | None = typer.Option(None, "--budget", help=DESIGN_HELP["budget"]),
+    molecules: int | None = typer.Option(None, "--molecules", help=DESIGN_HELP["molecules"]),
     conformers: int | None = typer.Option(None, "--conformers",
-                                          help=_design_help("conformers")),
+                                          help=DESIGN_HELP["conformers"]),
     molecules_grid: str | None = typer.Option(
         None, "--molecules-grid", help="M values, e.g. 4,16,64 (default: log grid)."),
     conformers_grid: str | None = typer.Option(
         None, "--conformers-grid", help="C values, e.g. 1,2,4,8 (default: log grid)."),
-    grid_points: int = typer.Option(5, "--grid-points", help=_design_help("grid_points")),
-    replicates: int = typer.Option(1, "--replicates", help=_design_help("replicates")),
+    grid_points: int = typer.Option(5, "--grid-points", help=DESIGN_HELP["grid_points"]),
+    replicates: int = typer.Option(1, "--replicates", help=DESIGN_HELP["replicates"]),
     validation_fraction: float = typer.Option(
         0.1, "--validation-fraction", "--valid-fraction",
-        help=_design_help("validation_fraction")),
+        help=DESIGN_HELP["validation_fraction"]),
     molecule_selection: str = typer.Option(
-        "random", "--molecule-selection", help=_design_help("molecule_selection")),
+        "random", "--molecule-selection", help=DESIGN_HELP["molecule_selection"]),
     conformer_selection: str = typer.Option(
-        "random", "--conformer-selection", help=_design_help("conformer_selection")),
-    allow_short: bool = typer.Option(False, "--allow-short", help=_design_help("allow_short")),
-    seed: int = typer.Option(0, "--seed", help=_design_help("seed")),
+        "random", "--conformer-selection", help=DESIGN_HELP["conformer_selection"]),
+    allow_short: bool = typer.Option(False, "--allow-short", help=DESIGN_HELP["allow_short"]),
+    seed: int = typer.Option(0, "--seed", help=DESIGN_HELP["seed"]),
     as_json: bool = typer.Option(False, "--json", help="Print the cells as one JSON object."),
 ) -> None:
     """Training cells of one experiment: it holds N, M or C fixed and varies M or C over a
     grid (fixed-budget: M x N/M; fixed-molecules: the same M molecules, C each; ...)."""
-    from mlipdiv.design.designs import DesignOptions, make_design, write_design
+    from mlipdiv.design.designs import make_design, write_design
     from mlipdiv.design.experiments import experiment as find_experiment
 
     kind = find_experiment(experiment)

@@ -17,13 +17,11 @@ import numpy as np
 import pandas as pd
 
 from mlipdiv.data.store import ConformerStore, MoleculeRecord
-from mlipdiv.errors import FieldError, MlipdivError, check_seed
+from mlipdiv.design.options import SplitOptions
+from mlipdiv.errors import MlipdivError
 
-ByMolecule = dict[str, np.ndarray]  # inchikey -> conformer indices
-CF_ALL = "all"  # every eligible pool molecule withholds CF conformers
-# the CF size as errors name it: `split.cf` renders as the flag --cf (the config key is
-# split.cf_molecules)
-CF_FIELD = "split.cf"
+ByMolecule = dict[str, np.ndarray]
+  # inchikey -> conformer indices
 
 
 # ---------------------------------------------------------------- the sets of a split
@@ -90,33 +88,6 @@ class Splits:
 
 
 # ---------------------------------------------------------------- options
-@dataclass(frozen=True)
-class SplitOptions:
-    """Sizes are fractions (0 < x < 1) or counts (>= 1) of the store's molecules; 0 = none.
-    `cf="all"` (the default) withholds CF conformers from every pool molecule that has more
-    than `cf_conformers`."""
-
-    cf: float | str = CF_ALL
-    cf_conformers: int = 2
-    st: float = 0.1
-    sf: float = 0.1
-    ood: str | None = None
-    ood_store: Path | None = None
-    seed: int = 0
-
-    def check(self) -> None:
-        check_seed(self.seed)
-        if isinstance(self.cf, str) and self.cf != CF_ALL:
-            raise FieldError(CF_FIELD, self.cf, "expected 'all', a fraction or a count")
-        sizes = (("cf", self.cf), ("st", self.st), ("sf", self.sf))
-        fractions = {name: v for name, v in sizes if not isinstance(v, str) and 0 < v < 1}
-        if sum(fractions.values()) > 1:
-            raise MlipdivError(f"{' + '.join(fractions)}: fractions sum to "
-                               f"{sum(fractions.values()):.3g}, above the limit 1")
-        if self.ood and self.ood_store:
-            raise MlipdivError("ood and ood_store: give one OOD shift, not both")
-
-
 # ---------------------------------------------------------------- carving
 def close_over_connectivity(keys: set[str], candidates: set[str]) -> set[str]:
     """Add the candidate molecules that share a connectivity block with `keys`."""

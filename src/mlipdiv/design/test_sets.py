@@ -3,7 +3,7 @@ SchNetPack's splitting strategies, that carves itself out of a `Carving` and dec
 rules:
 
 * CF (`ConformerSplit`): k conformers withheld from pool molecules, which keep the rest; by
-  default from every pool molecule with more than k conformers (`cf="all"`), so that each
+  default from every pool molecule with more than k conformers (`cf_molecules="all"`), so that each
   design cell can be scored on unseen conformers of exactly its own training molecules. Pool
   conformers within 0.05 Angstrom RMSD of a withheld one are dropped (MD duplicates).
 * ST (`StructureSplit`): whole molecules withheld whose Murcko scaffold stays in the pool.
@@ -29,9 +29,8 @@ from mlipdiv.data.store import ConformerStore
 from mlipdiv.design.kinds import Leak, TestSetKind
 from mlipdiv.design.leaks import near_duplicate_conformers
 from mlipdiv.design.ood import parse_ood
+from mlipdiv.design.options import CF_ALL, CF_FIELD
 from mlipdiv.design.split_sets import (
-    CF_ALL,
-    CF_FIELD,
     ByMolecule,
     Carving,
     Splits,
@@ -101,10 +100,10 @@ class WholeMoleculeSet(TestSetKind):
 
 
 class ConformerSplit(TestSetKind):
-    """CF: `cf_conformers` conformers withheld from each of `cf` random pool molecules with at
-    least one more conformer (`cf="all"`: from every such molecule); pool conformers within
-    0.05 Angstrom RMSD of a withheld conformer are dropped. A molecule left without pool
-    conformers is not used. Runs are scored on the CF molecules they trained on."""
+    """CF: `cf_conformers` conformers withheld from each of `cf_molecules` random pool
+    molecules with at least one more conformer ("all": from every such molecule); pool
+    conformers within 0.05 Angstrom RMSD of a withheld conformer are dropped. A molecule left
+    without pool conformers is not used. Runs are scored on the CF molecules they trained on."""
 
     name = "cf"
     label = "CF"
@@ -117,8 +116,8 @@ class ConformerSplit(TestSetKind):
     @classmethod
     def carve(cls, carving: Carving) -> None:
         options = carving.options
-        n_cf = None if options.cf == CF_ALL else resolve_size(options.cf, carving.n_total,
-                                                              CF_FIELD)
+        n_cf = (None if options.cf_molecules == CF_ALL else
+                resolve_size(options.cf_molecules, carving.n_total, CF_FIELD))
         pool = carving.training_pool()
         if n_cf == 0:
             return

@@ -34,7 +34,7 @@ from mlipdiv.data.sources import parse_elements
 from mlipdiv.design.experiments import experiments
 from mlipdiv.design.kinds import default_advice_weights, test_set_names
 from mlipdiv.design.ood import parse_ood
-from mlipdiv.design.options import StrictSection
+from mlipdiv.design.options import DesignOptions, SplitOptions, StrictSection
 from mlipdiv.design.selections import CONFORMER_SELECTIONS, MOLECULE_SELECTIONS
 from mlipdiv.errors import SEED_LIMIT, FieldError, MlipdivError
 from mlipdiv.metrics.stats import ERROR_METRICS
@@ -53,6 +53,13 @@ class ConfigKeyError(ValueError):
     def __init__(self, key: str, reason: str):
         self.key, self.reason = key, reason
         super().__init__(f"{key}: {reason}")
+
+
+def _declared(options_class: type, name: str, **constraints: Any) -> Any:
+    """A config field whose default and description are the declaration's: the field `name`
+    of the options dataclass the section builds (so the two cannot drift)."""
+    declared = options_class.__dataclass_fields__[name]
+    return Field(declared.default, description=declared.metadata["help"], **constraints)
 
 
 def _registered(choices: Callable[[], Iterable[str]]) -> Any:
@@ -138,15 +145,20 @@ class DataConfig(_Strict):
 
 
 class SplitConfig(_Strict):
-    """Held-out test sets carved from the data (counts of molecules unless a fraction < 1)."""
+    """Held-out test sets carved from the data (counts of molecules unless a fraction < 1);
+    the fields, defaults and help are `SplitOptions`'s, which this section builds."""
 
     # pool molecules that lose conformers to CF: "all" (each cell is then scored on unseen
     # conformers of its own training molecules), or a fraction (< 1) / count
-    cf_molecules: float | Literal["all"] = "all"
-    cf_conformers: int = Field(2, ge=1)  # conformers withheld per CF molecule
-    st: float = Field(0.15, ge=0)  # unseen molecules (scaffold still in the pool)
-    sf: float = Field(0.15, ge=0)  # unseen scaffolds
-    ood: OodSpec | None = None  # e.g. "size:9", "elements:S,Cl", "cluster"
+    cf_molecules: float | Literal["all"] = _declared(SplitOptions, "cf_molecules")
+    cf_conformers: int = _declared(SplitOptions, "cf_conformers", ge=1)
+    st: float = _declared(SplitOptions, "st", ge=0)  # unseen molecules (scaffold in the pool)
+    sf: float = _declared(SplitOptions, "sf", ge=0)  # unseen scaffolds
+    ood: OodSpec | None = _declared(SplitOptions, "ood")  # "size:9", "elements:S,Cl", ...
+
+    def options(self, seed: int) -> SplitOptions:
+        """The SplitOptions this section declares, with the study's seed."""
+        return SplitOptions(**self.model_dump(), seed=seed)
 
     @model_validator(mode="after")
     def _fractions(self) -> SplitConfig:
@@ -159,13 +171,16 @@ class SplitConfig(_Strict):
 
 
 class DesignConfig(_Strict):
-    """Draws per cell and how molecules and conformers are selected."""
+    """Draws per cell and how molecules and conformers are selected (each experiment's
+    section holds what it fixes and its grid); defaults and help are `DesignOptions`'s."""
 
-    replicates: int = Field(1, ge=1)
-    molecule_selection: list[MoleculeSelectionName] = ["random"]
-    conformer_selection: list[ConformerSelectionName] = ["random"]
-    validation_fraction: float = Field(0.1, gt=0, lt=1)
-    allow_short: bool = False
+    replicates: int = _declared(DesignOptions, "replicates", ge=1)
+    molecule_selection: list[MoleculeSelectionName] = [
+        DesignOptions.__dataclass_fields__["molecule_selection"].default]
+    conformer_selection: list[ConformerSelectionName] = [
+        DesignOptions.__dataclass_fields__["conformer_selection"].default]
+    validation_fraction: float = _declared(DesignOptions, "validation_fraction", gt=0, lt=1)
+    allow_short: bool = _declared(DesignOptions, "allow_short")
 
     @model_validator(mode="after")
     def _selections(self) -> DesignConfig:

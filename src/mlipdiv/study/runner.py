@@ -27,7 +27,6 @@ from mlipdiv.data.identity import quiet_rdkit
 from mlipdiv.data.qm import QMMethod
 from mlipdiv.data.sources import MoleculeFilter, parse_elements, select_molecules
 from mlipdiv.design import (
-    SplitOptions,
     load_design,
     load_splits,
     make_design,
@@ -202,10 +201,7 @@ def split_step(config: StudyConfig, store: Path, paths: StudyPaths) -> None:
     if (paths.splits / "manifest.json").exists():
         return
 
-    split = config.split
-    _, messages = make_splits(store, paths.splits, SplitOptions(
-        cf=split.cf_molecules, cf_conformers=split.cf_conformers, st=split.st, sf=split.sf,
-        ood=split.ood, seed=config.seed))
+    _, messages = make_splits(store, paths.splits, config.split.options(config.seed))
     for message in messages:
         log.warning("split: %s", message)
 
