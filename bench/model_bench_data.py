@@ -29,7 +29,7 @@ def bench_store(path: Path, min_conformers: int, seed: int = 0) -> Path:
         path.unlink()
     n_molecules = math.ceil(1.3 * min_conformers / EXPECTED_YIELD)
     generate("nci", path, n_molecules,
-             GenerateOptions(n_conformers=CONFORMERS_PER_MOLECULE, sampler="etkdg", seed=seed),
+             GenerateOptions(conformers=CONFORMERS_PER_MOLECULE, sampler="etkdg", seed=seed),
              MoleculeFilter(elements=frozenset({1, 6, 7, 8}), min_heavy_atoms=4,
                             max_heavy_atoms=12), progress=False)
     with ConformerStore(path) as store:

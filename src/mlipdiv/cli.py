@@ -16,6 +16,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from mlipdiv.data.generate import GenerateOptions
+from mlipdiv.declare import declared_help
 from mlipdiv.design.options import DesignOptions, SplitOptions
 from mlipdiv.errors import FieldError, MlipdivError, check_seed
 
@@ -26,15 +28,10 @@ app = typer.Typer(
 console = Console(stderr=True)
 
 
-def declared_help(options_class: type) -> dict[str, str]:
-    """The help of each option of an options dataclass: its declaration (field metadata),
-    which the flags of the same name show."""
-    return {name: spec.metadata["help"] for name, spec in
-            options_class.__dataclass_fields__.items() if "help" in spec.metadata}
-
-
+# a flag's help is its option's declaration (the options dataclass's field metadata)
 SPLIT_HELP = declared_help(SplitOptions)
 DESIGN_HELP = declared_help(DesignOptions)
+GENERATE_HELP = declared_help(GenerateOptions)
 
 
 @app.callback()
@@ -208,14 +205,15 @@ def generate(
     molecules: str = typer.Option(
         ..., "--molecules", help="A .smi/.csv file or a named set (nci: RDKit's NCI 5K)."),
     n_molecules: int = typer.Option(..., "--n-molecules", help="Molecules to generate."),
-    conformers: int = typer.Option(..., "--conformers", help="Conformers per molecule."),
+    conformers: int = typer.Option(..., "--conformers", help=GENERATE_HELP["conformers"]),
     out: Path = typer.Option(..., "--out", help="Conformer store to write (.h5)."),
     method: str = typer.Option("gfn2-xtb", "--method", help="gfn2-xtb, gfn1-xtb or dft."),
     dft_level: str = typer.Option("wb97x/6-31g*", "--dft-level", help="functional/basis."),
-    sampler: str = typer.Option("etkdg+md", "--sampler", help="etkdg, md, nms or etkdg+md."),
-    temperature: float = typer.Option(500.0, "--temperature", help="K, for md and nms."),
+    sampler: str = typer.Option("etkdg+md", "--sampler", help=GENERATE_HELP["sampler"]),
+    temperature: float = typer.Option(500.0, "--temperature",
+                                      help=GENERATE_HELP["temperature"]),
     workers: int = typer.Option(1, "--workers", help="Worker processes (one thread each)."),
-    seed: int = typer.Option(0, "--seed", help="Molecule choice and sampling seed."),
+    seed: int = typer.Option(0, "--seed", help=GENERATE_HELP["seed"]),
     elements: str | None = typer.Option(
         None, "--elements", help="Allowed elements, e.g. C,H,N,O (default: all supported)."),
     heavy_atoms: str = typer.Option("1:1000", "--heavy-atoms", help="Heavy-atom range, e.g. 3:9."),
@@ -226,7 +224,6 @@ def generate(
     """Generate a QM-labelled store: molecules from a source, sampled conformers, real labels.
 
     Resumable: rerun the same command after an interruption."""
-    from mlipdiv.data.generate import GenerateOptions
     from mlipdiv.data.generate import generate as run_generate
     from mlipdiv.data.sources import MoleculeFilter, parse_elements, parse_heavy_atoms
 

@@ -40,6 +40,7 @@ from mlipdiv.data.qm import LabelError, QMMethod
 from mlipdiv.data.sampling import SAMPLERS, SamplingError, prepare_molecule, sample_conformers
 from mlipdiv.data.sources import MoleculeEntry, MoleculeFilter, describe_source, select_molecules
 from mlipdiv.data.store import ConformerStore, DamagedStoreError, MoleculeRecord, StoreWriter
+from mlipdiv.declare import option
 from mlipdiv.errors import FieldError, MlipdivError, check_seed, first_line
 from mlipdiv.files import read_json, reading
 from mlipdiv.locking import input_size, locks_output
@@ -92,13 +93,14 @@ class RunSummary:
 
 @dataclass(frozen=True)
 class GenerateOptions:
-    """How each molecule is turned into labelled conformers."""
+    """How each molecule is turned into labelled conformers (declared once: the study
+    config's `[data]` section builds it, the `generate` flags show its help)."""
 
-    n_conformers: int
-    method: QMMethod = QMMethod()
-    sampler: str = "etkdg+md"
-    temperature: float = 500.0
-    seed: int = 0
+    conformers: int = option(help_text="Conformers per molecule.")
+    method: QMMethod = option(QMMethod(), "The QM method labelling them.")
+    sampler: str = option("etkdg+md", "etkdg, md, nms or etkdg+md.")
+    temperature: float = option(500.0, "Sampling temperature in K, for md and nms.")
+    seed: int = option(0, "Molecule choice and sampling seed.")
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,7 @@ def generate_molecule(entry: MoleculeEntry, options: GenerateOptions, seed: int)
     method = replace(options.method, charge=entry.charge)
     mol = prepare_molecule(entry.smiles)
     conformers = sample_conformers(
-        mol, options.n_conformers, options.sampler, options.temperature, method, seed
+        mol, options.conformers, options.sampler, options.temperature, method, seed
     )
     reference_graph = Chem.GetAdjacencyMatrix(mol).astype(bool)
     identity = identity_of(Chem.Mol(mol))
@@ -155,7 +157,7 @@ def generate(
     `molecule_filter` None accepts every neutral molecule of supported elements."""
     started = time.perf_counter()
     molecule_filter = molecule_filter or MoleculeFilter()
-    _check_counts(n_molecules=n_molecules, conformers=options.n_conformers, workers=workers)
+    _check_counts(n_molecules=n_molecules, conformers=options.conformers, workers=workers)
     check_seed(options.seed)
     options.method.check()
     if options.sampler not in SAMPLERS:
@@ -167,7 +169,7 @@ def generate(
         log.warning("skipped %s: %s", name, reason)
     settings = {
         "command": "generate", "source": describe_source(source), "sampler": options.sampler,
-        "temperature": options.temperature, "conformers": options.n_conformers,
+        "temperature": options.temperature, "conformers": options.conformers,
         "seed": options.seed, "method": asdict(options.method), **molecule_filter.describe(),
     }
     if not selection.entries:  # nothing to generate: say why, and write nothing

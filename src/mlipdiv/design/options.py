@@ -10,11 +10,12 @@ defaults and help cannot drift.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from mlipdiv.declare import option
 from mlipdiv.errors import FieldError, MlipdivError, check_seed
 
 CF_ALL = "all"  # every eligible pool molecule withholds CF conformers
@@ -29,11 +30,6 @@ class StrictSection(BaseModel):
     could never be resumed (NaN != NaN when the study compares configs)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
-
-
-def option(default, help_text: str):
-    """A dataclass field declaring an option: its default and its help (the CLI flag's)."""
-    return field(default=default, metadata={"help": help_text})
 
 
 @dataclass(frozen=True)

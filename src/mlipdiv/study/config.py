@@ -29,8 +29,11 @@ from pydantic import (
     model_validator,
 )
 
+from mlipdiv.data.generate import GenerateOptions
+from mlipdiv.data.qm import QMMethod
 from mlipdiv.data.sampling import SAMPLERS
 from mlipdiv.data.sources import parse_elements
+from mlipdiv.declare import declared_default, declared_help
 from mlipdiv.design.experiments import experiments
 from mlipdiv.design.kinds import default_advice_weights, test_set_names
 from mlipdiv.design.ood import parse_ood
@@ -58,8 +61,8 @@ class ConfigKeyError(ValueError):
 def _declared(options_class: type, name: str, **constraints: Any) -> Any:
     """A config field whose default and description are the declaration's: the field `name`
     of the options dataclass the section builds (so the two cannot drift)."""
-    declared = options_class.__dataclass_fields__[name]
-    return Field(declared.default, description=declared.metadata["help"], **constraints)
+    return Field(declared_default(options_class, name),
+                 description=declared_help(options_class)[name], **constraints)
 
 
 def _registered(choices: Callable[[], Iterable[str]]) -> Any:
@@ -120,13 +123,21 @@ class DataConfig(_Strict):
     molecules: str = "nci"  # generate: named molecule set or a .smi/.csv file
     n_molecules: int = Field(24, ge=2)
     conformers: int = Field(12, ge=1)
-    method: Literal["gfn2-xtb", "gfn1-xtb", "dft"] = "gfn2-xtb"
+    method: Literal["gfn2-xtb", "gfn1-xtb", "dft"] = declared_default(GenerateOptions,
+                                                                      "method").name
     sampler: SamplerName | None = None  # None = the generator's default
     temperature: float | None = Field(None, gt=0)
     elements: str | None = None  # generate: allowed elements, e.g. "C,H,N,O" (None = all)
     min_heavy_atoms: int | None = Field(None, ge=1)
     max_heavy_atoms: int | None = Field(None, ge=1)
     store: PathValue | None = None  # source = "store": an existing conformer store
+
+    def generate_options(self, seed: int) -> GenerateOptions:
+        """The GenerateOptions of this section (sampler and temperature left out take the
+        declared defaults)."""
+        given = {"sampler": self.sampler, "temperature": self.temperature}
+        return GenerateOptions(conformers=self.conformers, method=QMMethod(self.method),
+                               seed=seed, **{k: v for k, v in given.items() if v is not None})
 
     @model_validator(mode="after")
     def _source_fields(self) -> DataConfig:
@@ -176,9 +187,9 @@ class DesignConfig(_Strict):
 
     replicates: int = _declared(DesignOptions, "replicates", ge=1)
     molecule_selection: list[MoleculeSelectionName] = [
-        DesignOptions.__dataclass_fields__["molecule_selection"].default]
+        declared_default(DesignOptions, "molecule_selection")]
     conformer_selection: list[ConformerSelectionName] = [
-        DesignOptions.__dataclass_fields__["conformer_selection"].default]
+        declared_default(DesignOptions, "conformer_selection")]
     validation_fraction: float = _declared(DesignOptions, "validation_fraction", gt=0, lt=1)
     allow_short: bool = _declared(DesignOptions, "allow_short")
 

@@ -22,9 +22,8 @@ from pathlib import Path
 import pandas as pd
 
 from mlipdiv.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
-from mlipdiv.data.generate import GenerateOptions, generate
+from mlipdiv.data.generate import generate
 from mlipdiv.data.identity import quiet_rdkit
-from mlipdiv.data.qm import QMMethod
 from mlipdiv.data.sources import MoleculeFilter, parse_elements, select_molecules
 from mlipdiv.design import (
     load_design,
@@ -162,13 +161,8 @@ def data_step(config: StudyConfig, paths: StudyPaths, workers: int, progress: bo
         return paths.data
 
     data = config.data
-    options = {"n_conformers": data.conformers, "method": QMMethod(data.method),
-               "seed": config.seed}
-    if data.sampler is not None:
-        options["sampler"] = data.sampler
-    if data.temperature is not None:
-        options["temperature"] = data.temperature
-    summary = generate(data.molecules, paths.data, data.n_molecules, GenerateOptions(**options),
+    summary = generate(data.molecules, paths.data, data.n_molecules,
+                       data.generate_options(config.seed),
                        molecule_filter(config), workers=workers, progress=progress)
     write_json_atomic(paths.data_summary, summary.as_dict())
     log.info("data: %s", summary.text().replace("\n", "; "))
