@@ -20,7 +20,7 @@ from model_bench_data import FULL_CONFORMERS, bench_records, parse_arguments
 
 from mlipdiv.data import MoleculeRecord
 from mlipdiv.metrics import evaluate_split
-from mlipdiv.models import backend_names, load_run, train
+from mlipdiv.models import TrainingSpec, backend_names, load_run, train
 
 TRAINING_SIZES = (100, 300, 1000)
 N_VALID = 100
@@ -54,9 +54,9 @@ def curve(backend: str, records: list[MoleculeRecord], candidates: list, valid, 
     rows = []
     for n_train in TRAINING_SIZES:
         started = time.perf_counter()
-        run_dir = train(gather(records, candidates[:n_train]), valid, model=backend,
-                        size="fast", out=out / f"{backend}-n{n_train}", progress=False,
-                        device="cpu", max_epochs=15 if quick else None)
+        spec = TrainingSpec(backend, "fast", device="cpu", epochs=15 if quick else None)
+        run_dir = train(gather(records, candidates[:n_train]), valid, spec,
+                        out / f"{backend}-n{n_train}", progress=False)
         run = load_run(run_dir, "cpu")
         metrics = evaluate_split(run, test, "cf")
         rows.append({"n_train": n_train,

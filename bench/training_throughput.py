@@ -36,7 +36,7 @@ from model_bench_data import FULL_CONFORMERS, bench_records, parse_arguments
 from mlipdiv.data import write_store
 from mlipdiv.models import fit_e0, potential_class, run_size
 from mlipdiv.models.base import PREDICT_BATCH
-from mlipdiv.models.run import training_statistics
+from mlipdiv.models.train_run import training_statistics
 
 BIN = Path(sys.executable).parent
 GRAPH_PES = Path(__file__).with_name("graph_pes_reference.py")

@@ -33,6 +33,12 @@ def test_no_import_cycles():
     assert cycles == []
 
 
+def test_models_know_nothing_of_designs():
+    # a design cell's training is the study's (study/cells.py); models train on conformers
+    graph = grimp.build_graph("mlipdiv", exclude_type_checking_imports=True)
+    assert not graph.chain_exists("mlipdiv.models", "mlipdiv.design", as_packages=True)
+
+
 IMPORT_EVERYTHING = """
 import warnings
 # third-party libraries add their own filters when imported: load them first

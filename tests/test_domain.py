@@ -140,7 +140,7 @@ def trained(tmp_path_factory):
     same molecules; OOD = unlabelled molecules with new functional groups or chlorine. (ANI
     rather than MACE only because it trains in half the time; the scores use the public
     TrainedRun API of either.)"""
-    from mlipdiv.models import load_run, train
+    from mlipdiv.models import TrainingSpec, load_run, train
 
     root = tmp_path_factory.mktemp("domain")
     train_records = [labelled_record(s, 4, seed=i) for i, s in enumerate(TRAIN_SMILES)]
@@ -151,8 +151,8 @@ def trained(tmp_path_factory):
     for name, records in (("train", train_records), ("valid", valid_records),
                           ("test", test_records), ("ood", ood_records)):
         write_store(paths[name], records, "GFN2-xTB (tblite)")
-    run_dir = train(train_records, valid_records, model="ani", size="dev",
-                    out=root / "run", ensemble=2, progress=False,
+    run_dir = train(train_records, valid_records, TrainingSpec("ani", "dev", ensemble=2),
+                    root / "run", progress=False,
                     source={"train": str(paths["train"]), "valid": str(paths["valid"])})
     run = load_run(run_dir)
     domain = fit_domain(run, train_records, valid_records)

@@ -23,7 +23,7 @@ from test_models import (  # noqa: F401 - collected here again, with this module
     test_training_loss_falls,
 )
 
-from mlipdiv.models import backend_names, load_run, potential_class, train
+from mlipdiv.models import TrainingSpec, backend_names, load_run, potential_class, train
 
 GRAPH_PES = ("schnet", "painn", "nequip", "tensornet")
 
@@ -33,7 +33,7 @@ def trained(request, conformer_sets, tmp_path_factory):  # noqa: F811 - imported
     """A float64 dev-size run of each graph-pes backend."""
     train_set, valid_set = conformer_sets
     out = tmp_path_factory.mktemp(request.param) / "run"
-    train(train_set, valid_set, model=request.param, size="dev", out=out, dtype="float64",
+    train(train_set, valid_set, TrainingSpec(request.param, "dev", dtype="float64"), out,
           progress=False, source={"cell": "test-cell"})
     return load_run(out)
 
@@ -97,8 +97,9 @@ def test_ensemble_of_two_has_a_committee_spread(backend, conformer_sets,  # noqa
                                                 tmp_path):
     train_set, valid_set = conformer_sets
     out = tmp_path / "run"
-    train(train_set, valid_set, model=backend, size="dev", out=out, ensemble=2,
-          progress=False, steps=4, steps_per_round=2)  # float32, the default
+    train(train_set, valid_set,  # float32, the default
+          TrainingSpec(backend, "dev", ensemble=2, steps=4, steps_per_round=2), out,
+          progress=False)
     run = load_run(out)
     assert run.n_members == 2 and run.record.member_seeds == [0, 1]
     prediction = run.predict(valid_set[:1])[0]
@@ -116,8 +117,9 @@ def test_ensemble_of_two_has_a_committee_spread(backend, conformer_sets,  # noqa
 def test_cuda_training_matches_cpu_predictions(backend, conformer_sets,  # noqa: F811
                                                tmp_path):
     train_set, valid_set = conformer_sets
-    train(train_set, valid_set, model=backend, size="dev", out=tmp_path / "run",
-          dtype="float64", device="cuda", progress=False, steps=4, steps_per_round=2)
+    train(train_set, valid_set, TrainingSpec(backend, "dev", dtype="float64", device="cuda",
+                                             steps=4, steps_per_round=2),
+          tmp_path / "run", progress=False)
     on_gpu, on_cpu = load_run(tmp_path / "run", "cuda"), load_run(tmp_path / "run", "cpu")
     assert run_device(on_gpu) == "cuda" and on_gpu.record.device == "cuda"
     for a, b in zip(on_gpu.predict(valid_set), on_cpu.predict(valid_set), strict=True):

@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 
 from mlipdiv.cli import app
 from mlipdiv.data import MoleculeRecord, write_store
-from mlipdiv.errors import MlipdivError
-from mlipdiv.models import fit_e0, load_run, train
+from mlipdiv.errors import FieldError, MlipdivError
+from mlipdiv.models import TrainingSpec, fit_e0, load_run, train
 
 BACKENDS = ("mace", "ani")
 SMILES = ["CCO", "CC(=O)N", "c1ccccc1O", "CCN", "OC=O"]
@@ -36,7 +36,7 @@ def trained(request, conformer_sets, tmp_path_factory):
     """A float64 dev-size run of each backend."""
     train_set, valid_set = conformer_sets
     out = tmp_path_factory.mktemp(request.param) / "run"
-    train(train_set, valid_set, model=request.param, size="dev", out=out, dtype="float64",
+    train(train_set, valid_set, TrainingSpec(request.param, "dev", dtype="float64"), out,
           progress=False, source={"cell": "test-cell"})
     return load_run(out)
 
@@ -99,14 +99,15 @@ def test_resume_after_interruption_matches_uninterrupted(trained, conformer_sets
         if stats.epoch == 4:
             raise KeyboardInterrupt  # as if killed right after epoch 4's checkpoint
 
-    options = dict(model=trained.record.model, size="dev", dtype="float64", progress=False)
+    spec = TrainingSpec(trained.record.model, "dev", dtype="float64")
     with pytest.raises(KeyboardInterrupt):
-        train(train_set, valid_set, out=tmp_path / "killed", on_epoch=interrupt, **options)
+        train(train_set, valid_set, spec, tmp_path / "killed", progress=False,
+              on_epoch=interrupt)
     with pytest.raises(MlipdivError, match="not finished"):
         load_run(tmp_path / "killed")
     epochs_seen = []
-    train(train_set, valid_set, out=tmp_path / "killed",
-          on_epoch=lambda m, s: epochs_seen.append(s.epoch), **options)
+    train(train_set, valid_set, spec, tmp_path / "killed", progress=False,
+          on_epoch=lambda m, s: epochs_seen.append(s.epoch))
     assert epochs_seen[0] == 5  # resumed after the last checkpoint, not from scratch
     resumed = load_run(tmp_path / "killed").predict(valid_set)
     for a, b in zip(resumed, trained.predict(valid_set), strict=True):  # uninterrupted run
@@ -131,8 +132,8 @@ def test_same_schedule_gives_every_training_set_size_the_same_steps(conformer_se
     small = [r.subset(range(3)) for r in train_set[:2]]  # 6 conformers: 1 batch per pass
     steps = []
     for name, data in (("small", small), ("large", train_set)):  # 40: 5 batches per pass
-        train(data, valid_set, model="ani", size="dev", out=tmp_path / name, progress=False,
-              steps=10, steps_per_round=4)
+        train(data, valid_set, TrainingSpec("ani", "dev", steps=10, steps_per_round=4),
+              tmp_path / name, progress=False)
         meta = json.loads((tmp_path / name / "run.json").read_text())
         member = meta["members"][0]
         assert [h["step"] for h in member["history"]] == [4, 8, 10]  # last round cut short
@@ -146,20 +147,19 @@ def test_resume_mid_pass_matches_uninterrupted(conformer_sets, tmp_path):
     train_set, valid_set = conformer_sets
     data = [r.subset(range(4)) for r in train_set[:3]]  # 12 conformers: 2 batches per pass
     # rounds of 5 steps span 2.5 passes: round 1 ends one batch into pass 3
-    options = dict(model="ani", size="dev", dtype="float64", progress=False, steps=14,
-                   steps_per_round=5)
+    spec = TrainingSpec("ani", "dev", dtype="float64", steps=14, steps_per_round=5)
 
     def interrupt(member, stats):
         if stats.epoch == 1:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train(data, valid_set, out=tmp_path / "killed", on_epoch=interrupt, **options)
+        train(data, valid_set, spec, tmp_path / "killed", progress=False, on_epoch=interrupt)
     steps_seen = []
-    train(data, valid_set, out=tmp_path / "killed",
-          on_epoch=lambda m, s: steps_seen.append(s.step), **options)
+    train(data, valid_set, spec, tmp_path / "killed", progress=False,
+          on_epoch=lambda m, s: steps_seen.append(s.step))
     assert steps_seen == [10, 14]  # resumed after round 1's checkpoint
-    train(data, valid_set, out=tmp_path / "whole", **options)
+    train(data, valid_set, spec, tmp_path / "whole", progress=False)
     resumed, whole = load_run(tmp_path / "killed"), load_run(tmp_path / "whole")
     losses = [[h["train_loss"] for h in run.record.members[0].history]
               for run in (resumed, whole)]
@@ -188,8 +188,8 @@ def test_batch_stream_resumes_from_the_step_count_alone():
 
 
 def test_short_step_budget_is_not_converged(conformer_sets, tmp_path):
-    train(*conformer_sets, model="ani", size="dev", out=tmp_path / "short", progress=False,
-          steps=6, steps_per_round=2)
+    train(*conformer_sets, TrainingSpec("ani", "dev", steps=6, steps_per_round=2),
+          tmp_path / "short", progress=False)
     member = json.loads((tmp_path / "short" / "run.json").read_text())["members"][0]
     losses = [h["valid_loss"] for h in member["history"]]
     assert member["stopped_by"] == "step-budget" and member["steps"] == 6
@@ -208,7 +208,7 @@ def test_convergence_rule():
 
 def test_rerun_with_other_settings_is_refused(trained, conformer_sets):
     with pytest.raises(MlipdivError, match="different run"):
-        train(*conformer_sets, model=trained.record.model, size="fast", out=trained.path,
+        train(*conformer_sets, TrainingSpec(trained.record.model, "fast"), trained.path,
               progress=False)
 
 
@@ -240,22 +240,27 @@ def test_e0_fit_regularised_when_compositions_cannot_separate(conformer_sets):
 def test_bad_training_input_is_one_line_error(conformer_sets, tmp_path):
     single = [conformer_sets[0][0].subset([0])]
     with pytest.raises(MlipdivError, match="at least 2"):
-        train(single, conformer_sets[1], model="ani", size="dev", out=tmp_path / "r")
-    with pytest.raises(MlipdivError, match="size .huge.: choose from dev, fast, standard"):
-        train(*conformer_sets, model="ani", size="huge", out=tmp_path / "r")
-    with pytest.raises(MlipdivError, match="both or neither"):
-        train(*conformer_sets, model="ani", size="dev", out=tmp_path / "r", steps=10)
-    with pytest.raises(MlipdivError, match="one of them"):
-        train(*conformer_sets, model="ani", size="dev", out=tmp_path / "r", steps=10,
-              steps_per_round=5, max_epochs=3)
-    with pytest.raises(MlipdivError, match="at least 1"):
-        train(*conformer_sets, model="ani", size="dev", out=tmp_path / "r", steps=0,
-              steps_per_round=5)
-    from mlipdiv.models.run import resolve_device
+        train(single, conformer_sets[1], TrainingSpec("ani", "dev"), tmp_path / "r")
+    # a bad setting is a FieldError naming the spec's field (the CLI says it as its flag)
+    for spec, field, message in (
+            (TrainingSpec("ani", "huge"), "size", "size .huge.: choose from dev, fast, standard"),
+            (TrainingSpec("ani", "dev", steps=10), "steps_per_round", "both or neither"),
+            (TrainingSpec("ani", "dev", steps_per_round=5), "steps", "both or neither"),
+            (TrainingSpec("ani", "dev", steps=10, steps_per_round=5, epochs=3), "epochs",
+             "one of them"),
+            (TrainingSpec("ani", "dev", steps=0, steps_per_round=5), "steps", "at least 1"),
+            (TrainingSpec("ani", "dev", epochs=0), "epochs", "epochs 0: must be at least 1"),
+            (TrainingSpec("ani", "dev", ensemble=0), "ensemble", "at least 1"),
+            (TrainingSpec("ani", "dev", dtype="float16"), "dtype", "choose from")):
+        with pytest.raises(FieldError, match=message) as error:
+            train(*conformer_sets, spec, tmp_path / "r")
+        assert error.value.field == field and "--" not in str(error.value)
+    assert not (tmp_path / "r").exists()
+    from mlipdiv.models import resolve_device
 
-    for device, message in (("tpu9", "expected cpu, cuda or cuda:N"), ("cpu:1", "expected"),
-                            ("cuda:x", "expected")):
-        with pytest.raises(MlipdivError, match=message):
+    for device, message in (("tpu9", "device tpu9: expected cpu, cuda or cuda:N"),
+                            ("cpu:1", "expected"), ("cuda:x", "expected")):
+        with pytest.raises(FieldError, match=message):
             resolve_device(device)
     assert resolve_device("cpu") == "cpu"
     if not torch.cuda.is_available():

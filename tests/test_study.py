@@ -310,7 +310,8 @@ def test_every_cell_trains_the_same_number_of_steps(finished_study):
 
 
 def test_identical_cells_of_both_experiments_share_one_training(diverse_store, tmp_path):
-    from mlipdiv.study.runner import cell_tasks, design_step, split_step
+    from mlipdiv.study.cells import cell_tasks
+    from mlipdiv.study.runner import design_step, split_step
 
     text = STUDY_TOML.format(store=diverse_store).replace("conformers = [1, 2, 4]",
                                                           "conformers = [1, 4]")
@@ -443,7 +444,7 @@ def test_refine_adds_cells_and_resumes_after_kill(finished_study, tmp_path):
 def test_verify_beyond_what_the_pool_supplies_names_the_largest_budget(finished_study,
                                                                        tmp_path):
     from mlipdiv.study import load_config
-    from mlipdiv.study.runner import pool_limits
+    from mlipdiv.study.cells import pool_limits
     from mlipdiv.study.verify import run_verify
 
     study = tmp_path / "big"

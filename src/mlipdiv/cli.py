@@ -476,23 +476,24 @@ def train(
         help="Train conformers that have energies but no forces on their energy alone."),
 ) -> None:
     """Train a model of any backend (or an ensemble) on a design cell or on two files."""
-    from mlipdiv.models import read_records, train_cell
+    from mlipdiv.models import TrainingSpec, read_records
     from mlipdiv.models import train as train_run
+    from mlipdiv.study.cells import train_cell
 
-    dtype = "float64" if float64 else "float32"
-    options = dict(model=model, size=size, out=out, ensemble=ensemble, seed=seed,
-                   dtype=dtype, device=device, max_epochs=epochs, steps=steps,
-                   steps_per_round=steps_per_round, mask_missing_forces=mask_missing_forces)
+    spec = TrainingSpec(model=model, size=size, ensemble=ensemble, seed=seed,
+                        dtype="float64" if float64 else "float32", device=device,
+                        epochs=epochs, steps=steps, steps_per_round=steps_per_round,
+                        mask_missing_forces=mask_missing_forces)
     if design is not None and cell is not None and train_file is None and valid_file is None:
-        path = train_cell(design, cell, **options)
+        path = train_cell(design, cell, spec, out)
     elif train_file is not None and valid_file is not None and design is None and cell is None:
         skipped_train, skipped_valid = Counter(), Counter()
         path = train_run(read_records(train_file, skipped_train),
-                         read_records(valid_file, skipped_valid),
+                         read_records(valid_file, skipped_valid), spec, out,
                          source={"train": str(train_file.resolve()),
                                  "valid": str(valid_file.resolve()),
                                  "skipped_train": dict(skipped_train),
-                                 "skipped_valid": dict(skipped_valid)}, **options)
+                                 "skipped_valid": dict(skipped_valid)})
         for name, skipped in (("training", skipped_train), ("validation", skipped_valid)):
             if skipped:
                 console.print(f"{sum(skipped.values())} {name} conformers skipped: "
@@ -554,8 +555,7 @@ def predict(
 ) -> None:
     """Write the run's energies and forces (ensemble mean, spread in info) into extxyz."""
     from mlipdiv.atomic import check_writable, write_extxyz_atomic
-    from mlipdiv.models import load_run
-    from mlipdiv.models.run import predict_frames, read_frames
+    from mlipdiv.models import load_run, predict_frames, read_frames
 
     check_writable(out)  # before the model runs
     frames = predict_frames(load_run(run, device), read_frames(input_file))

@@ -111,7 +111,7 @@ def parse_elements(text: str | None) -> frozenset[int] | None:
     for symbol in (s.strip() for s in text.split(",") if s.strip()):
         number = atomic_numbers.get(symbol, 0)  # "X" (a dummy atom) is 0 too
         if number == 0:
-            raise FieldError("data.elements", None, f"unknown element symbol '{symbol}'")
+            raise FieldError("elements", None, f"unknown element symbol '{symbol}'")
         numbers.add(number)
     return frozenset(numbers)
 

@@ -37,6 +37,7 @@ from mlipdiv.domain.stats import (
     spearman,
 )
 from mlipdiv.errors import MlipdivError
+from mlipdiv.metrics.evaluate import training_molecules
 from mlipdiv.models import load_run
 
 EVALUATION_FILE = "evaluation.json"
@@ -206,7 +207,7 @@ def evaluate_run(run_path: str | os.PathLike, splits_path: str | os.PathLike,
     if not splits.test_sets:
         raise MlipdivError(f"{splits_path}: no test splits to evaluate on")
     data = {}
-    trained_on = run.training_molecules()
+    trained_on = training_molecules(run)
     # in distribution = unseen conformers of the run's own training molecules
     for name, split_set, _ in scored_sets(splits, trained_on):
         records = list(split_set.records())

@@ -229,7 +229,8 @@ def training_data(run, train_path: str | os.PathLike | None = None,
 
     if train_path is not None or valid_path is not None:
         if train_path is None or valid_path is None:
-            raise MlipdivError("give both --train and --valid (or neither)")
+            missing, given = ("train", "valid") if train_path is None else ("valid", "train")
+            raise FieldError(missing, None, f"needed with {given} (give both or neither)")
         return read_records(train_path), read_records(valid_path)
     source = run.record.source
     if source.design and source.cell:
@@ -240,8 +241,8 @@ def training_data(run, train_path: str | os.PathLike | None = None,
             return list(store.select(cell.train)), list(store.select(cell.valid))
     if source.train and source.valid:
         return read_records(source.train), read_records(source.valid)
-    raise MlipdivError(f"{run.path}: the run does not record its training data; "
-                       "give --train FILE --valid FILE")
+    raise MlipdivError(f"{run.path}: the run does not record its training data; give its "
+                       "training and validation files")
 
 
 def domain_directory(run_path: str | os.PathLike) -> Path:

@@ -11,7 +11,7 @@ import numpy as np
 from pydantic import BaseModel, create_model
 
 from mlipdiv.data.store import MoleculeRecord
-from mlipdiv.design import load_splits
+from mlipdiv.design import load_design, load_splits
 from mlipdiv.design.kinds import scored_sets
 from mlipdiv.errors import MlipdivError
 from mlipdiv.metrics.stats import (
@@ -21,7 +21,7 @@ from mlipdiv.metrics.stats import (
     per_molecule_sums,
     split_estimates,
 )
-from mlipdiv.models import load_run, read_records
+from mlipdiv.models import TrainedRun, load_run, read_records
 
 SCOPE_TRAINING = "training molecules"  # CF scored on the run's own training molecules only
 SCOPE_ALL = "all molecules of the split"
@@ -127,6 +127,18 @@ def result_record(run, metrics: SplitMetrics) -> ResultRecord:
     )
 
 
+def training_molecules(run: TrainedRun) -> set[str] | None:
+    """InChIKeys the run trained on: recorded in the run, or (a run of an older version) read
+    from its design cell; None when neither says (trained on files by an older version)."""
+    recorded = run.training_molecules()
+    if recorded is not None:
+        return recorded
+    source = run.record.source
+    if source.design and source.cell and Path(source.design).exists():
+        return {key for key, _ in load_design(source.design).cell(source.cell).train}
+    return None
+
+
 def evaluate_run(run_path: str | os.PathLike, splits_path: str | os.PathLike,
                  device: str | None = None) -> list[ResultRecord]:
     """One ResultRecord per test split of a SPLITS directory (cf, st, sf, ood: those made).
@@ -143,7 +155,7 @@ def score_run(run_path: str | os.PathLike, splits_path: str | os.PathLike,
 
     run = load_run(run_path, device)
     splits = load_splits(splits_path)
-    trained_on = run.training_molecules()
+    trained_on = training_molecules(run)
     scored = []
     for name, split_set, restricted in scored_sets(splits, trained_on):
         scope = SCOPE_TRAINING if restricted else SCOPE_ALL

@@ -234,7 +234,7 @@ def _resume(checkpoint: Path, fingerprint: str, potential: Potential,
     if payload.get("fingerprint") != fingerprint:
         raise MlipdivError(
             f"{checkpoint}: incompatible checkpoint (made for other data or settings); "
-            f"choose another --out or delete it"
+            f"train into another directory or delete it"
         )
     potential.module.load_state_dict(payload["module"])
     optimizer.load_state_dict(payload["optimizer"])

@@ -42,8 +42,8 @@ from mlipdiv.design.selections import CONFORMER_SELECTIONS, MOLECULE_SELECTIONS
 from mlipdiv.errors import SEED_LIMIT, FieldError, MlipdivError
 from mlipdiv.metrics.stats import ERROR_METRICS
 from mlipdiv.models.registry import backend_names, study_schedule
-from mlipdiv.models.run import resolve_device
 from mlipdiv.models.sizes import SIZES
+from mlipdiv.models.spec import resolve_device
 
 PRESETS = ("quick", "standard")
 MAX_STEPS = 10**7  # optimiser steps of a cell: far above any study's (a typo guard)
@@ -147,8 +147,8 @@ class DataConfig(_Strict):
             raise ValueError("data.store is only read with source = 'store'")
         try:
             parse_elements(self.elements)
-        except MlipdivError as exc:
-            raise ValueError(str(exc).replace("--elements", "data.elements")) from None
+        except FieldError as exc:
+            raise ConfigKeyError("elements", exc.reason) from None
         if (self.min_heavy_atoms and self.max_heavy_atoms
                 and self.min_heavy_atoms > self.max_heavy_atoms):
             raise ValueError("min_heavy_atoms is larger than max_heavy_atoms")
@@ -377,10 +377,9 @@ def check_machine(config: StudyBase) -> None:
     if config.models.device is not None:
         try:
             resolve_device(config.models.device)
-        except MlipdivError as exc:
-            reason = exc.reason if isinstance(exc, FieldError) else str(exc).partition(": ")[2]
+        except FieldError as exc:
             raise ConfigKeyError("models.device", f"{config.models.device!r}: "
-                                 f"{reason or exc}") from None
+                                 f"{exc.reason}") from None
     cores = os.cpu_count() or 1
     workers, threads = config.executor.workers, config.executor.threads_per_worker
     where = "this machine" if config.executor.kind == "local" else "a local Ray instance here"

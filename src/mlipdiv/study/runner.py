@@ -10,24 +10,19 @@ that differ; with `force` the outputs of the changed steps and all later ones ar
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 import logging
 import shutil
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 
-from mlipdiv.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
+from mlipdiv.atomic import write_json_atomic, write_text_atomic
 from mlipdiv.data.generate import generate
 from mlipdiv.data.identity import quiet_rdkit
 from mlipdiv.data.sources import MoleculeFilter, parse_elements, select_molecules
 from mlipdiv.design import (
-    load_design,
-    load_splits,
     make_design,
     make_splits,
     write_design,
@@ -38,9 +33,6 @@ from mlipdiv.diversity import plot_profile, profile_store
 from mlipdiv.errors import FieldError, MlipdivError, first_line
 from mlipdiv.files import read_json, read_parquet
 from mlipdiv.locking import locks_output
-from mlipdiv.metrics.evaluate import score_run
-from mlipdiv.models import train_cell
-from mlipdiv.models.record import RunRecord
 from mlipdiv.study.adaptive import (
     AdaptiveState,
     Round,
@@ -51,11 +43,19 @@ from mlipdiv.study.adaptive import (
     save_state,
 )
 from mlipdiv.study.advise import DataLimits, advise
+from mlipdiv.study.cells import (
+    CellTask,
+    attach_log,
+    cell_tasks,
+    collect_results,
+    execute,
+    pool_limits,
+)
 from mlipdiv.study.config import StudyConfig, config_differences, load_config
 from mlipdiv.study.curves import fit_results
-from mlipdiv.study.executors import plan_parallelism, run_local, run_ray
+from mlipdiv.study.executors import plan_parallelism
 from mlipdiv.study.fit import write_fits
-from mlipdiv.study.layout import RESTART_REMEDY, RESULTS_REMEDY, StudyPaths
+from mlipdiv.study.layout import RESULTS_REMEDY, StudyPaths
 
 MIN_FREE_BYTES = 50 * 1024**2
 STEP_ORDER = ("data", "split", "design", "models", "advice")
@@ -66,27 +66,6 @@ FIRST_STALE_STEP = {"name": "advice", "seed": "data", "data": "data", "split": "
                     **{kind.config_key: "design" for kind in experiments()}}
 
 log = logging.getLogger("mlipdiv.study")
-
-
-@dataclass(frozen=True)
-class CellTask:
-    """One training + evaluation: a design cell and a model."""
-
-    design: str
-    cell_id: str
-    model: str
-    run_dir: str
-    result_path: str
-    splits: str
-    size: str
-    ensemble: int
-    seed: int
-    dtype: str
-    device: str | None
-    steps: int
-    steps_per_round: int
-    shares_run_of: str | None = None  # the cell whose identical training set this reuses
-    run_design: str = ""  # design file of the cell the run is trained for (this or shared)
 
 
 # ---------------------------------------------------------------- preparing the directory
@@ -254,184 +233,6 @@ def _unfillable_cells(config: StudyConfig, paths: StudyPaths, experiment: str, o
     return found or [f"{experiment}: {error}"]
 
 
-# ---------------------------------------------------------------- cells
-def training_set_key(cell, model: str, seed: int) -> str:
-    """What makes two trainings the same: conformers, validation conformers, model, seed."""
-    content = json.dumps([sorted(map(list, cell.train)), sorted(map(list, cell.valid)), model,
-                          seed])
-    return hashlib.sha256(content.encode()).hexdigest()
-
-
-def cell_tasks(config: StudyConfig, paths: StudyPaths, designs: list[Path],
-               seed_offset: int = 0, splits: Path | None = None) -> list[CellTask]:
-    """Every (cell, model) of every design, in design order. A cell whose training set,
-    model and seed equal an earlier cell's (e.g. fixed-budget M = 8 × C = 4 and
-    fixed-molecules M = 8, C = 4 of one replicate) reuses that cell's run instead of training
-    the same model twice. `paths` says where runs and cell results go; `splits` (default
-    the study's own) what they are scored on."""
-
-    schedule = config.training_schedule()
-    tasks, first_run = [], {}
-    for design_path in designs:
-        for cell in load_design(design_path).cells:
-            for model in config.models.architectures:
-                seed = config.seed + seed_offset + cell.replicate
-                key = training_set_key(cell, model, seed)
-                shared, run_design = first_run.setdefault(key, (cell.id, design_path))
-                tasks.append(CellTask(
-                    design=str(design_path.resolve()), cell_id=cell.id, model=model,
-                    run_dir=str(paths.run(shared, model).resolve()),
-                    result_path=str(paths.cell_result(cell.id, model).resolve()),
-                    splits=str((splits or paths.splits).resolve()), size=config.models.size,
-                    ensemble=config.models.ensemble, seed=seed,
-                    dtype=config.models.dtype, device=config.models.device,
-                    steps=schedule[model]["steps"],
-                    steps_per_round=schedule[model]["steps_per_round"],
-                    shares_run_of=None if shared == cell.id else shared,
-                    run_design=str(run_design.resolve())))
-    return tasks
-
-
-def run_cell(task: CellTask) -> dict:
-    """Train (resuming) and evaluate one cell with one model; write its result rows
-    atomically. Returns a short summary for the log."""
-
-    started = time.perf_counter()
-    cell = load_design(task.design).cell(task.cell_id)
-    # a cell sharing an identical earlier cell's training set finds that run complete
-    run_dir = train_cell(task.run_design, task.shares_run_of or task.cell_id, model=task.model,
-                         size=task.size, out=task.run_dir, ensemble=task.ensemble,
-                         seed=task.seed, dtype=task.dtype, device=task.device, progress=False,
-                         steps=task.steps, steps_per_round=task.steps_per_round)
-    columns = {**cell_columns(cell), **training_columns(run_dir), "shares_run_of":
-               task.shares_run_of or ""}
-    rows, molecules = [], []
-    for record, terms in score_run(run_dir, task.splits, task.device):
-        rows.append({**record.model_dump(), **columns})
-        molecules += [{"cell": cell.id, "model": task.model, "replicate": cell.replicate,
-                       "split": record.split, **term} for term in terms]
-    write_json_atomic(Path(task.result_path), {"rows": rows, "molecules": molecules})
-    return {"seconds": time.perf_counter() - started,
-            "errors": {row["split"]: row["energy_mae_mev_per_atom"] for row in rows}}
-
-
-def cell_columns(cell) -> dict:
-    """A design cell's identity and diversity figures as result-table columns."""
-    return {
-        "experiment": cell.experiment, "cell": cell.id, "M": cell.n_molecules,
-        "C": cell.n_train / cell.n_molecules, "C_nominal": cell.conformers_per_molecule,
-        "N": cell.n_train, "replicate": cell.replicate,
-        "selection": f"{cell.molecule_selection}-{cell.conformer_selection}",
-        "molecule_selection": cell.molecule_selection,
-        "conformer_selection": cell.conformer_selection, "short": cell.short,
-        **{f"div_{key}": value for key, value in cell.diversity.items()},
-    }
-
-
-def training_columns(run_dir: Path) -> dict:
-    """How the run trained: optimiser steps done, best step, whether every member converged
-    (validation loss no longer falling at the end, or early stopping)."""
-
-    members = RunRecord.read_complete(run_dir, remedy=RESTART_REMEDY).members
-    return {"train_steps": max(m.steps for m in members),
-            "best_step": min(m.best_step for m in members),
-            "converged": all(m.converged for m in members)}
-
-
-def execute(config: StudyConfig, tasks: list[CellTask], progress: bool) -> list[str]:
-    """Run the unfinished tasks on the configured executor; returns the failures."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    todo = [t for t in tasks if cell_result(t) is None]
-    executor = config.executor
-    workers, threads = plan_parallelism(len(todo), executor.workers, executor.threads_per_worker)
-    log.info("cells: %d of %d to run (%s executor, %d workers × %d threads; %d reuse the run "
-             "of an identical cell)", len(todo), len(tasks), executor.kind, workers, threads,
-             sum(t.shares_run_of is not None for t in todo))
-
-    def completions():
-        # Cells that reuse another cell's run go after it, so one run is never trained twice
-        # at once.
-        for phase in ([t for t in todo if t.shares_run_of is None],
-                      [t for t in todo if t.shares_run_of is not None]):
-            keyed = [(f"{t.cell_id} [{t.model}]", (t,)) for t in phase]
-            if not keyed:
-                continue
-            if executor.kind == "ray":
-                yield from run_ray(run_cell, keyed, workers, threads, executor.address,
-                                   executor.max_retries)
-            else:
-                yield from run_local(run_cell, keyed, workers, threads)
-
-    failures = []
-    with Progress(TextColumn("cells"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("ETA"), TimeRemainingColumn(), disable=not progress) as bar:
-        task_bar = bar.add_task("cells", total=len(tasks), completed=len(tasks) - len(todo))
-        for completion in completions():
-            bar.advance(task_bar)
-            if completion.error:
-                failures.append(f"{completion.key}: {completion.error}")
-                log.error("cell %s failed: %s", completion.key, completion.error)
-            else:
-                errors = ", ".join(f"{s} {v:.3g}" for s, v in completion.value["errors"].items()
-                                   if v is not None)
-                log.info("cell %s done in %.1f s (energy MAE meV/atom: %s)", completion.key,
-                         completion.value["seconds"], errors)
-    return failures
-
-
-def cell_result(task: CellTask) -> dict | None:
-    """A finished task's result ({"rows", "molecules"}); None when it has not finished or its
-    file is damaged or of an older format (the cell is then run again)."""
-    path = Path(task.result_path)
-    if not path.exists():
-        return None
-    try:
-        payload = json.loads(path.read_text())
-    except (OSError, ValueError):
-        payload = None
-    if not isinstance(payload, dict) or not {"rows", "molecules"} <= set(payload):
-        log.warning("%s: damaged or old-format cell result; the cell is run again", path)
-        return None
-    return payload
-
-
-def read_cell_results(tasks: list[CellTask]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The finished tasks' result rows and per-molecule error terms."""
-    rows, molecules = [], []
-    for payload in filter(None, map(cell_result, tasks)):
-        rows += payload["rows"]
-        molecules += payload["molecules"]
-    return pd.DataFrame(rows), pd.DataFrame(molecules)
-
-
-def _write_table(table: pd.DataFrame, parquet: Path, csv: Path | None = None) -> None:
-    buffer = io.BytesIO()
-    table.to_parquet(buffer, index=False)
-    write_bytes_atomic(parquet, buffer.getvalue())
-    if csv is not None:
-        write_text_atomic(csv, table.to_csv(index=False))
-
-
-def collect_results(tasks: list[CellTask], paths: StudyPaths) -> pd.DataFrame:
-    """results.parquet and results.csv (one row per cell, replicate, model and split) and
-    results_molecules.parquet (the per-molecule error terms the report's hierarchical
-    bootstrap resamples)."""
-    table, molecules = read_cell_results(tasks)
-    if table.empty:
-        raise MlipdivError(f"{paths.root}: no cell finished; see {paths.log}")
-    _write_table(table, paths.results_parquet, paths.results_csv)
-    _write_table(molecules, paths.results_molecules)
-    return table
-
-
 # ---------------------------------------------------------------- fit and advice
 def study_budget(config: StudyConfig) -> float:
     """The budget (cost units) of the study's own advice: the cost of its first experiment's
@@ -439,17 +240,6 @@ def study_budget(config: StudyConfig) -> float:
     n_molecules, n_conformers = config.advice_cell()
     advice = config.advice
     return advice.cost_per_conformer * n_conformers + advice.cost_per_molecule * n_molecules
-
-
-def pool_limits(config: StudyConfig, paths: StudyPaths):
-    """What the study's training pool holds: its molecules, and the most training conformers
-    one molecule can give once validation conformers are set aside."""
-
-    # the split was checked against the store when the designs were drawn: no checksum pass
-    pool = load_splits(paths.splits, verify=False).pool_set.by_molecule
-    largest = max(len(v) for v in pool.values())
-    return DataLimits(max_molecules=len(pool), max_conformers_per_molecule=max(
-        1, int(largest / (1 + config.design.validation_fraction))))
 
 
 @locks_output("study_dir")  # the study's own lock: no study or verify writes meanwhile
@@ -608,14 +398,6 @@ def domain_step(paths: StudyPaths) -> None:
 
 
 # ---------------------------------------------------------------- the whole study
-def attach_log(paths: StudyPaths) -> logging.Handler:
-    handler = logging.FileHandler(paths.log)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    return handler
-
-
 @locks_output("out", lambda a: a["out"] or a["config"].out)
 def run_study(config: StudyConfig, config_text: str, out: Path | None = None, *,
               force: bool = False, progress: bool = True) -> Path:

@@ -32,10 +32,10 @@ from mlipdiv.files import read_json, reading
 from mlipdiv.locking import locks_output
 from mlipdiv.metrics.hierarchical import DesignComparison, compare_designs
 from mlipdiv.study.advise import Advice, DataLimits, advise
+from mlipdiv.study.cells import attach_log, cell_tasks, execute, pool_limits, read_cell_results
 from mlipdiv.study.config import StudyConfig, load_config
 from mlipdiv.study.fit import load_fits
 from mlipdiv.study.layout import RESTART_REMEDY, StudyPaths
-from mlipdiv.study.runner import attach_log, cell_tasks, execute, pool_limits, read_cell_results
 
 VERIFY_SEED_OFFSET = 1009  # new draws: neither molecule orders nor seeds of the study's cells
 ADVISED = "advised"

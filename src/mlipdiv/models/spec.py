@@ -1,0 +1,106 @@
+"""What a training run is asked for: one typed spec (`TrainingSpec`) that the command line,
+the study's cells and `train` share, and the device it names (`resolve_device`).
+
+Its errors are `FieldError`s naming the spec's fields: the command line renders them as its
+flags (`epochs` as `--epochs`), the study as its config keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+from mlipdiv.errors import FieldError, check_seed
+from mlipdiv.models.base import DTYPES
+from mlipdiv.models.registry import run_size
+from mlipdiv.models.sizes import RunSize
+from mlipdiv.models.training import Schedule
+
+
+@dataclass(frozen=True)
+class TrainingSpec:
+    """The settings of one training run: what to train and how much, not on which data nor
+    where it goes. A run directory remembers the spec it was trained with (with its
+    hyperparameters, schedule and a data checksum); training it again with another is
+    refused."""
+
+    model: str
+    """The backend, e.g. "mace" or "ani" (`backend_names()` lists them)."""
+    size: str
+    """The backend's size (its hyperparameters and training settings): dev, fast or
+    standard."""
+    ensemble: int = 1
+    """Members of the committee, trained with seeds `seed`, `seed + 1`, ..."""
+    seed: int = 0
+    """The first member's seed (0 <= seed; the last member's below 2**32)."""
+    dtype: str = "float32"
+    """The weights' precision: "float32" or "float64"."""
+    device: str | None = None
+    """"cpu", "cuda" or "cuda:N"; None: CUDA when present, the CPU otherwise."""
+    epochs: int | None = None
+    """A cap on the epochs (one round each) replacing the size's; None: the size's. Not with
+    `steps`."""
+    steps: int | None = None
+    """Optimiser steps to train, validated every `steps_per_round` (both or neither); None:
+    epochs instead."""
+    steps_per_round: int | None = None
+    """With `steps`: validate, checkpoint and log every this many steps."""
+    mask_missing_forces: bool = False
+    """Train conformers that have energies but no forces on their energy alone (their force
+    term masked); False refuses them."""
+
+    def run_size(self) -> RunSize:
+        """The backend's hyperparameters at `size`, with the `epochs` cap when given; a
+        FieldError names a bad field (any of the spec's settings: the data are checked by
+        `train`)."""
+        chosen = run_size(self.model, self.size)
+        if self.epochs is not None:
+            if self.epochs < 1:
+                raise FieldError("epochs", self.epochs, "must be at least 1")
+            chosen = replace(chosen, training=replace(chosen.training, max_epochs=self.epochs))
+        if self.dtype not in DTYPES:
+            raise FieldError("dtype", repr(self.dtype), f"choose from {', '.join(DTYPES)}")
+        if self.ensemble < 1:
+            raise FieldError("ensemble", self.ensemble, "must be at least 1")
+        check_seed(self.seed)
+        check_seed(self.seed + self.ensemble - 1, "seed")  # the last member's
+        return chosen
+
+    def schedule(self, chosen: RunSize, n_train: int) -> tuple[Schedule, str]:
+        """The run's Schedule for `n_train` training conformers and its policy: "steps" when
+        `steps` is given, else "epochs" (one round per epoch of the size's, or `epochs`)."""
+        steps, per_round = self.steps, self.steps_per_round
+        if steps is not None and per_round is None:
+            raise FieldError("steps_per_round", None, "needed with steps (give both or neither)")
+        if per_round is not None and steps is None:
+            raise FieldError("steps", None, "needed with steps_per_round (give both or "
+                             "neither)")
+        if steps is None:
+            settings = chosen.training
+            return (Schedule.from_epochs(settings.max_epochs, n_train, settings.batch_size),
+                    "epochs")
+        if self.epochs is not None:
+            raise FieldError("epochs", self.epochs, "cannot be combined with steps; give one "
+                             "of them")
+        for field, value in (("steps", steps), ("steps_per_round", per_round)):
+            if value < 1:
+                raise FieldError(field, value, "must be at least 1")
+        return Schedule(steps, per_round), "steps"
+
+
+def resolve_device(device: str | None) -> str:
+    """CUDA when present, CPU otherwise, unless a device is named ("cpu", "cuda",
+    "cuda:N"); FieldError("device") for another name or CUDA on a machine without it."""
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    kind, _, index = device.partition(":")
+    if kind not in ("cpu", "cuda") or (index and not index.isdigit()) or (kind == "cpu"
+                                                                         and index):
+        raise FieldError("device", device, "expected cpu, cuda or cuda:N")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise FieldError("device", device, "CUDA is not available on this machine")
+    if index and int(index) >= torch.cuda.device_count():
+        raise FieldError("device", device, f"this machine has {torch.cuda.device_count()} "
+                         "CUDA device(s)")
+    return device
