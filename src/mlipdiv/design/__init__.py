@@ -1,4 +1,5 @@
-"""Leak-free test splits (CF/ST/SF/OOD) and the fixed-budget / fixed-molecules designs."""
+"""Leak-free test splits (CF/ST/SF/OOD) and the experiments' designs (fixed budget, fixed
+molecules, fixed conformers per molecule: `design/experiments/`)."""
 
 from mlipdiv.design.designs import (
     Cell,

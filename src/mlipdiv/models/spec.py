@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from mlipdiv.declare import option
 from mlipdiv.errors import FieldError, check_seed
 from mlipdiv.models.base import DTYPES
 from mlipdiv.models.registry import run_size
@@ -23,32 +24,24 @@ class TrainingSpec:
     """The settings of one training run: what to train and how much, not on which data nor
     where it goes. A run directory remembers the spec it was trained with (with its
     hyperparameters, schedule and a data checksum); training it again with another is
-    refused."""
+    refused. Declared once: the `train` flags show each field's help, the study's `[models]`
+    section takes its defaults from it (tests/test_options.py)."""
 
-    model: str
-    """The backend, e.g. "mace" or "ani" (`backend_names()` lists them)."""
-    size: str
-    """The backend's size (its hyperparameters and training settings): dev, fast or
-    standard."""
-    ensemble: int = 1
-    """Members of the committee, trained with seeds `seed`, `seed + 1`, ..."""
-    seed: int = 0
-    """The first member's seed (0 <= seed; the last member's below 2**32)."""
-    dtype: str = "float32"
-    """The weights' precision: "float32" or "float64"."""
-    device: str | None = None
-    """"cpu", "cuda" or "cuda:N"; None: CUDA when present, the CPU otherwise."""
-    epochs: int | None = None
-    """A cap on the epochs (one round each) replacing the size's; None: the size's. Not with
-    `steps`."""
-    steps: int | None = None
-    """Optimiser steps to train, validated every `steps_per_round` (both or neither); None:
-    epochs instead."""
-    steps_per_round: int | None = None
-    """With `steps`: validate, checkpoint and log every this many steps."""
-    mask_missing_forces: bool = False
-    """Train conformers that have energies but no forces on their energy alone (their force
-    term masked); False refuses them."""
+    model: str = option(help_text="The backend, e.g. mace or ani (`mlipdiv backends`).")
+    size: str = option(help_text="The backend's size (its hyperparameters and training "
+                       "settings): dev, fast or standard.")
+    ensemble: int = option(1, "Members of the committee, trained with seeds seed, seed+1, ...")
+    seed: int = option(0, "The first member's seed (the last member's below 2**32).")
+    dtype: str = option("float32", "The weights' precision: float32 or float64.")
+    device: str | None = option(None, "cpu, cuda or cuda:N (default: CUDA when present).")
+    epochs: int | None = option(None, "A cap on the epochs (one round each) replacing the "
+                                "size's; not with steps.")
+    steps: int | None = option(None, "Optimiser steps to train, validated every "
+                               "steps_per_round (both or neither; default: epochs).")
+    steps_per_round: int | None = option(None, "With steps: validate, checkpoint and log "
+                                         "every this many steps.")
+    mask_missing_forces: bool = option(False, "Train conformers that have energies but no "
+                                       "forces on their energy alone (force term masked).")
 
     def run_size(self) -> RunSize:
         """The backend's hyperparameters at `size`, with the `epochs` cap when given; a

@@ -46,7 +46,7 @@ def _log_x(ax, values: pd.Series) -> None:
 
 
 def experiment_curves(cells: pd.DataFrame, experiment: str, metric_label: str) -> Figure | None:
-    """Error vs the varied axis (M for fixed-budget, C for fixed-molecules), one panel per
+    """Error vs the experiment's varied axis (M or C), one panel per
     model and selection, one line per split, 95 % intervals as error bars."""
     rows = cells[cells.experiment == experiment]
     if rows.empty:

@@ -23,8 +23,8 @@ def _split(name: str) -> str:
 
 def trend_findings(terms: pd.DataFrame, metric_label: str, root: bool = False,
                    seed: int = 0) -> list[str]:
-    """Per experiment, model, selection and split: the slope of log error on log M
-    (fixed-budget) or log C (fixed-molecules) with its 95 % interval from the hierarchical
+    """Per experiment, model, selection and split: the slope of log error on the log of the
+    experiment's axis (M or C) with its 95 % interval from the hierarchical
     bootstrap (replicates, then test molecules, drawn jointly for all cells). A trend is
     stated only when the interval excludes zero. `terms` as `tables.metric_terms`."""
     lines = []

@@ -43,7 +43,7 @@ from mlipdiv.errors import SEED_LIMIT, FieldError, MlipdivError
 from mlipdiv.metrics.stats import ERROR_METRICS
 from mlipdiv.models.registry import backend_names, study_schedule
 from mlipdiv.models.sizes import SIZES
-from mlipdiv.models.spec import resolve_device
+from mlipdiv.models.spec import TrainingSpec, resolve_device
 
 PRESETS = ("quick", "standard")
 MAX_STEPS = 10**7  # optimiser steps of a cell: far above any study's (a typo guard)
@@ -207,12 +207,12 @@ class ModelsConfig(_Strict):
 
     architectures: list[BackendName] = ["mace"]
     size: SizeName = "fast"
-    ensemble: int = Field(1, ge=1)
-    dtype: Literal["float32", "float64"] = "float32"
-    device: DeviceName | None = None
+    ensemble: int = _declared(TrainingSpec, "ensemble", ge=1)
+    dtype: Literal["float32", "float64"] = _declared(TrainingSpec, "dtype")
+    device: DeviceName | None = _declared(TrainingSpec, "device")
     # optimiser steps of every cell (the same for all, so cells differ only in their data);
     # None = what the study's largest cell needs for the size's epochs at its batch size
-    steps: int | None = Field(None, ge=1, le=MAX_STEPS)
+    steps: int | None = _declared(TrainingSpec, "steps", ge=1, le=MAX_STEPS)
 
     @model_validator(mode="after")
     def _distinct(self) -> ModelsConfig:

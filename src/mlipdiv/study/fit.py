@@ -29,8 +29,8 @@ percentiles of those samples and are never widened.
 The form is chosen by leave-one-cell-out cross-validation (a cell = one (M, C)): each held-out
 cell is predicted by a fit to the others, with a 95 % predictive interval (parameter samples
 plus tau and the cell's own error); the held-out RMSE of log error picks the form and the
-fraction of held-out cells inside their interval is the fit's measured calibration. Fixed-budget
-and fixed-molecules cells are fitted together (the surface is shared by both experiments).
+fraction of held-out cells inside their interval is the fit's measured calibration. The cells
+of every experiment are fitted together (one surface over M and K for all of them).
 """
 
 from __future__ import annotations

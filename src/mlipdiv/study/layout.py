@@ -42,6 +42,11 @@ class StudyPaths:
         return self.root / "data.h5"
 
     @property
+    def data_parts(self) -> Path:
+        """The generator's finished molecules, kept until the store is written (resume)."""
+        return Path(f"{self.data}.parts")
+
+    @property
     def profile(self) -> Path:
         return self.root / "profile.json"
 
@@ -57,14 +62,19 @@ class StudyPaths:
     def splits(self) -> Path:
         return self.root / "splits"
 
+    @property
+    def designs(self) -> Path:
+        """The design files: the grid's (one per experiment and selection) and the pilot's."""
+        return self.root / "designs"
+
     def design(self, experiment: str, selection: str) -> Path:
         """Design file of one experiment drawn with one "<molecule>-<conformer>" selection."""
-        return self.root / "designs" / f"{experiment}_{selection}.json"
+        return self.designs / f"{experiment}_{selection}.json"
 
     def adaptive_design(self, round_index: int, molecules: int, conformers: int,
                         selection: str) -> Path:
         """Design file of one cell the adaptive pilot added in a round."""
-        return (self.root / "designs"
+        return (self.designs
                 / f"adaptive-r{round_index}-M{molecules}-C{conformers}_{selection}.json")
 
     @property
@@ -76,13 +86,23 @@ class StudyPaths:
     def data_summary(self) -> Path:
         return self.root / "data.json"
 
+    @property
+    def runs(self) -> Path:
+        """The training runs, one folder per cell and model."""
+        return self.root / "runs"
+
     def run(self, cell_id: str, model: str) -> Path:
         """Training run directory of one cell and model (checkpoints live there)."""
-        return self.root / "runs" / slug(cell_id) / model
+        return self.runs / slug(cell_id) / model
+
+    @property
+    def cells(self) -> Path:
+        """The finished cells' result files."""
+        return self.root / "cells"
 
     def cell_result(self, cell_id: str, model: str) -> Path:
         """The finished cell's result rows; its presence marks the cell as done."""
-        return self.root / "cells" / f"{slug(cell_id)}__{model}.json"
+        return self.cells / f"{slug(cell_id)}__{model}.json"
 
     @property
     def results_parquet(self) -> Path:
@@ -116,6 +136,15 @@ class StudyPaths:
     @property
     def figures(self) -> Path:
         return self.root / "figures"
+
+    @property
+    def verify_root(self) -> Path:
+        """`mlipdiv verify`'s checks, one folder per budget."""
+        return self.root / "verify"
+
+    def verify(self, budget: int) -> Path:
+        """The check of the advice at one budget N."""
+        return self.verify_root / f"N{budget}"
 
     @property
     def domain(self) -> Path:

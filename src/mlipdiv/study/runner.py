@@ -1,11 +1,14 @@
-"""`mlipdiv study`: data → profile → split → design (both experiments) → train and evaluate
-every cell × replicate × model → results table → error-surface fit → advice → report.
+"""`mlipdiv study`: its steps (`STEPS`: data → profile → split → design (every configured
+experiment) → train and evaluate every cell × replicate × model → results table →
+learning-curve fit and advice → adaptive pilot → applicability domain); the report is built
+on top.
 
 Every step skips what is already in the study directory, so the same command after a crash
 (kill -9 included) redoes only what is missing: a cell counts as done when its result file
 exists (written atomically after training and evaluation), and an interrupted training resumes
 from its checkpoints. A changed config against an existing directory is refused with the keys
-that differ; with `force` the outputs of the changed steps and all later ones are removed.
+that differ; with `force` the outputs of the steps that read them, and of every step that
+reads their outputs, are removed (`steps.stale_steps`).
 """
 
 from __future__ import annotations
@@ -56,14 +59,9 @@ from mlipdiv.study.curves import fit_results
 from mlipdiv.study.executors import plan_parallelism
 from mlipdiv.study.fit import write_fits
 from mlipdiv.study.layout import RESULTS_REMEDY, StudyPaths
+from mlipdiv.study.steps import Step, StudyRun, remove_outputs, stale_steps
 
 MIN_FREE_BYTES = 50 * 1024**2
-STEP_ORDER = ("data", "split", "design", "models", "advice")
-# Which step a changed top-level config key invalidates (with every later step).
-FIRST_STALE_STEP = {"name": "advice", "seed": "data", "data": "data", "split": "split",
-                    "design": "design", "models": "models", "training_schedule": "models",
-                    "advice": "advice", "adaptive": "advice",
-                    **{kind.config_key: "design" for kind in experiments()}}
 
 log = logging.getLogger("mlipdiv.study")
 
@@ -93,7 +91,7 @@ def prepare_directory(config: StudyConfig, config_text: str, paths: StudyPaths,
         if not force:
             raise MlipdivError(f"{paths.root}: holds files but no study; use another --out, or "
                                "--force to clear it")
-        _remove_stale(paths, "data")
+        remove_outputs(STEPS, paths)
     elif paths.settings.exists():
         old = read_json(paths.settings, "study settings",
                         "use --force to redo the study in this directory")
@@ -102,30 +100,9 @@ def prepare_directory(config: StudyConfig, config_text: str, paths: StudyPaths,
             raise MlipdivError(f"{paths.root}: holds a study with a different config (keys "
                                f"{', '.join(differing)}); use another --out, or --force to "
                                "redo the changed steps")
-        if differing:
-            _remove_stale(paths, min((FIRST_STALE_STEP[key.split(".")[0]] for key in differing),
-                                     key=STEP_ORDER.index))
+        remove_outputs(stale_steps(STEPS, differing), paths)
     write_text_atomic(paths.config, config_text)
     write_json_atomic(paths.settings, settings)
-
-
-def _remove_stale(paths: StudyPaths, first_step: str) -> None:
-    """Delete the outputs of `first_step` and of every later step."""
-    outputs = {
-        "data": [paths.data, paths.data_summary, paths.profile, paths.profile_molecules,
-                 paths.profile_plot, Path(f"{paths.data}.parts")],
-        "split": [paths.splits],
-        "design": [paths.root / "designs", paths.adaptive],
-        "models": [paths.root / "runs", paths.root / "cells"],
-        "advice": [],
-    }
-    for step in STEP_ORDER[STEP_ORDER.index(first_step):]:
-        for path in outputs[step]:
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink(missing_ok=True)
-    log.info("config changed: redoing from the %s step", first_step)
 
 
 # ---------------------------------------------------------------- data, profile, split, design
@@ -398,33 +375,83 @@ def domain_step(paths: StudyPaths) -> None:
 
 
 # ---------------------------------------------------------------- the whole study
+def _data(run: StudyRun) -> None:
+    workers, _ = plan_parallelism(run.config.data.n_molecules, run.config.executor.workers)
+    run.store = data_step(run.config, run.paths, workers, run.progress)
+
+
+def _designs(run: StudyRun) -> None:
+    run.designs = design_step(run.config, run.paths)
+
+
+def _train(run: StudyRun) -> None:
+    state = load_state(run.paths.adaptive)
+    run.tasks = cell_tasks(run.config, run.paths,
+                           run.designs + adaptive_designs(state, run.config, run.paths))
+    run.failures = execute(run.config, run.tasks, run.progress)
+
+
+def _results(run: StudyRun) -> None:
+    run.results = collect_results(run.tasks, run.paths)
+
+
+def _adaptive(run: StudyRun) -> None:
+    if run.config.adaptive.enabled and not run.failures:
+        adaptive_step(run.config, run.paths, run.designs, run.progress)
+
+
+# The study's steps, in order. `reads`: the config keys whose change makes a step stale
+# (with every step after it that reads its outputs); `outputs`: what is removed then.
+STEPS = [
+    Step("data", reads=("seed", "data"), after=(), run=_data,
+         outputs=lambda p: [p.data, p.data_summary, p.data_parts],
+         doc="the conformer store: generated with real QM labels (resumable), or given"),
+    Step("profile", reads=(), after=("data",),
+         run=lambda r: profile_step(r.store, r.paths),
+         outputs=lambda p: [p.profile, p.profile_molecules, p.profile_plot],
+         doc="the data's structural and conformational diversity"),
+    Step("split", reads=("seed", "split"), after=("data",),
+         run=lambda r: split_step(r.config, r.store, r.paths),
+         outputs=lambda p: [p.splits], doc="leak-free CF/ST/SF/OOD test sets and the pool"),
+    Step("design", reads=("seed", "design", *(kind.config_key for kind in experiments())),
+         after=("split",), run=_designs, outputs=lambda p: [p.designs],
+         doc="every experiment's cells, per selection pair"),
+    Step("train", reads=("models", "training_schedule"), after=("design",), run=_train,
+         outputs=lambda p: [p.runs, p.cells],
+         doc="train and score every cell × model (resumable, shared identical cells)"),
+    Step("results", reads=(), after=("train",), run=_results,
+         outputs=lambda p: [p.results_parquet, p.results_csv, p.results_molecules],
+         doc="the results tables"),
+    Step("fit", reads=("advice",), after=("results",),
+         run=lambda r: fit_and_advise(r.config, r.results, r.paths),
+         outputs=lambda p: [p.fit, p.advice], doc="learning curves and the budget advice"),
+    Step("adaptive", reads=("adaptive",), after=("fit",), run=_adaptive,
+         outputs=lambda p: [p.adaptive], doc="the adaptive pilot's rounds (when enabled)"),
+    Step("domain", reads=(), after=("split", "train"), run=lambda r: domain_step(r.paths),
+         outputs=lambda p: [p.domain], doc="the applicability domain of the trained runs"),
+]
+# config keys no step reads: they change how the report names the study, not its results
+PRESENTATION_KEYS = ("name",)
+
+
 @locks_output("out", lambda a: a["out"] or a["config"].out)
 def run_study(config: StudyConfig, config_text: str, out: Path | None = None, *,
               force: bool = False, progress: bool = True) -> Path:
-    """Run (or resume) a whole study, step by step; returns the study directory. The report
-    is built on top of it (`mlipdiv.report.write_report`, as `mlipdiv study` does)."""
+    """Run (or resume) a whole study, step by step (`STEPS`); returns the study directory.
+    The report is built on top of it (`mlipdiv.report.write_report`, as `mlipdiv study`
+    does)."""
     paths = StudyPaths(Path(out or config.out))
     prepare_directory(config, config_text, paths, force)
     handler = attach_log(paths)
     try:
         started = time.perf_counter()
-        workers, _ = plan_parallelism(config.data.n_molecules, config.executor.workers)
-        store = data_step(config, paths, workers, progress)
-        profile_step(store, paths)
-        split_step(config, store, paths)
-        designs = design_step(config, paths)
-        tasks = cell_tasks(config, paths, designs + adaptive_designs(
-            load_state(paths.adaptive), config, paths))
-        failures = execute(config, tasks, progress)
-        results = collect_results(tasks, paths)
-        fit_and_advise(config, results, paths)
-        if config.adaptive.enabled and not failures:
-            adaptive_step(config, paths, designs, progress)
-        domain_step(paths)
+        run = StudyRun(config, paths, progress)
+        for step in STEPS:
+            step.run(run)
         log.info("study finished in %.1f s: %s", time.perf_counter() - started, paths.root)
-        if failures:
-            raise MlipdivError(f"{len(failures)} cell(s) failed (rerun to retry them; "
-                               f"details in {paths.log}): {failures[0]}")
+        if run.failures:
+            raise MlipdivError(f"{len(run.failures)} cell(s) failed (rerun to retry them; "
+                               f"details in {paths.log}): {run.failures[0]}")
         return paths.root
     except FieldError as exc:  # a study is configured by keys, not by flags
         if "." not in exc.field:
@@ -433,4 +460,3 @@ def run_study(config: StudyConfig, config_text: str, out: Path | None = None, *,
     finally:
         log.removeHandler(handler)
         handler.close()
-

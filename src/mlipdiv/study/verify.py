@@ -74,7 +74,7 @@ class VerifyResult(BaseModel):
 
 
 def verify_directory(study_dir: Path, budget: int) -> Path:
-    return StudyPaths(study_dir).root / "verify" / f"N{budget}"
+    return StudyPaths(study_dir).verify(budget)
 
 
 def _grid(config: StudyConfig) -> list[int]:
@@ -281,7 +281,7 @@ def verdict(comparison: DesignComparison, designs: list[VerifyDesign]) -> str:
 
 def load_verifications(study_dir: str | Path) -> list[VerifyResult]:
     """Every `verify.json` of a study, by budget."""
-    root = StudyPaths(Path(study_dir)).root / "verify"
+    root = StudyPaths(Path(study_dir)).verify_root
     found = sorted(root.glob(f"N*/{RESULT_FILE}")) if root.exists() else []
     results = []
     for path in found:
