@@ -1,0 +1,76 @@
+"""The command line's shared parts: the typer `app` every command module registers on, the
+stderr `console`, the console-script entry point `main()` (errors become one line on stderr and
+exit code 2), JSON printing, and the flag help declared by the options dataclasses."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import typer
+from rich.console import Console
+
+from mlipdiv.data.generate import GenerateOptions
+from mlipdiv.declare import declared_help
+from mlipdiv.design.options import DesignOptions, SplitOptions
+from mlipdiv.errors import FieldError, MlipdivError
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    help="Structural vs conformational diversity of QM data for MLIPs.",
+)
+console = Console(stderr=True)
+
+
+# a flag's help is its option's declaration (the options dataclass's field metadata)
+SPLIT_HELP = declared_help(SplitOptions)
+DESIGN_HELP = declared_help(DesignOptions)
+GENERATE_HELP = declared_help(GenerateOptions)
+
+
+@app.callback()
+def _root() -> None:
+    """mlipdiv: should a QM budget buy more molecules or more conformers per molecule?"""
+
+
+def main() -> None:
+    """Console-script entry point: turns MlipdivError into a one-line message."""
+    try:
+        app()
+    except FieldError as exc:  # the library names a parameter; here it is a flag
+        print(f"mlipdiv: error: {exc.as_flag()}", file=sys.stderr)
+        sys.exit(2)
+    except MlipdivError as exc:
+        print(f"mlipdiv: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("mlipdiv: interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+def print_json(obj) -> None:
+    """One line of valid JSON: NaN and infinities (not JSON) are written as null."""
+    print(json.dumps(_json_safe(obj), indent=None, default=str, allow_nan=False))
+
+
+def _json_safe(obj):
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    if hasattr(obj, "item") and getattr(obj, "ndim", None) == 0:  # numpy scalars
+        return _json_safe(obj.item())
+    if hasattr(obj, "tolist"):  # numpy arrays
+        return _json_safe(obj.tolist())
+    return obj
+
+
+
+def print_damaged(damaged: dict[str, str]) -> None:
+    """Say on stderr which damaged molecules a command skipped (--skip-damaged)."""
+    if damaged:
+        console.print(f"{len(damaged)} damaged molecule(s) skipped: {', '.join(damaged)}",
+                      highlight=False, soft_wrap=True)
