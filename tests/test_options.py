@@ -12,7 +12,8 @@ from typer.main import get_command
 from mlipdiv.cli import app
 from mlipdiv.data.generate import GenerateOptions
 from mlipdiv.design.options import DesignOptions, SplitOptions
-from mlipdiv.study.config import DataConfig, DesignConfig, SplitConfig
+from mlipdiv.models.spec import TrainingSpec
+from mlipdiv.study.config import DataConfig, DesignConfig, ModelsConfig, SplitConfig
 
 # (command, options dataclass, config section, fields that are no flag of the command,
 #  how the config writes a declared default where it differs: a study compares several
@@ -22,6 +23,7 @@ DECLARATIONS = [
     ("design", DesignOptions, DesignConfig, {"experiment", "grid"},
      {"molecule_selection": lambda v: [v], "conformer_selection": lambda v: [v]}),
     ("generate", GenerateOptions, DataConfig, {"method"}, {"method": lambda v: v.name}),
+    ("train", TrainingSpec, ModelsConfig, {"dtype"}, {}),  # dtype: the --float64 switch
 ]
 
 

@@ -17,6 +17,7 @@ from mlipdiv.cli.common import (
     print_damaged,
     print_json,
 )
+from mlipdiv.design.experiments import experiment_names
 from mlipdiv.design.options import DesignOptions, SplitOptions
 from mlipdiv.errors import MlipdivError, check_seed
 
@@ -137,8 +138,8 @@ def _grid(text: str | None, option: str) -> tuple[int, ...] | None:
 
 @app.command()
 def design(
-    experiment: str = typer.Argument(..., help="The experiment (`mlipdiv design --help` lists "
-                                     "them: fixed-budget, fixed-molecules, ...)."),
+    experiment: str = typer.Argument(..., help="The experiment: "
+                                     f"{', '.join(experiment_names())}."),
     splits: Path = typer.Option(..., "--splits", help="SPLITS directory."),
     out: Path = typer.Option(..., "--out", help="DESIGN file (JSON) to write."),
     budget: int | None = typer.Option(None, "--budget", help=DESIGN_HELP["budget"]),
@@ -163,7 +164,8 @@ def design(
     as_json: bool = typer.Option(False, "--json", help="Print the cells as one JSON object."),
 ) -> None:
     """Training cells of one experiment: it holds N, M or C fixed and varies M or C over a
-    grid (fixed-budget: M x N/M; fixed-molecules: the same M molecules, C each; ...)."""
+    grid; give its fixed quantity (--budget, --molecules or --conformers) and optionally its
+    grid (--molecules-grid or --conformers-grid)."""
     from mlipdiv.design.designs import make_design, write_design
     from mlipdiv.design.experiments import experiment as find_experiment
 

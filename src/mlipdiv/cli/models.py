@@ -16,25 +16,34 @@ from mlipdiv.errors import MlipdivError
 @app.command()
 def train(
     out: Path = typer.Option(..., "--out", help="Run directory (resumed if it exists)."),
-    model: str = typer.Option("mace", "--model",
-                              help="A backend, e.g. mace (an unknown name lists them all)."),
-    size: str = typer.Option("fast", "--size", help="dev, fast or standard."),
+    # the help of the TrainingSpec fields, written out here (models imports torch, which
+    # `mlipdiv --help` should not wait for); tests/test_options.py checks them equal
+    model: str = typer.Option(
+        "mace", "--model", help="The backend, e.g. mace or ani (an unknown name lists them all)."),
+    size: str = typer.Option("fast", "--size", help="The backend's size (its hyperparameters "
+                             "and training settings): dev, fast or standard."),
     design: Path | None = typer.Option(None, "--design", help="Design file (with --cell)."),
     cell: str | None = typer.Option(None, "--cell", help="Cell id of the design."),
     train_file: Path | None = typer.Option(None, "--train", help="Training store or extxyz."),
     valid_file: Path | None = typer.Option(None, "--valid", help="Validation store/extxyz."),
-    ensemble: int = typer.Option(1, "--ensemble", help="Members, seeds seed..seed+K-1."),
-    seed: int = typer.Option(0, "--seed"),
+    ensemble: int = typer.Option(
+        1, "--ensemble", help="Members of the committee, trained with seeds seed, seed+1, ..."),
+    seed: int = typer.Option(
+        0, "--seed", help="The first member's seed (the last member's below 2**32)."),
     float64: bool = typer.Option(False, "--float64", help="Train in float64."),
-    device: str | None = typer.Option(None, "--device", help="Default: cuda if present."),
-    epochs: int | None = typer.Option(None, "--epochs", help="Override the size's epoch cap."),
-    steps: int | None = typer.Option(None, "--steps",
-                                     help="Train N optimiser steps instead of epochs."),
+    device: str | None = typer.Option(
+        None, "--device", help="cpu, cuda or cuda:N (default: CUDA when present)."),
+    epochs: int | None = typer.Option(None, "--epochs", help="A cap on the epochs (one round "
+                                      "each) replacing the size's; not with steps."),
+    steps: int | None = typer.Option(None, "--steps", help="Optimiser steps to train, "
+                                     "validated every steps_per_round (both or neither; "
+                                     "default: epochs)."),
     steps_per_round: int | None = typer.Option(
-        None, "--steps-per-round", help="With --steps: validate / checkpoint every K steps."),
+        None, "--steps-per-round",
+        help="With steps: validate, checkpoint and log every this many steps."),
     mask_missing_forces: bool = typer.Option(
-        False, "--mask-missing-forces",
-        help="Train conformers that have energies but no forces on their energy alone."),
+        False, "--mask-missing-forces", help="Train conformers that have energies but no "
+        "forces on their energy alone (force term masked)."),
 ) -> None:
     """Train a model of any backend (or an ensemble) on a design cell or on two files."""
     from mlipdiv.models import TrainingSpec, read_records

@@ -202,7 +202,7 @@ class Planner:
             if (np.sort(self.available)[::-1][:m] >= np.sort(needed)[::-1]).all():
                 return None
             return (f"cell {self._cell_id(m, train, 0)}: the pool's molecules hold too few "
-                    "conformers to fill it, even with --allow-short")
+                    "conformers to fill it, even with allow_short")
         for replicate, held in enumerate(self.held_in_order()):
             lacking = np.flatnonzero(held[:m] < needed)
             if len(lacking):
@@ -325,7 +325,7 @@ class Planner:
                           None)
             if better is None:
                 raise MlipdivError(f"cell {cell_id}: the pool's molecules hold too few "
-                                   "conformers to fill it, even with --allow-short")
+                                   "conformers to fill it, even with allow_short")
             chosen[chosen.index(weakest)] = better
         replaced = len(set(chosen) - set(prefix))
         return molecules, True, (f"short: {replaced} molecule(s) replaced by ones further down "

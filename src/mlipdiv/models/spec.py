@@ -27,7 +27,7 @@ class TrainingSpec:
     refused. Declared once: the `train` flags show each field's help, the study's `[models]`
     section takes its defaults from it (tests/test_options.py)."""
 
-    model: str = option(help_text="The backend, e.g. mace or ani (`mlipdiv backends`).")
+    model: str = option(help_text="The backend, e.g. mace or ani (an unknown name lists them all).")
     size: str = option(help_text="The backend's size (its hyperparameters and training "
                        "settings): dev, fast or standard.")
     ensemble: int = option(1, "Members of the committee, trained with seeds seed, seed+1, ...")
