@@ -123,7 +123,7 @@ def architectures_section(view) -> Section | None:
         if figure is not None:
             section.figures.append((
                 f"architectures_{split}",
-                f"{split_name(split)}: {metric_label(metric)} per architecture vs M "
-                "(fixed budget) and vs C (fixed molecules), random selection, mean over "
+                f"{split_name(split)}: {metric_label(metric)} per architecture vs each "
+                "experiment's varied axis (M or C), random selection, mean over "
                 "replicates with 95 % CI (hierarchical bootstrap)", figure))
     return section
