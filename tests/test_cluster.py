@@ -20,6 +20,7 @@ from test_study import _kill_when, _training_in_progress
 from mlipdiv.errors import FieldError, MlipdivError
 from mlipdiv.metrics.stats import METRIC_DECLARATIONS
 from mlipdiv.study import parse_config, run_study
+from mlipdiv.study.cells import with_placement_columns
 from mlipdiv.study.executors import (
     RaySettings,
     cell_gpus,
@@ -249,3 +250,11 @@ def test_local_workers_are_pinned_to_gpus_round_robin():
     assert gpu_assignment(2, ["3", "5", "7"]) == ["3", "5"]
     with pytest.raises(ValueError, match="at least one GPU"):
         gpu_assignment(2, [])
+
+
+def test_results_written_before_placement_was_recorded_still_load():
+    old = pd.DataFrame({"cell": ["a", "b"], "split": ["cf", "cf"]})
+    assert with_placement_columns(old)[["node", "task_device"]].eq("").all().all()
+    mixed = pd.DataFrame([{"cell": "a", "node": "h (ray node 1)", "task_device": "cpu"},
+                          {"cell": "b"}])  # an old cell file next to a new one
+    assert list(with_placement_columns(mixed).node) == ["h (ray node 1)", ""]

@@ -201,7 +201,7 @@ def execute(config: StudyConfig, tasks: list[CellTask], progress: bool) -> list[
         if executor.kind == "ray":
             yield from run_ray(run_cell, phases, workers, threads, RaySettings(
                 executor.address, executor.max_retries, executor.gpus_per_cell,
-                config.models.device, shared_paths(todo)))
+                config.models.device, shared_paths(todo) if executor.address else ()))
         else:
             yield from run_local(run_cell, phases, workers, threads, gpus)
 
