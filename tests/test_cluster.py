@@ -15,7 +15,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from conftest import STUDY_TOML
-from test_study import _kill_when, _training_in_progress
 
 from mlipdiv.errors import FieldError, MlipdivError
 from mlipdiv.metrics.stats import METRIC_DECLARATIONS
@@ -165,14 +164,27 @@ def test_a_killed_driver_reruns_against_the_same_cluster(cluster, diverse_store,
 
     def midway() -> bool:
         done = list(cells.glob("[!.]*.json")) if cells.exists() else []
-        return 0 < len(done) < CELLS and _training_in_progress(out)
+        training = [p for p in out.glob("runs/*/*/run.json") if '"training"' in p.read_text()]
+        return 0 < len(done) < CELLS and bool(training)
 
-    _kill_when(command, midway, timeout=120)
-    assert free_again(cluster)  # Ray ended the dead driver's tasks
+    stderr = tmp_path / "driver.err"
+    with stderr.open("wb") as sink:
+        driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=sink)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and driver.poll() is None and not midway():
+            time.sleep(0.05)
+        assert driver.poll() is None, f"the driver ended first: {stderr.read_text()[-1500:]}"
+        driver.kill()  # SIGKILL
+        driver.wait()
+    assert free_again(cluster)  # Ray ended the dead driver's tasks ...
+    written = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    time.sleep(2)
+    assert written == {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    # ... and nothing of them writes any more (a task near its end may have finished first)
     finished = {p: p.stat().st_mtime_ns for p in cells.glob("[!.]*.json")}
     trained = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/*/run.json")
                if '"complete"' in p.read_text()}
-    assert 0 < len(finished) < CELLS and trained
+    assert finished and trained
     subprocess.run(command, check=True, capture_output=True, timeout=150)
     results = pd.read_parquet(StudyPaths(out).results_parquet)
     assert len(results) == CELLS * results.split.nunique()
@@ -181,7 +193,7 @@ def test_a_killed_driver_reruns_against_the_same_cluster(cluster, diverse_store,
         assert path.stat().st_mtime_ns == mtime  # kept, not trained again
     log = StudyPaths(out).log.read_text()
     assert f"cells: {CELLS - len(finished)} of {CELLS} to run" in log
-    same_metrics(results, local_results)  # the interrupted cell resumed from its checkpoint
+    same_metrics(results, local_results)  # the interrupted cells resumed or started again
 
 
 def test_two_studies_on_one_cluster_at_once(cluster, diverse_store, tmp_path):
