@@ -18,6 +18,7 @@ MAX_SEED = SEED_LIMIT - 1
 BASE = "[fixed_budget]\nbudget = 8\n"
 CORES = os.cpu_count() or 1
 MISSING_GPU = f"cuda:{torch.cuda.device_count()}"  # one past the last device, or no CUDA
+CLUSTER = "[executor]\nkind = 'ray'\naddress = 'head:6379'\n"
 
 LATE_MISTAKES = [  # (config text, key the error names, words of the reason)
     (BASE + "[advice]\nmetric = 'force_mae'", "advice.metric", "forces_mae_mev_per_angstrom"),
@@ -50,6 +51,13 @@ LATE_MISTAKES = [  # (config text, key the error names, words of the reason)
      "'farthest'"),
     (BASE + "[models]\narchitectures = ['macee']", "models.architectures.0", "'mace'"),
     (BASE + "[models]\nsize = 'huge'", "models.size", "'fast'"),
+    (BASE + f"{CLUSTER}gpus_per_cell = 1.5", "executor.gpus_per_cell",
+     "1.5: a fraction in (0, 1] or a whole number of GPUs"),
+    (BASE + f"{CLUSTER}gpus_per_cell = 0", "executor.gpus_per_cell", "greater than 0"),
+    (BASE + f"[models]\ndevice = 'cpu'\n{CLUSTER}gpus_per_cell = 0.5", "executor.gpus_per_cell",
+     "0.5 asks for GPUs but models.device is 'cpu'"),
+    *([(BASE + "[executor]\ngpus_per_cell = 1", "executor.gpus_per_cell",
+        "1: this machine has no CUDA device")] if not torch.cuda.is_available() else []),
 ]
 
 
@@ -86,6 +94,9 @@ def test_strict_types_still_take_what_toml_writes():
     assert config.split.st == 1.0 and isinstance(config.split.st, float)
     assert config.out.name == "here" and config.design.allow_short is True
     assert config.data.sampler == "nms" and config.models.device == "cpu"
+    for gpus in ("1", "0.25", "2"):  # a whole number is fine for the float key
+        assert parse_config(BASE + f"{CLUSTER}gpus_per_cell = {gpus}"
+                            ).executor.gpus_per_cell == float(gpus)
 
 
 def test_machine_checks_are_left_to_a_ray_cluster_and_to_a_config_read_back():

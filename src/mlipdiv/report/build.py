@@ -40,6 +40,7 @@ from mlipdiv.report.sections import Section, drawn, log
 from mlipdiv.report.tables import cell_summary, load_public_datasets, metric_terms
 from mlipdiv.study.adaptive import CELL_PREFIX as ADAPTIVE_CELL_PREFIX
 from mlipdiv.study.advise import Advice
+from mlipdiv.study.cells import with_placement_columns
 from mlipdiv.study.config import StudyConfig, load_config
 from mlipdiv.study.fit import load_fits
 from mlipdiv.study.layout import RESTART_REMEDY, RESULTS_REMEDY, StudyPaths
@@ -84,7 +85,8 @@ class StudyView:
         if not self.paths.results_parquet.exists():
             raise MlipdivError(f"{root}: no results.parquet; run `mlipdiv study` first")
         self.config: StudyConfig = load_config(self.paths.config, this_machine=False)
-        self.results = read_parquet(self.paths.results_parquet, "study results", RESULTS_REMEDY)
+        self.results = with_placement_columns(read_parquet(
+            self.paths.results_parquet, "study results", RESULTS_REMEDY))
         if not self.paths.results_molecules.exists():
             raise MlipdivError(f"{self.paths.results_molecules}: missing; rerun `mlipdiv study` "
                                "(with --force if it was made by an older version)")

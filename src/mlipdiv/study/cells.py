@@ -13,10 +13,11 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from mlipdiv.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
 from mlipdiv.data.store import ConformerStore
@@ -27,10 +28,22 @@ from mlipdiv.models import TrainingSpec, train
 from mlipdiv.models.record import RunRecord
 from mlipdiv.study.advise import DataLimits
 from mlipdiv.study.config import StudyConfig
-from mlipdiv.study.executors import plan_parallelism, run_local, run_ray
+from mlipdiv.study.executors import (
+    RaySettings,
+    cell_gpus,
+    current_placement,
+    plan_parallelism,
+    run_local,
+    run_ray,
+    task_device,
+)
 from mlipdiv.study.layout import RESTART_REMEDY, StudyPaths
 
 log = logging.getLogger("mlipdiv.study")
+
+# where each cell ran: the node (hostname; with the Ray node id on Ray) and the device its task
+# was given ("cuda:0 (ray gpu 1)", "cpu"); "" in results written before they were recorded
+PLACEMENT_COLUMNS = ("node", "task_device")
 
 
 @dataclass(frozen=True)
@@ -46,6 +59,8 @@ class CellTask:
     spec: TrainingSpec
     shares_run_of: str | None = None  # the cell whose identical training set this reuses
     run_design: str = ""  # design file of the cell the run is trained for (this or shared)
+    # GPUs the local executor reserves per cell (a Ray task's are its placement's)
+    gpus: float = 0.0
 
 
 def train_cell(design_path: str | os.PathLike, cell_id: str, spec: TrainingSpec,
@@ -110,13 +125,16 @@ def run_cell(task: CellTask) -> dict:
 
     started = time.perf_counter()
     cell = load_design(task.design).cell(task.cell_id)
+    # the device follows what the executor reserved for this task, not the driver's numbering
+    device, device_label = task_device(task.spec.device, task.gpus)
     # a cell sharing an identical earlier cell's training set finds that run complete
-    run_dir = train_cell(task.run_design, task.shares_run_of or task.cell_id, task.spec,
-                         task.run_dir, progress=False)
+    run_dir = train_cell(task.run_design, task.shares_run_of or task.cell_id,
+                         replace(task.spec, device=device), task.run_dir, progress=False)
     columns = {**cell_columns(cell), **training_columns(run_dir), "shares_run_of":
-               task.shares_run_of or ""}
+               task.shares_run_of or "", "node": current_placement().node,
+               "task_device": device_label}
     rows, molecules = [], []
-    for record, terms in score_run(run_dir, task.splits, task.spec.device):
+    for record, terms in score_run(run_dir, task.splits, device):
         rows.append({**record.model_dump(), **columns})
         molecules += [{"cell": cell.id, "model": task.spec.model, "replicate": cell.replicate,
                        "split": record.split, **term} for term in terms]
@@ -162,23 +180,30 @@ def execute(config: StudyConfig, tasks: list[CellTask], progress: bool) -> list[
     todo = [t for t in tasks if cell_result(t) is None]
     executor = config.executor
     workers, threads = plan_parallelism(len(todo), executor.workers, executor.threads_per_worker)
+    if executor.kind == "ray" and executor.address and not executor.threads_per_worker:
+        threads = 1  # a cluster's nodes: one cell per CPU (its size is not this machine's)
     log.info("cells: %d of %d to run (%s executor, %d workers × %d threads; %d reuse the run "
              "of an identical cell)", len(todo), len(tasks), executor.kind, workers, threads,
              sum(t.shares_run_of is not None for t in todo))
+    gpus = 0.0
+    if executor.kind == "local":
+        gpus = cell_gpus(executor.gpus_per_cell, config.models.device,
+                         torch.cuda.is_available())
+        todo = [replace(t, gpus=gpus) for t in todo]
+    # Cells that reuse another cell's run go after it, so one run is never trained twice at
+    # once.
+    phases = [[(f"{t.cell_id} [{t.spec.model}]", (t,)) for t in todo
+               if (t.shares_run_of is None) == first] for first in (True, False)]
 
     def completions():
-        # Cells that reuse another cell's run go after it, so one run is never trained twice
-        # at once.
-        for phase in ([t for t in todo if t.shares_run_of is None],
-                      [t for t in todo if t.shares_run_of is not None]):
-            keyed = [(f"{t.cell_id} [{t.spec.model}]", (t,)) for t in phase]
-            if not keyed:
-                continue
-            if executor.kind == "ray":
-                yield from run_ray(run_cell, keyed, workers, threads, executor.address,
-                                   executor.max_retries)
-            else:
-                yield from run_local(run_cell, keyed, workers, threads)
+        if not todo:
+            return
+        if executor.kind == "ray":
+            yield from run_ray(run_cell, phases, workers, threads, RaySettings(
+                executor.address, executor.max_retries, executor.gpus_per_cell,
+                config.models.device, shared_paths(todo) if executor.address else ()))
+        else:
+            yield from run_local(run_cell, phases, workers, threads, gpus)
 
     failures = []
     with Progress(TextColumn("cells"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -195,6 +220,20 @@ def execute(config: StudyConfig, tasks: list[CellTask], progress: bool) -> list[
                 log.info("cell %s done in %.1f s (energy MAE meV/atom: %s)", completion.key,
                          completion.value["seconds"], errors)
     return failures
+
+
+def shared_paths(tasks: list[CellTask]) -> tuple[tuple[str, bool], ...]:
+    """What every node running cells must see at the same path: (path, written there) for the
+    store, the splits, the designs (read) and the directories runs and results go to."""
+    stores = {str(load_splits(splits, verify=False).store_path)
+              for splits in {t.splits for t in tasks}}
+    written = {str(Path(t.result_path).parent) for t in tasks}
+    written |= {str(Path(t.run_dir).parent.parent) for t in tasks}
+    for directory in written:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+    read = stores | {t.splits for t in tasks} | {t.design for t in tasks}
+    return tuple([(path, False) for path in sorted(read)] +
+                 [(path, True) for path in sorted(written)])
 
 
 def cell_result(task: CellTask) -> dict | None:
@@ -219,7 +258,14 @@ def read_cell_results(tasks: list[CellTask]) -> tuple[pd.DataFrame, pd.DataFrame
     for payload in filter(None, map(cell_result, tasks)):
         rows += payload["rows"]
         molecules += payload["molecules"]
-    return pd.DataFrame(rows), pd.DataFrame(molecules)
+    return with_placement_columns(pd.DataFrame(rows)), pd.DataFrame(molecules)
+
+
+def with_placement_columns(table: pd.DataFrame) -> pd.DataFrame:
+    """`table` with the placement columns, "" where its rows predate them."""
+    for column in PLACEMENT_COLUMNS:
+        table[column] = table[column].fillna("") if column in table else ""
+    return table
 
 
 def _write_table(table: pd.DataFrame, parquet: Path, csv: Path | None = None) -> None:

@@ -20,6 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import torch
 from pydantic import (
     AfterValidator,
     Field,
@@ -229,11 +230,18 @@ class ExecutorConfig(_Strict):
     threads_per_worker: int = Field(0, ge=0)  # 0 = cores // workers
     address: str | None = None  # ray: cluster address; None = start a local instance
     max_retries: int = Field(2, ge=0)  # ray: retries of a cell on worker failure
+    # GPUs each cell reserves: a fraction in (0, 1] packs small models, or a whole number;
+    # None = 1 when the study's device is CUDA (models.device, or CUDA present), else 0
+    gpus_per_cell: float | None = Field(None, gt=0)
 
     @model_validator(mode="after")
     def _address(self) -> ExecutorConfig:
         if self.address is not None and self.kind != "ray":
             raise ValueError("address is only used with kind = 'ray'")
+        gpus = self.gpus_per_cell
+        if gpus is not None and gpus > 1 and not float(gpus).is_integer():
+            raise ConfigKeyError("gpus_per_cell", f"{gpus}: a fraction in (0, 1] or a whole "
+                                 "number of GPUs")
         return self
 
 
@@ -285,6 +293,9 @@ class StudyBase(_Strict):
             raise ValueError(f"give at least one experiment: {keys}")
         if self.split.ood is None and "ood" in self.advice.weights:
             raise ValueError("advice.weights names 'ood' but split.ood makes no OOD set")
+        if self.executor.gpus_per_cell is not None and self.models.device == "cpu":
+            raise ConfigKeyError("executor.gpus_per_cell", f"{self.executor.gpus_per_cell:g} "
+                                 "asks for GPUs but models.device is 'cpu'")
         if self.data.source == "generate":
             for kind, section in self.experiment_sections().items():
                 kind.check_generated(section, self.data.n_molecules, self.data.conformers)
@@ -369,8 +380,9 @@ def runs_elsewhere(executor: ExecutorConfig) -> bool:
 
 
 def check_machine(config: StudyBase) -> None:
-    """The values that depend on the machine fit this one: `models.device` exists here, and
-    `executor.workers`, `executor.threads_per_worker` and their product are at most its
+    """The values that depend on the machine fit this one: `models.device` exists here, GPUs
+    per cell of the local executor are GPUs here, and `executor.workers`,
+    `executor.threads_per_worker` and their product are at most its
     cores. Skipped for cells on a Ray cluster (`executor.address`): its nodes decide."""
     if runs_elsewhere(config.executor):
         return
@@ -380,6 +392,10 @@ def check_machine(config: StudyBase) -> None:
         except FieldError as exc:
             raise ConfigKeyError("models.device", f"{config.models.device!r}: "
                                  f"{exc.reason}") from None
+    gpus = config.executor.gpus_per_cell
+    if gpus is not None and config.executor.kind == "local" and not torch.cuda.is_available():
+        raise ConfigKeyError("executor.gpus_per_cell", f"{gpus:g}: this machine has no CUDA "
+                             "device (GPUs on a Ray cluster: kind = 'ray' with an address)")
     cores = os.cpu_count() or 1
     workers, threads = config.executor.workers, config.executor.threads_per_worker
     where = "this machine" if config.executor.kind == "local" else "a local Ray instance here"
