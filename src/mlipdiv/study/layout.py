@@ -38,6 +38,11 @@ class StudyPaths:
         return self.root / "study.json"
 
     @property
+    def plan(self) -> Path:
+        """The plan made when the study started (`mlipdiv study --plan`'s, as JSON)."""
+        return self.root / "plan.json"
+
+    @property
     def data(self) -> Path:
         return self.root / "data.h5"
 
