@@ -19,6 +19,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -52,7 +54,7 @@ class ModelThroughput(BaseModel):
     seconds_per_step: float  # one optimiser step of one ensemble member at batch_size
     setup_seconds: float  # per training: model, E0 fit, neighbour lists, saving
     warm_up_seconds: float = 0.0  # once per worker: the first training's lazy imports
-    load_seconds: float  # loading a trained run for evaluation
+    score_seconds: float  # scoring a cell on small test splits (loading run and splits)
     evaluate_seconds_per_conformer: float
     source: str
 
@@ -69,6 +71,8 @@ class Calibration(BaseModel):
     profile_plot_seconds: float | None = None
     domain_seconds: float | None = None  # per evaluated run: domain fit and evaluation
     seconds: float = 0.0  # what the calibration took
+    cores: int = 1
+    load_average: float | None = None  # the machine's 1-minute load when calibrated
 
 
 class Layout(BaseModel):
@@ -157,8 +161,12 @@ class _NominalPool:
     def capacity(self) -> np.ndarray:
         return self.available
 
-    def shortfall(self, value: int) -> None:  # the data are not there to say
-        return None
+    def shortfall(self, value: int) -> str | None:
+        """None when the largest molecules hold what the cell's positions need."""
+        m, train, valid = self._planner._cell_sizes(self, value)
+        needed = np.sort(train + valid)[::-1]
+        fits = m <= len(self.available) and (self.available[:m] >= needed).all()
+        return None if fits else f"M = {m}: too few conformers"
 
     def fillable(self, values: np.ndarray) -> np.ndarray:
         return self._planner.fillable(self, values)
@@ -301,6 +309,9 @@ def _calibrate_model(model: str, size: str, dtype: str,
                      threads: int) -> tuple[ModelThroughput, float]:
     """Train `model` at `size` for a few steps on the calibration molecules with `threads`
     torch threads; (its throughput, the domain fit's seconds on the run)."""
+    from mlipdiv.domain.evaluate import evaluate_run
+    from mlipdiv.domain.model import fit_run
+    from mlipdiv.metrics.evaluate import score_run
     from mlipdiv.models.registry import run_size
     from mlipdiv.models.spec import TrainingSpec
     from mlipdiv.models.train_run import train
@@ -327,41 +338,40 @@ def _calibrate_model(model: str, size: str, dtype: str,
                             on_epoch=lambda member, stats: rounds.append(stats.seconds))
             times.append(time.perf_counter() - started)
         started = time.perf_counter()
-        run = load_run(run_dir, "cpu")
-        load = time.perf_counter() - started
-        started = time.perf_counter()
-        run.predict(records)
+        load_run(run_dir, "cpu").predict(records)
         evaluate = (time.perf_counter() - started) / sum(r.n_conformers for r in records)
-        domain = _domain_seconds(records, train_set, valid_set, run_dir, Path(tmp))
+        stores = _calibration_splits(records, train_set, valid_set, Path(tmp))
+        started = time.perf_counter()
+        score_run(run_dir, Path(tmp) / "splits", "cpu")
+        score = time.perf_counter() - started
+        started = time.perf_counter()
+        fit_run(run_dir, *stores)
+        evaluate_run(run_dir, Path(tmp) / "splits", out=Path(tmp) / "domain")
+        domain = time.perf_counter() - started
     # a smaller calibration set than the batch: steps scaled to the full batch
     step = rounds[-1] / CALIBRATION_STEPS * batch / min(batch, n_train)
     return ModelThroughput(
         model=model, size=size, batch_size=batch, threads=threads, seconds_per_step=step,
         setup_seconds=max(0.0, times[1] - CALIBRATION_ROUNDS * CALIBRATION_STEPS * step),
         warm_up_seconds=max(0.0, times[0] - times[1]),
-        load_seconds=load, evaluate_seconds_per_conformer=evaluate,
+        score_seconds=score, evaluate_seconds_per_conformer=evaluate,
         source=f"calibrated: {len(rounds)} rounds of {CALIBRATION_STEPS} steps on "
                f"{n_train} conformers, {threads} thread(s)"), domain
 
 
-def _domain_seconds(records: list, train_set: list, valid_set: list, run_dir: Path,
-                    tmp: Path) -> float:
-    """Seconds the domain step takes for one run: its domain fitted on the calibration
-    training set and evaluated on test splits carved from the calibration molecules."""
+def _calibration_splits(records: list, train_set: list, valid_set: list,
+                        tmp: Path) -> list[Path]:
+    """Test splits carved from the calibration molecules (tmp/splits) and the training and
+    validation stores a domain is fitted on."""
     from mlipdiv.data import write_store
     from mlipdiv.design import make_splits
     from mlipdiv.design.options import SplitOptions
-    from mlipdiv.domain.evaluate import evaluate_run
-    from mlipdiv.domain.model import fit_run
 
     stores = [tmp / f"{name}.h5" for name in ("all", "train", "valid")]
     for path, part in zip(stores, (records, train_set, valid_set), strict=True):
         write_store(path, part, "GFN2-xTB (tblite)")
     make_splits(stores[0], tmp / "splits", SplitOptions(cf_conformers=1, st=1, sf=0))
-    started = time.perf_counter()
-    fit_run(run_dir, *stores[1:])
-    evaluate_run(run_dir, tmp / "splits", out=tmp / "domain")
-    return time.perf_counter() - started
+    return stores[1:]
 
 
 @lru_cache(maxsize=4)
@@ -435,14 +445,14 @@ def calibrate(config: StudyConfig, threads: int, steps_per_second: float | None,
         throughputs = [ModelThroughput(
             model=m, size=config.models.size,
             batch_size=run_size(m, config.models.size).training.batch_size, threads=threads,
-            seconds_per_step=1 / steps_per_second, setup_seconds=0.0, load_seconds=0.0,
+            seconds_per_step=1 / steps_per_second, setup_seconds=0.0, score_seconds=0.0,
             evaluate_seconds_per_conformer=0.0, source="stated --steps-per-second")
             for m in models]
         return Calibration(models=throughputs, label_seconds_per_conformer=label,
                            generate_seconds_per_molecule=generating,
                            seconds=time.perf_counter() - started)
     if not models:  # nothing left to train
-        return Calibration(models=[], seconds=0.0)
+        return Calibration(models=[], seconds=0.0, cores=os.cpu_count() or 1)
     worker_start, study_start = _start_seconds(tuple(models))
     measured = [_calibrate_model(m, config.models.size, config.models.dtype, threads)
                 for m in models]
@@ -456,7 +466,8 @@ def calibrate(config: StudyConfig, threads: int, steps_per_second: float | None,
         worker_start_seconds=worker_start,
         study_start_seconds=study_start, profile_seconds_per_conformer=profile,
         profile_plot_seconds=plot, domain_seconds=max(d for _, d in measured),
-        seconds=time.perf_counter() - started)
+        seconds=time.perf_counter() - started, cores=os.cpu_count() or 1,
+        load_average=os.getloadavg()[0])
 
 
 def _makespan(durations: list[float], workers: int) -> float:
@@ -534,6 +545,9 @@ def plan_study(config: StudyConfig, out: str | Path | None = None, *,
                        gpu_steps_per_second, gpus)
     notes.append("not estimated: splitting, designs, learning-curve fits and the report "
                  "(seconds to minutes)")
+    if measured.load_average is not None and measured.load_average > measured.cores / 2:
+        notes.append(f"calibrated while this machine was busy (load {measured.load_average:.1f} "
+                     f"on {measured.cores} cores): other work slows the study")
     return StudyPlan(
         study=config.name, settings_digest=settings_digest(config), counted_from=counted_from,
         models=list(models), grids=grids, cells=cells, total_cells=total_cells,
@@ -567,18 +581,18 @@ def _layouts(config: StudyConfig, paths: StudyPaths, measured: Calibration, left
         before += (measured.profile_seconds_per_conformer * int(counts.sum())
                    + (measured.profile_plot_seconds or 0.0))
     # after the cells: the domain step fits and evaluates the largest cell of each
-    # experiment, model and selection
+    # experiment, model and selection (on the pool and the test sets)
     domain_runs = (len(config.experiments()) * len(config.design.molecule_selection)
                    * len(config.design.conformer_selection))
-    after = sum(domain_runs * ((measured.domain_seconds or 0.0) + t.load_seconds
-                               + t.evaluate_seconds_per_conformer * test)
+    after = sum(domain_runs * ((measured.domain_seconds or 0.0)
+                               + t.evaluate_seconds_per_conformer * int(counts.sum()))
                 for t in throughput.values()) if left else 0.0
 
     def wall(step_seconds: dict[str, float], parallel: int) -> float:
         phases = [[], []]  # cells that train, then cells reusing an identical cell's run
         for model, trains in left:
             t = throughput[model]
-            evaluate = t.load_seconds + t.evaluate_seconds_per_conformer * test
+            evaluate = t.score_seconds + t.evaluate_seconds_per_conformer * test
             phases[not trains].append(
                 (t.setup_seconds + schedule[model]["steps"] * ensemble * step_seconds[model]
                  + evaluate) if trains else evaluate)
@@ -615,6 +629,19 @@ def write_plan(plan: StudyPlan, paths: StudyPaths) -> None:
     from mlipdiv.atomic import write_json_atomic
 
     write_json_atomic(paths.plan, plan.model_dump(mode="json"))
+
+
+FINISHED = re.compile(r"study finished in ([0-9.]+) s")
+
+
+def study_wall_seconds(paths: StudyPaths) -> float | None:
+    """The wall time of the study's last complete run, from its log ("study finished in X
+    s"); None when no run finished."""
+    try:
+        found = FINISHED.findall(paths.log.read_text(errors="replace"))
+    except OSError:
+        return None
+    return float(found[-1]) if found else None
 
 
 def read_plan(paths: StudyPaths) -> StudyPlan | None:
