@@ -82,6 +82,10 @@ class StudyPaths:
         return (self.designs
                 / f"adaptive-r{round_index}-M{molecules}-C{conformers}_{selection}.json")
 
+    def adaptive_design_files(self) -> list[Path]:
+        """The design files the adaptive pilot has written so far."""
+        return sorted(self.designs.glob("adaptive-*.json"))
+
     @property
     def adaptive(self) -> Path:
         """The adaptive pilot's rounds (cells added, why, the optimum before and after)."""

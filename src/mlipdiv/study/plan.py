@@ -202,16 +202,20 @@ def _test_conformers(config: StudyConfig) -> int:
     return int(counts[-held:].sum() if held else 0) + cf_molecules * config.split.cf_conformers
 
 
+def _selections(config: StudyConfig) -> list[tuple[str, str]]:
+    """The (molecule, conformer) selection pairs, as the study's design step pairs them."""
+    design = config.design
+    return [(m, c) for m in design.molecule_selection for c in design.conformer_selection]
+
+
 def _config_cells(config: StudyConfig, notes: list[str]) -> tuple[dict, dict, list]:
     """(grids, cells per experiment, cell keys in design order) from the config alone."""
-    from mlipdiv.study.runner import selections
-
     counts, held = data_sizes(config)
     pool = counts[held:] - config.split.cf_conformers
     grids, cells, keys = {}, {}, []
     for kind in config.experiment_sections():
         cells[kind.name] = 0
-        for selection in selections(config):
+        for selection in _selections(config):
             options = config.design_options(kind, selection)
             grid = options.grid
             if grid is None:
@@ -231,19 +235,16 @@ def _design_tasks(config: StudyConfig, paths: StudyPaths):
     """The study's cell tasks from its design files, when it holds every one of them and the
     same settings; else None."""
     from mlipdiv.files import read_json
-    from mlipdiv.study.adaptive import load_state
     from mlipdiv.study.cells import cell_tasks
-    from mlipdiv.study.runner import adaptive_designs, selections
 
     designs = [paths.design(kind.name, f"{m}-{c}") for kind in config.experiment_sections()
-               for m, c in selections(config)]
+               for m, c in _selections(config)]
     if not paths.settings.exists() or not all(p.exists() for p in designs):
         return None
     recorded = read_json(paths.settings, "study settings", RESTART_REMEDY)
     if config_differences(recorded, config.comparable()):
         return None
-    state = load_state(paths.adaptive)
-    return cell_tasks(config, paths, designs + adaptive_designs(state, config, paths))
+    return cell_tasks(config, paths, designs + paths.adaptive_design_files())
 
 
 def _labelled_molecules(n_conformers: int) -> tuple[list, float]:
