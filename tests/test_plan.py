@@ -118,6 +118,24 @@ def test_plan_refuses_a_bad_config_as_the_study(monkeypatch, capsys, diverse_sto
     assert not (tmp_path / "out").exists()
 
 
+def test_plan_of_a_finished_study_counts_its_designs(monkeypatch, capsys, finished_study):
+    code, stdout, err = run_cli(monkeypatch, capsys, "study", finished_study / "config.toml",
+                                "--plan", "--out", finished_study)
+    assert code == 0, err
+    assert "cells counted from the designs" in stdout
+    assert "trainings after sharing identical cells: 6; finished: 6; left: 0" in stdout
+    assert "0 in all" in stdout
+
+
+def test_plan_names_a_missing_store(monkeypatch, capsys, tmp_path):
+    config = tmp_path / "study.toml"
+    config.write_text(STUDY_TOML.format(store=tmp_path / "absent.h5"))
+    code, stdout, err = run_cli(monkeypatch, capsys, "study", config, "--plan", "--json",
+                                "--out", tmp_path / "out")
+    assert code == 2 and not stdout
+    assert err.strip() == f"mlipdiv: error: data.store {tmp_path / 'absent.h5'}: no such store"
+
+
 def test_plan_flags_need_plan(monkeypatch, capsys, diverse_store, tmp_path):
     config = tmp_path / "study.toml"
     config.write_text(STUDY_TOML.format(store=diverse_store))

@@ -32,7 +32,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel
 
-from mlipdiv.errors import FieldError
+from mlipdiv.errors import FieldError, MlipdivError
 from mlipdiv.study.config import StudyConfig, config_differences
 from mlipdiv.study.executors import plan_parallelism
 from mlipdiv.study.layout import RESTART_REMEDY, StudyPaths
@@ -188,6 +188,8 @@ def data_sizes(config: StudyConfig) -> tuple[np.ndarray, int]:
     else:
         from mlipdiv.data.store import ConformerStore
 
+        if not config.data.store.exists():  # as the study's data step says it
+            raise MlipdivError(f"data.store {config.data.store.resolve()}: no such store")
         with ConformerStore(config.data.store) as store:
             counts = np.array(sorted(store.conformer_counts().values(), reverse=True))
     held = _count(config.split.st, len(counts)) + _count(config.split.sf, len(counts))
