@@ -382,6 +382,8 @@ def _calibration_records(per_molecule: int) -> tuple[list, float]:
     return _labelled_molecules(per_molecule)
 
 
+# top-level modules some distributions ship beside their library (mace-torch: scripts, tests)
+NOT_LIBRARY_MODULES = ("tests", "test", "scripts", "docs", "examples")
 # what the study's own process imports beyond a worker's (its steps, figures, the domain)
 STUDY_MODULES = ("mlipdiv.study.runner", "mlipdiv.study.domain_step", "mlipdiv.report",
                  "mlipdiv.diversity")
@@ -392,14 +394,22 @@ def _start_seconds(models: tuple[str, ...]) -> tuple[float, float]:
     """(seconds a fresh worker process takes to start and import what a cell runs: the
     cells and the models' libraries; seconds the study's process takes for that and its
     steps' modules), timed in a fresh Python process."""
+    from importlib.metadata import packages_distributions
+
     from mlipdiv.models.registry import potential_class
 
+    libraries = {potential_class(m).library for m in models}
     worker = ["torch", "mlipdiv.study.cells",
-              *(potential_class(m).library.replace("-", "_") for m in models)]
-    script = "; ".join(["import time", "t = time.perf_counter()",
-                        *(f"import {m}" for m in worker), "print(time.perf_counter() - t)",
-                        *(f"import {m}" for m in STUDY_MODULES),
-                        "print(time.perf_counter() - t)"])
+              *sorted(module for module, names in packages_distributions().items()
+                      if libraries & set(names) and module not in NOT_LIBRARY_MODULES)]
+    script = "\n".join(["import importlib, time", "t = time.perf_counter()",
+                         f"for name in {worker!r}:",
+                         "    try: importlib.import_module(name)",
+                         "    except Exception: pass",
+                         "print(time.perf_counter() - t)",
+                         f"for name in {list(STUDY_MODULES)!r}:",
+                         "    importlib.import_module(name)",
+                         "print(time.perf_counter() - t)"])
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True,
                           text=True, timeout=600)
