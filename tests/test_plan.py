@@ -68,14 +68,15 @@ def test_plan_estimate_within_2x_of_the_measured_run(finished_study):
     assert plan is not None and measured is not None
     estimate = plan.layouts[0].wall_seconds
     print(f"plan estimate {estimate:.1f} s, measured {measured:.1f} s")
+    within = measured / 2 <= estimate <= 2 * measured
     # the study itself kept `workers` cores busy; more than that came from other work
     cores, load = os.cpu_count() or 1, os.getloadavg()[0]
     workers = plan.layouts[0].parallel_cells
-    if max(plan.calibration.load_average, load) > cores + workers:
+    if not within and max(plan.calibration.load_average, load) > cores + workers:
         pytest.skip(f"the machine ran other work (load {load:.1f} on {cores} cores): a wall "
                     f"time check means nothing there (estimate {estimate:.1f} s, measured "
                     f"{measured:.1f} s)")
-    assert measured / 2 <= estimate <= 2 * measured, (estimate, measured)
+    assert within, (estimate, measured)
     assert plan.calibration.models[0].model == "ani"
     assert plan.calibration.models[0].seconds_per_step > 0
     # GPU throughput is unknown on this CPU machine unless stated
