@@ -26,6 +26,17 @@ def study(
     force: bool = typer.Option(False, "--force", help="Redo the steps a changed config hits."),
     no_report: bool = typer.Option(False, "--no-report",
                                    help="Stop after the advice (`mlipdiv report` later)."),
+    plan: bool = typer.Option(False, "--plan", help="Print the plan (cells, trainings, steps, "
+                              "conformers to label, estimated wall time and device hours); "
+                              "train and generate nothing."),
+    steps_per_second: float | None = typer.Option(
+        None, "--steps-per-second", help="With --plan: the CPU throughput of one cell "
+        "(optimiser steps per second) instead of a calibration run."),
+    gpu_steps_per_second: float | None = typer.Option(
+        None, "--gpu-steps-per-second", help="With --plan: the throughput of one cell on a GPU "
+        "(default: unknown, not measurable on a CPU machine)."),
+    gpus: int = typer.Option(4, "--gpus", help="With --plan: GPUs K of the multi-GPU layout."),
+    as_json: bool = typer.Option(False, "--json", help="With --plan: print one JSON object."),
 ) -> None:
     """Run (or resume) a whole study: data, splits, both experiments, fit, advice, report."""
     from mlipdiv.study import parse_config, preset_text
@@ -47,7 +58,28 @@ def study(
         raw = config.model_dump(mode="json")
         raw["executor"].update(overrides)
         config = parse_config_dict(raw, origin)
+    if plan:
+        _print_plan(config, out, steps_per_second, gpu_steps_per_second, gpus, as_json)
+        return
+    for flag, given in (("--steps-per-second", steps_per_second),
+                        ("--gpu-steps-per-second", gpu_steps_per_second),
+                        ("--json", as_json or None)):
+        if given is not None:
+            raise MlipdivError(f"{flag}: only read with --plan")
     print(_study_then_report(config, text, out, force, report=not no_report))
+
+
+def _print_plan(config, out: Path | None, steps_per_second: float | None,
+                gpu_steps_per_second: float | None, gpus: int, as_json: bool) -> None:
+    """`study --plan`: the plan as text, or one JSON object."""
+    from mlipdiv.study.plan import plan_study
+
+    made = plan_study(config, out, steps_per_second=steps_per_second,
+                      gpu_steps_per_second=gpu_steps_per_second, gpus=gpus)
+    if as_json:
+        print_json(made.model_dump(mode="json"))
+    else:
+        print(made.text())
 
 
 def _study_then_report(config, text: str, out: Path | None, force: bool,

@@ -44,6 +44,7 @@ from mlipdiv.study.cells import with_placement_columns
 from mlipdiv.study.config import StudyConfig, load_config
 from mlipdiv.study.fit import load_fits
 from mlipdiv.study.layout import RESTART_REMEDY, RESULTS_REMEDY, StudyPaths
+from mlipdiv.study.plan import read_plan, study_wall_seconds
 from mlipdiv.study.verify import load_verifications
 
 PARITY_MOLECULES_PER_SPLIT = 20
@@ -188,13 +189,30 @@ def setup_sentences(view: StudyView) -> list[str]:
         f"Setup: {'; '.join(experiments)}; {config.design.replicates} replicate(s) per cell, "
         f"selection {', '.join(sorted(results.selection.unique()))}; models {models}; "
         f"{n_runs} trainings, {runs.wall_time_s.sum():.0f}"
-        " s of training in total.",
+        " s of training in total." + plan_sentence(view, n_runs, runs.wall_time_s.sum()),
         f"Training compute is held equal: {schedule} (what the largest cell, "
         f"{config.largest_training_set()} conformers, needs for the size's epochs); early "
         "stopping on a cell's validation set may end it sooner. Intervals come from a "
         "hierarchical bootstrap: replicates, then test molecules, drawn jointly for all cells."
         + replicates,
     ]
+
+
+def plan_sentence(view: StudyView, trainings: int, training_seconds: float) -> str:
+    """The plan made when the study started (plan.json) next to what the run took: trainings,
+    training seconds (the runs' wall_time_s) and the study's wall time (study.log)."""
+    plan = read_plan(view.paths)
+    if plan is None:
+        return ""
+    cpu = plan.layouts[0]
+    estimate = ("no estimate" if cpu.wall_seconds is None
+                else f"an estimated {cpu.wall_seconds:.0f} s on {cpu.name}")
+    wall = study_wall_seconds(view.paths)
+    took = f"{wall:.0f} s of wall time" if wall is not None else "its wall time unrecorded"
+    return (f" The plan made at the start: {plan.trainings} trainings ({plan.trainings_left} "
+            f"to run then), {plan.total_steps_left} optimiser steps, {estimate}; the run took "
+            f"{trainings} trainings, {training_seconds:.0f} s of training and {took} (the last "
+            "run in study.log).")
 
 
 def _parity_data(view: StudyView, cell: str, model: str):

@@ -38,6 +38,11 @@ class StudyPaths:
         return self.root / "study.json"
 
     @property
+    def plan(self) -> Path:
+        """The plan made when the study started (`mlipdiv study --plan`'s, as JSON)."""
+        return self.root / "plan.json"
+
+    @property
     def data(self) -> Path:
         return self.root / "data.h5"
 
@@ -76,6 +81,10 @@ class StudyPaths:
         """Design file of one cell the adaptive pilot added in a round."""
         return (self.designs
                 / f"adaptive-r{round_index}-M{molecules}-C{conformers}_{selection}.json")
+
+    def adaptive_design_files(self) -> list[Path]:
+        """The design files the adaptive pilot has written so far."""
+        return sorted(self.designs.glob("adaptive-*.json"))
 
     @property
     def adaptive(self) -> Path:

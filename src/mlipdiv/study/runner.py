@@ -375,6 +375,28 @@ def domain_step(paths: StudyPaths) -> None:
 
 
 # ---------------------------------------------------------------- the whole study
+def plan_step(config: StudyConfig, paths: StudyPaths) -> None:
+    """plan.json: the plan made as the study starts (`study.plan`: counts and a calibrated
+    estimate), kept when a resumed study already has the plan of its settings. The plan only
+    informs: when it cannot be made, the log says why and the study goes on."""
+    from mlipdiv.study.plan import plan_study, read_plan, settings_digest, write_plan
+
+    made = read_plan(paths)
+    if made is not None and made.settings_digest == settings_digest(config):
+        return
+    try:
+        plan = plan_study(config, paths.root)
+    except Exception as exc:  # noqa: BLE001 - an estimate must not stop the study
+        log.warning("plan: not made (%s)", first_line(exc, with_type=True))
+        return
+    write_plan(plan, paths)
+    cpu = plan.layouts[0]
+    log.info("plan: %d cells, %d trainings after sharing identical cells (%d left), %s "
+             "optimiser steps per cell; estimated %.0f s on %s", plan.total_cells,
+             plan.trainings, plan.trainings_left, plan.steps_per_cell, cpu.wall_seconds,
+             cpu.name)
+
+
 def _data(run: StudyRun) -> None:
     workers, _ = plan_parallelism(run.config.data.n_molecules, run.config.executor.workers)
     run.store = data_step(run.config, run.paths, workers, run.progress)
@@ -444,6 +466,7 @@ def run_study(config: StudyConfig, config_text: str, out: Path | None = None, *,
     prepare_directory(config, config_text, paths, force)
     handler = attach_log(paths)
     try:
+        plan_step(config, paths)
         started = time.perf_counter()
         run = StudyRun(config, paths, progress)
         for step in STEPS:
