@@ -60,6 +60,7 @@ class GraphPesPotential(Potential):
 
     library = "graph-pes"
     cutoff_key = "cutoff"
+    e0_key = "models.offset._offsets"
     # the submodule of the graph-pes model whose input is the per-atom invariant features
     readout: ClassVar[str] = "read_out"
 
