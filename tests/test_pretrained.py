@@ -1,0 +1,201 @@
+"""A pretrained start (`TrainingSpec.init_from`): dev-size runs pretrained with mlipdiv itself
+(nothing downloads), fine-tuned from the run, its model file and a file saved by mace-torch."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from conftest import labelled_record
+from typer.testing import CliRunner
+
+from mlipdiv.cli import app
+from mlipdiv.errors import FieldError
+from mlipdiv.models import (
+    Schedule,
+    TrainingSpec,
+    fit_e0,
+    load_run,
+    potential_class,
+    run_size,
+    train,
+)
+from mlipdiv.models.pretrained import load_start
+from mlipdiv.models.train_run import training_conformers
+from mlipdiv.models.training import fit
+
+# five compositions that separate the E0s of H, C, N and O
+SMILES = ["CCO", "CC(=O)N", "c1ccccc1O", "CCN", "OC=O"]
+PRETRAIN = dict(size="dev", dtype="float64", steps=6, steps_per_round=3)
+
+
+@pytest.fixture(scope="module")
+def data():
+    """Five molecules x six labelled conformers: five for training, one for validation."""
+    records = [labelled_record(s, 6, seed=i) for i, s in enumerate(SMILES)]
+    return [r.subset(range(5)) for r in records], [r.subset(range(5, 6)) for r in records]
+
+
+@pytest.fixture(scope="module")
+def pretrained(data, tmp_path_factory):
+    """A pretrained dev run per backend, trained on `data` (load_run of it by backend)."""
+    runs = {}
+
+    def get(backend: str):
+        if backend not in runs:
+            out = tmp_path_factory.mktemp(f"pre-{backend}") / "run"
+            train(*data, TrainingSpec(backend, **PRETRAIN), out, progress=False)
+            runs[backend] = load_run(out)
+        return runs[backend]
+
+    return get
+
+
+def _energies(run, records) -> np.ndarray:
+    return np.concatenate([p.mean_energy for p in run.predict(records)])
+
+
+@pytest.mark.parametrize("backend", ["mace", "schnet", "ani"])
+def test_finetuning_from_a_run_equals_continuing_its_training(backend, data, pretrained,
+                                                                tmp_path):
+    """Same data, same E0s (refit on the same labels): the fine-tuned run is the pretrained
+    model trained further by the same loop, step for step."""
+    train_set, valid_set = data
+    start = pretrained(backend)
+    spec = TrainingSpec(backend, "dev", dtype="float64", steps=4, steps_per_round=2,
+                        init_from=start.path)
+    tuned = load_run(train(train_set, valid_set, spec, tmp_path / "tuned", progress=False))
+    assert tuned.record.e0 == {**start.record.e0, "note": tuned.record.e0["note"]}
+    assert tuned.record.hyperparameters["model"] == start.record.hyperparameters["model"]
+    # continuing by hand: the pretrained member, the training loop, the same steps and seed
+    potential = potential_class(backend).load(start.path / "member-0" / "model.pt")
+    settings = run_size(backend, "dev").training
+    fit(potential, potential.prepare_all(training_conformers(train_set)),
+        potential.prepare_all(training_conformers(valid_set)), settings, Schedule(4, 2),
+        tmp_path / "continued.pt", spec.seed, "continued")
+    continued = np.concatenate([potential.predict_arrays(r.atomic_numbers, r.positions)[0]
+                                for r in valid_set])
+    assert np.allclose(_energies(tuned, valid_set), continued, rtol=0, atol=1e-9)
+    # and the start did move: four steps changed the predictions
+    assert not np.allclose(_energies(start, valid_set), continued, rtol=0, atol=1e-6)
+
+
+def test_a_mace_model_file_saved_by_mace_torch_is_a_start(data, pretrained, tmp_path):
+    start = pretrained("mace")
+    model = start.members[0].module
+    assert type(model).__name__ == "ScaleShiftMACE"
+    path = tmp_path / "pretrained.model"
+    torch.save(model, path)  # as mace-torch saves a model (MACE-OFF's files)
+    read = load_start(path, "mace", "float64")
+    assert read.config["model"] == start.record.hyperparameters["model"]
+    assert read.checksum == hashlib.sha256(path.read_bytes()).hexdigest()
+    valid = data[1]
+    items = [(r.atomic_numbers, r.positions) for r in valid]
+    got = np.concatenate([read.potential("float64").predict_arrays(*i)[0] for i in items])
+    assert np.allclose(got, _energies(start, valid), rtol=0, atol=1e-9)
+    # fine-tuned from the file, in float32: the run remembers the file's checksum
+    spec = TrainingSpec("mace", "dev", steps=2, steps_per_round=1, init_from=path)
+    out = train(*data, spec, tmp_path / "tuned", progress=False)
+    recorded = json.loads((out / "run.json").read_text())["spec"]["init_from"]
+    assert recorded == {"checksum": read.checksum, "e0": "refit", "finetune_lr": None,
+                        "freeze": []}
+
+
+def test_e0_options_on_labels_shifted_per_element(data, pretrained):
+    """Labels = the start's own predictions + c_z per atom of element z: keep keeps the
+    start's E0s, shift recovers E0 + c, refit the least-squares E0s of the new labels."""
+    start = load_start(pretrained("mace").path, "mace", "float64")
+    offset = {1: 0.1, 6: -0.3, 7: 0.2, 8: 0.5}
+    predicted = pretrained("mace").predict(data[0])
+    shifted = [replace(r, energy=p.mean_energy + sum(offset[int(z)] for z in r.atomic_numbers))
+               for r, p in zip(data[0], predicted, strict=True)]
+    old = dict(zip(start.config["elements"], start.config["e0"], strict=True))
+    assert start.e0("keep", shifted, "float64").energies == old
+    shift = start.e0("shift", shifted, "float64")
+    assert not shift.regularised
+    for z, c in offset.items():
+        assert shift.energies[z] == pytest.approx(old[z] + c, abs=1e-8)
+    refit = start.e0("refit", shifted, "float64").energies
+    assert refit == fit_e0(shifted).energies
+    for z, c in offset.items():  # least squares is linear: the fit moves by c
+        unshifted = fit_e0([replace(r, energy=p.mean_energy)
+                            for r, p in zip(data[0], predicted, strict=True)]).energies
+        assert refit[z] == pytest.approx(unshifted[z] + c, abs=1e-8)
+
+
+def test_the_start_is_refused_in_one_line(data, pretrained, tmp_path):
+    mace = pretrained("mace").path
+    library_file = tmp_path / "mace.model"
+    torch.save(pretrained("mace").members[0].module, library_file)
+    cases = [
+        (mace, "ani", "a mace run; this run trains ani"),
+        (mace / "member-0" / "model.pt", "ani", "a mlipdiv mace model; this run trains ani"),
+        (library_file, "schnet", "a mace-torch model (ScaleShiftMACE); this run trains schnet "
+         "(graph-pes)"),
+        (mace / "member-0" / "checkpoint.pt", "mace", "not a model file"),
+        (tmp_path / "absent", "mace", "no such run directory or model file"),
+    ]
+    for path, backend, reason in cases:
+        out = tmp_path / f"refused-{backend}"
+        spec = TrainingSpec(backend, "dev", steps=1, steps_per_round=1, init_from=path)
+        with pytest.raises(FieldError) as error:
+            train(*data, spec, out, progress=False)
+        assert error.value.field == "init_from" and reason in str(error.value)
+        assert "\n" not in str(error.value) and not out.exists()
+    mace_spec = TrainingSpec("mace", "dev", steps=1, steps_per_round=1, init_from=mace)
+    for bad, field in ((dict(e0="keep", init_from=None), "e0"), (dict(e0="half"), "e0"),
+                       (dict(finetune_lr=0.0), "finetune_lr"),
+                       (dict(freeze=("nothing",)), "freeze"),
+                       (dict(freeze=("node_embedding",), init_from=None), "freeze")):
+        with pytest.raises(FieldError) as error:
+            train(*data, replace(mace_spec, **bad), tmp_path / "bad", progress=False)
+        assert error.value.field == field, bad
+    # the new labels hold an element the start does not know
+    with pytest.raises(FieldError, match="knows no S of the training data"):
+        train([labelled_record("CCS", 3)], data[1], mace_spec, tmp_path / "bad",
+              progress=False)
+
+
+def test_resuming_with_another_start_is_refused_and_freeze_holds(data, pretrained, tmp_path):
+    start = pretrained("mace")
+    spec = TrainingSpec("mace", "dev", dtype="float64", steps=2, steps_per_round=1,
+                        init_from=start.path, freeze=("node_embedding", "interactions.0"),
+                        finetune_lr=1e-3, e0="keep")
+    tuned = load_run(train(*data, spec, tmp_path / "run", progress=False))
+    assert tuned.record.hyperparameters["training"]["learning_rate"] == 1e-3
+    assert tuned.record.e0["energies_ev"] == start.record.e0["energies_ev"]
+    before, after = (dict(run.members[0].module.named_parameters()) for run in (start, tuned))
+    for name, parameter in after.items():
+        same = torch.equal(parameter, before[name])
+        assert same == name.startswith(spec.freeze), name
+    library_file = tmp_path / "mace.model"
+    torch.save(start.members[0].module, library_file)
+    with pytest.raises(FieldError, match="holds a different run"):
+        train(*data, replace(spec, init_from=library_file), tmp_path / "run", progress=False)
+    with pytest.raises(FieldError, match="holds a different run"):
+        train(*data, replace(spec, e0="refit"), tmp_path / "run", progress=False)
+    # a run from scratch records no start: its spec is as before this option existed
+    assert "init_from" not in start.record.spec
+
+
+def test_cli_train_init_from(data, pretrained, tmp_path):
+    from mlipdiv.data import write_store
+
+    write_store(tmp_path / "train.h5", data[0], "GFN2-xTB (tblite)")
+    write_store(tmp_path / "valid.h5", data[1], "GFN2-xTB (tblite)")
+    args = ["train", "--train", str(tmp_path / "train.h5"), "--valid",
+            str(tmp_path / "valid.h5"), "--model", "mace", "--size", "dev", "--steps", "1",
+            "--steps-per-round", "1", "--init-from", str(pretrained("mace").path), "--e0",
+            "shift", "--freeze", "node_embedding", "--out", str(tmp_path / "run")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    spec = json.loads((tmp_path / "run" / "run.json").read_text())["spec"]["init_from"]
+    assert (spec["e0"], spec["freeze"]) == ("shift", ["node_embedding"])
+    result = CliRunner().invoke(app, [*args[:-1], str(tmp_path / "other"), "--model", "ani"])
+    assert isinstance(result.exception, FieldError)  # `main` prints it as its flag, one line
+    assert result.exception.as_flag().startswith("--init-from ")
+    assert "a mace run; this run trains ani" in result.exception.as_flag()
