@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from dataclasses import replace
 
 import numpy as np
@@ -14,7 +15,7 @@ from conftest import labelled_record
 from typer.testing import CliRunner
 
 from mlipdiv.cli import app
-from mlipdiv.errors import FieldError
+from mlipdiv.errors import FieldError, MlipdivError
 from mlipdiv.models import (
     Schedule,
     TrainingSpec,
@@ -55,6 +56,15 @@ def pretrained(data, tmp_path_factory):
     return get
 
 
+def _save_as_mace_torch(run, path):
+    """Member 0's model saved as mace-torch saves one (and MACE-OFF ships): torch.save of the
+    module; e3nn's compiled parts warn that torch.jit.save is deprecated (not ours)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`torch.jit.save` is deprecated")
+        torch.save(run.members[0].module, path)
+    return path
+
+
 def _energies(run, records) -> np.ndarray:
     return np.concatenate([p.mean_energy for p in run.predict(records)])
 
@@ -88,8 +98,7 @@ def test_a_mace_model_file_saved_by_mace_torch_is_a_start(data, pretrained, tmp_
     start = pretrained("mace")
     model = start.members[0].module
     assert type(model).__name__ == "ScaleShiftMACE"
-    path = tmp_path / "pretrained.model"
-    torch.save(model, path)  # as mace-torch saves a model (MACE-OFF's files)
+    path = _save_as_mace_torch(start, tmp_path / "pretrained.model")
     read = load_start(path, "mace", "float64")
     assert read.config["model"] == start.record.hyperparameters["model"]
     assert read.checksum == hashlib.sha256(path.read_bytes()).hexdigest()
@@ -129,8 +138,7 @@ def test_e0_options_on_labels_shifted_per_element(data, pretrained):
 
 def test_the_start_is_refused_in_one_line(data, pretrained, tmp_path):
     mace = pretrained("mace").path
-    library_file = tmp_path / "mace.model"
-    torch.save(pretrained("mace").members[0].module, library_file)
+    library_file = _save_as_mace_torch(pretrained("mace"), tmp_path / "mace.model")
     cases = [
         (mace, "ani", "a mace run; this run trains ani"),
         (mace / "member-0" / "model.pt", "ani", "a mlipdiv mace model; this run trains ani"),
@@ -172,8 +180,7 @@ def test_resuming_with_another_start_is_refused_and_freeze_holds(data, pretraine
     for name, parameter in after.items():
         same = torch.equal(parameter, before[name])
         assert same == name.startswith(spec.freeze), name
-    library_file = tmp_path / "mace.model"
-    torch.save(start.members[0].module, library_file)
+    library_file = _save_as_mace_torch(start, tmp_path / "mace.model")
     with pytest.raises(FieldError, match="holds a different run"):
         train(*data, replace(spec, init_from=library_file), tmp_path / "run", progress=False)
     with pytest.raises(FieldError, match="holds a different run"):
@@ -199,3 +206,33 @@ def test_cli_train_init_from(data, pretrained, tmp_path):
     assert isinstance(result.exception, FieldError)  # `main` prints it as its flag, one line
     assert result.exception.as_flag().startswith("--init-from ")
     assert "a mace run; this run trains ani" in result.exception.as_flag()
+
+
+def test_study_cells_start_from_models_init_from(diverse_store, data, pretrained, tmp_path):
+    """`[models] init_from` and `e0` reach every cell's spec, and a cell trains from the
+    start (an ANI run pretrained on other molecules)."""
+    from conftest import STUDY_TOML
+
+    from mlipdiv.study import parse_config
+    from mlipdiv.study.cells import cell_tasks, train_cell
+    from mlipdiv.study.layout import StudyPaths
+    from mlipdiv.study.runner import design_step, split_step
+
+    start = pretrained("ani").path
+    text = STUDY_TOML.format(store=diverse_store).replace(
+        'size = "dev"', f'size = "dev"\ninit_from = "{start}"\ne0 = "shift"')
+    config = parse_config(text)
+    paths = StudyPaths(tmp_path / "study")
+    paths.root.mkdir()
+    split_step(config, diverse_store, paths)
+    tasks = cell_tasks(config, paths, design_step(config, paths))
+    assert tasks and {(t.spec.init_from, t.spec.e0) for t in tasks} == {(start, "shift")}
+    task = tasks[0]
+    run = load_run(train_cell(task.design, task.cell_id, replace(task.spec, steps=2,
+                                                                 steps_per_round=1),
+                              tmp_path / "cell-run", progress=False))
+    assert run.record.spec["init_from"]["e0"] == "shift"
+    assert run.record.elements == load_run(start).record.elements
+    with pytest.raises(MlipdivError, match="models.e0: only used with init_from"):
+        parse_config(STUDY_TOML.format(store=diverse_store).replace(
+            'size = "dev"', 'size = "dev"\ne0 = "keep"'))

@@ -191,7 +191,8 @@ def _read_model(path: Path, cls: type[Potential]) -> tuple[dict, dict]:
 def _library_model(path: Path) -> object:
     try:
         with quiet_warnings("Environment variable TORCH_FORCE_NO_WEIGHTS_ONLY",
-                            "The TorchScript type system", "`torch.jit.script` is deprecated"):
+                            "The TorchScript type system", "`torch.jit.script` is deprecated",
+                            "`torch.jit.load` is deprecated"):  # e3nn's compiled modules
             return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:
         raise FieldError("init_from", path, "unreadable model file "
