@@ -114,6 +114,31 @@ def test_a_mace_model_file_saved_by_mace_torch_is_a_start(data, pretrained, tmp_
                         "freeze": []}
 
 
+def test_a_graph_pes_model_file_is_a_start(data, pretrained, tmp_path):
+    """A graph-pes AdditionModel saved whole (what graph-pes's `load_model` reads), its parts
+    under the user's own names: the SchNet and its offset's E0s come back."""
+    from graph_pes.models import AdditionModel, load_model
+
+    start = pretrained("schnet")
+    parts = start.members[0].module.models
+    path = tmp_path / "schnet.pt"
+    torch.save(AdditionModel(energy_offset=parts["offset"], schnet=parts["many_body"]), path)
+    assert isinstance(load_model(path), AdditionModel)  # graph-pes's own reader takes it
+    read = load_start(path, "schnet", "float64")
+    assert read.config["model"] == start.record.hyperparameters["model"]
+    assert read.config["e0"] == pytest.approx(list(start.record.e0["energies_ev"].values()))
+    got = np.concatenate([read.potential("float64").predict_arrays(r.atomic_numbers,
+                                                                   r.positions)[0]
+                          for r in data[1]])
+    assert np.allclose(got, _energies(start, data[1]), rtol=0, atol=1e-9)
+    with pytest.raises(FieldError, match="a graph-pes model \\(AdditionModel\\); this run "
+                       "trains mace"):
+        load_start(path, "mace")
+    torch.save(parts["many_body"], tmp_path / "bare.pt")
+    with pytest.raises(FieldError, match="an AdditionModel of an energy offset and a SchNet"):
+        load_start(tmp_path / "bare.pt", "schnet")
+
+
 def test_e0_options_on_labels_shifted_per_element(data, pretrained):
     """Labels = the start's own predictions + c_z per atom of element z: keep keeps the
     start's E0s, shift recovers E0 + c, refit the least-squares E0s of the new labels."""
