@@ -26,6 +26,7 @@ from mlipdiv.models import (
     train,
 )
 from mlipdiv.models.pretrained import load_start
+from mlipdiv.models.record import RunRecord
 from mlipdiv.models.train_run import training_conformers
 from mlipdiv.models.training import fit
 
@@ -164,8 +165,13 @@ def test_e0_options_on_labels_shifted_per_element(data, pretrained):
 def test_the_start_is_refused_in_one_line(data, pretrained, tmp_path):
     mace = pretrained("mace").path
     library_file = _save_as_mace_torch(pretrained("mace"), tmp_path / "mace.model")
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    RunRecord(status="training", spec={}).write(unfinished)
     cases = [
         (mace, "ani", "a mace run; this run trains ani"),
+        (unfinished, "mace", "a run whose training has not finished"),
+        (tmp_path, "mace", "a directory without run.json: not a mlipdiv run"),
         (mace / "member-0" / "model.pt", "ani", "a mlipdiv mace model; this run trains ani"),
         (library_file, "schnet", "a mace-torch model (ScaleShiftMACE); this run trains schnet "
          "(graph-pes)"),
@@ -251,13 +257,17 @@ def test_study_cells_start_from_models_init_from(diverse_store, data, pretrained
     paths.root.mkdir()
     split_step(config, diverse_store, paths)
     tasks = cell_tasks(config, paths, design_step(config, paths))
-    assert tasks and {(t.spec.init_from, t.spec.e0) for t in tasks} == {(start, "shift")}
+    assert tasks and {(t.spec.init_from, t.spec.e0) for t in tasks} == {(start.resolve(), "shift")}
     task = tasks[0]
     run = load_run(train_cell(task.design, task.cell_id, replace(task.spec, steps=2,
                                                                  steps_per_round=1),
                               tmp_path / "cell-run", progress=False))
     assert run.record.spec["init_from"]["e0"] == "shift"
     assert run.record.elements == load_run(start).record.elements
+    # a study from scratch compares equal to one made before pretrained starts existed
+    scratch = parse_config(STUDY_TOML.format(store=diverse_store)).comparable()["models"]
+    assert not {"init_from", "e0", "finetune_lr", "freeze"} & set(scratch)
+    assert config.comparable()["models"]["e0"] == "shift"
     with pytest.raises(MlipdivError, match="models.e0: only used with init_from"):
         parse_config(STUDY_TOML.format(store=diverse_store).replace(
             'size = "dev"', 'size = "dev"\ne0 = "keep"'))

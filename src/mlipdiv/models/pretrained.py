@@ -100,7 +100,8 @@ class Start:
                              + ", ".join(chemical_symbols[z] for z in self.config["elements"])
                              + "); a start cannot learn a new element")
 
-    def e0(self, mode: str, records: Sequence[MoleculeRecord], dtype: str) -> E0Fit:
+    def e0(self, mode: str, records: Sequence[MoleculeRecord], dtype: str,
+           device: str | torch.device = "cpu") -> E0Fit:
         """The run's E0s for every element of the start, by `mode` (module docstring)."""
         old = dict(zip(self.config["elements"], map(float, self.config["e0"]), strict=True))
         if mode == "keep":
@@ -110,7 +111,7 @@ class Start:
             return E0Fit({**old, **fit.energies}, fit.regularised,
                          f"refit on the new labels: {fit.note}")
         items = [Conformer(r.atomic_numbers, xyz) for r in records for xyz in r.positions]
-        predicted = np.mean([self.potential(dtype, member=k).predict_conformers(items)[0]
+        predicted = np.mean([self.potential(dtype, device, member=k).predict_conformers(items)[0]
                              for k in range(len(self.states))], axis=0)
         labels = np.concatenate([r.energy for r in records])
         fit = fit_e0(records, labels - predicted)
@@ -130,7 +131,9 @@ def load_start(path: str | os.PathLike, backend: str, dtype: str = "float32",
         if not (path / RUN_FILE).exists():
             raise FieldError("init_from", path, f"a directory without {RUN_FILE}: not a "
                              "mlipdiv run")
-        record = RunRecord.read_complete(path)
+        record = RunRecord.read(path)
+        if not record.complete:
+            raise FieldError("init_from", path, "a run whose training has not finished")
         if record.model != backend:
             raise FieldError("init_from", path, f"a {record.model} run; this run trains "
                              f"{backend}")

@@ -182,7 +182,7 @@ def train(
     if start is not None:
         log(f"pretrained start {spec.init_from} (sha256 {start.checksum[:12]}), E0s: {spec.e0}"
             f", frozen: {', '.join(spec.freeze or ()) or 'none'}")
-    e0 = fit_e0(train) if start is None else start.e0(spec.e0, train, spec.dtype)
+    e0 = fit_e0(train) if start is None else start.e0(spec.e0, train, spec.dtype, device)
     log(f"E0 fit: {e0.note}: " + json.dumps(e0.as_dict()["energies_ev"]))
     if e0.regularised:
         _warn(f"warning: {e0.note}")

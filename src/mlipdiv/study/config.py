@@ -241,8 +241,10 @@ class ModelsConfig(_Strict):
         return self
 
     def start_options(self) -> dict:
-        """The TrainingSpec fields of the pretrained start every cell gets."""
-        return {"init_from": self.init_from, "e0": self.e0, "finetune_lr": self.finetune_lr,
+        """The TrainingSpec fields of the pretrained start every cell gets (its path made
+        absolute: workers need not share the working directory)."""
+        return {"init_from": None if self.init_from is None else self.init_from.resolve(),
+                "e0": self.e0, "finetune_lr": self.finetune_lr,
                 "freeze": tuple(self.freeze) if self.freeze else None}
 
 
@@ -375,6 +377,9 @@ class StudyBase(_Strict):
         settings = self.model_dump(mode="json", exclude={"out": True, "executor": True})
         if not self.adaptive.enabled:  # studies made before the adaptive pilot compare equal
             settings.pop("adaptive")
+        if self.models.init_from is None:  # nor do those made before pretrained starts
+            for key in self.models.start_options():
+                settings["models"].pop(key)
         for kind in experiments():  # nor do studies made before an experiment was added
             if settings.get(kind.config_key, 0) is None:
                 settings.pop(kind.config_key)

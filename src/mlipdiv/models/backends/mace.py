@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from mlipdiv.errors import FieldError
+from mlipdiv.errors import FieldError, first_line
 from mlipdiv.models.base import Batch, Conformer, Potential, quiet_warnings
 from mlipdiv.models.sizes import RunSize, TrainingSettings
 
@@ -105,7 +105,11 @@ class MacePotential(Potential):
         if type(module).__name__ != "ScaleShiftMACE":
             raise FieldError("init_from", path, f"a mace-torch {type(module).__name__}; "
                              "mlipdiv fine-tunes a ScaleShiftMACE (MACE, MACE-OFF)")
-        found = extract_config_mace_model(module)
+        try:
+            found = extract_config_mace_model(module)
+        except Exception as exc:  # a model of another mace-torch version or layout
+            raise FieldError("init_from", path, "a MACE model mlipdiv cannot read "
+                             f"({first_line(exc, with_type=True)})") from None
         hidden = lib.o3.Irreps(found["hidden_irreps"])
         channels, max_l = hidden[0].mul, max(ir.l for _, ir in hidden)
         built = (channels * lib.o3.Irreps.spherical_harmonics(max_l)).sort()[0].simplify()
