@@ -66,6 +66,13 @@ def _save_as_mace_torch(run, path):
     return path
 
 
+def _predicted(start, records) -> np.ndarray:
+    """A start's energies of `records`, in float64 (one model built: MACE's take seconds)."""
+    potential = start.potential("float64")
+    return np.concatenate([potential.predict_arrays(r.atomic_numbers, r.positions)[0]
+                           for r in records])
+
+
 def _energies(run, records) -> np.ndarray:
     return np.concatenate([p.mean_energy for p in run.predict(records)])
 
@@ -103,16 +110,14 @@ def test_a_mace_model_file_saved_by_mace_torch_is_a_start(data, pretrained, tmp_
     read = load_start(path, "mace", "float64")
     assert read.config["model"] == start.record.hyperparameters["model"]
     assert read.checksum == hashlib.sha256(path.read_bytes()).hexdigest()
-    valid = data[1]
-    items = [(r.atomic_numbers, r.positions) for r in valid]
-    got = np.concatenate([read.potential("float64").predict_arrays(*i)[0] for i in items])
-    assert np.allclose(got, _energies(start, valid), rtol=0, atol=1e-9)
+    assert np.allclose(_predicted(read, data[1]), _energies(start, data[1]), rtol=0, atol=1e-9)
     # fine-tuned from the file, in float32: the run remembers the file's checksum
     spec = TrainingSpec("mace", "dev", steps=2, steps_per_round=1, init_from=path)
     out = train(*data, spec, tmp_path / "tuned", progress=False)
     recorded = json.loads((out / "run.json").read_text())["spec"]["init_from"]
     assert recorded == {"checksum": read.checksum, "e0": "refit", "finetune_lr": None,
                         "freeze": []}
+    assert load_run(out).record.source.init_from == str(path.resolve())  # where it came from
 
 
 def test_a_graph_pes_model_file_is_a_start(data, pretrained, tmp_path):
@@ -128,10 +133,7 @@ def test_a_graph_pes_model_file_is_a_start(data, pretrained, tmp_path):
     read = load_start(path, "schnet", "float64")
     assert read.config["model"] == start.record.hyperparameters["model"]
     assert read.config["e0"] == pytest.approx(list(start.record.e0["energies_ev"].values()))
-    got = np.concatenate([read.potential("float64").predict_arrays(r.atomic_numbers,
-                                                                   r.positions)[0]
-                          for r in data[1]])
-    assert np.allclose(got, _energies(start, data[1]), rtol=0, atol=1e-9)
+    assert np.allclose(_predicted(read, data[1]), _energies(start, data[1]), rtol=0, atol=1e-9)
     with pytest.raises(FieldError, match="a graph-pes model \\(AdditionModel\\); this run "
                        "trains mace"):
         load_start(path, "mace")
@@ -194,7 +196,7 @@ def test_the_start_is_refused_in_one_line(data, pretrained, tmp_path):
             train(*data, replace(mace_spec, **bad), tmp_path / "bad", progress=False)
         assert error.value.field == field, bad
     # the new labels hold an element the start does not know
-    with pytest.raises(FieldError, match="knows no S of the training data"):
+    with pytest.raises(FieldError, match="knows no S of the training or validation data"):
         train([labelled_record("CCS", 3)], data[1], mace_spec, tmp_path / "bad",
               progress=False)
 

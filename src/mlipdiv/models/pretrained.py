@@ -90,13 +90,13 @@ class Start:
         return potential
 
     def check_elements(self, records: Sequence[MoleculeRecord]) -> None:
-        """FieldError("init_from") when the training data hold an element the start lacks."""
+        """FieldError("init_from") when the data hold an element the start lacks."""
         missing = sorted({int(z) for r in records for z in r.atomic_numbers}
                          - set(self.config["elements"]))
         if missing:
             raise FieldError("init_from", self.path, "knows no "
                              + ", ".join(chemical_symbols[z] for z in missing)
-                             + " of the training data (it knows "
+                             + " of the training or validation data (it knows "
                              + ", ".join(chemical_symbols[z] for z in self.config["elements"])
                              + "); a start cannot learn a new element")
 

@@ -163,7 +163,7 @@ def train(
     start = None
     if spec.init_from is not None:
         start = load_start(spec.init_from, spec.model, spec.dtype, spec.freeze)
-        start.check_elements(train)
+        start.check_elements([*train, *valid])
         chosen = replace(chosen, model=start.config["model"])  # the start's architecture
     recorded = _recorded_spec(spec, chosen, schedule, train, valid)
     if start is not None:
@@ -205,10 +205,17 @@ def train(
         n_valid=sum(r.n_conformers for r in valid), members=members["summaries"],
         wall_time_s=members["seconds"] + (time.perf_counter() - started
                                           - members["session_seconds"]),
-        versions=_versions(spec.model), source=DataSource(**(source or {})),
+        versions=_versions(spec.model), source=DataSource(**_source(source, start)),
     ).write(out)
     log(f"run complete: {json.dumps([m.model_dump(mode='json') for m in members['summaries']])}")
     return out
+
+
+def _source(source: dict | None, start: Start | None) -> dict:
+    """The run record's source: the caller's, and the pretrained start's path when there is
+    one (its checksum is in the spec)."""
+    extra = {} if start is None else {"init_from": str(start.path.resolve())}
+    return {**(source or {}), **extra}
 
 
 def _recorded_spec(spec: TrainingSpec, chosen: RunSize, schedule: Schedule,
