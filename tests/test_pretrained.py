@@ -66,9 +66,10 @@ def _save_as_mace_torch(run, path):
     return path
 
 
-def _predicted(start, records) -> np.ndarray:
-    """A start's energies of `records`, in float64 (one model built: MACE's take seconds)."""
-    potential = start.potential("float64")
+def _predicted(start, records, e0=None) -> np.ndarray:
+    """A start's energies of `records` (with E0s `e0` in place of its own), in float64 (one
+    model built: MACE's take seconds)."""
+    potential = start.potential("float64", e0=e0)
     return np.concatenate([potential.predict_arrays(r.atomic_numbers, r.positions)[0]
                            for r in records])
 
@@ -156,6 +157,9 @@ def test_e0_options_on_labels_shifted_per_element(data, pretrained):
     assert not shift.regularised
     for z, c in offset.items():
         assert shift.energies[z] == pytest.approx(old[z] + c, abs=1e-8)
+    # the shifted E0s go into the model: the start with them predicts the new labels
+    labels = np.concatenate([r.energy for r in shifted])
+    assert np.allclose(_predicted(start, shifted, shift.energies), labels, rtol=0, atol=1e-8)
     refit = start.e0("refit", shifted, "float64").energies
     assert refit == fit_e0(shifted).energies
     for z, c in offset.items():  # least squares is linear: the fit moves by c
