@@ -44,6 +44,19 @@ def train(
     mask_missing_forces: bool = typer.Option(
         False, "--mask-missing-forces", help="Train conformers that have energies but no "
         "forces on their energy alone (force term masked)."),
+    init_from: Path | None = typer.Option(
+        None, "--init-from", help="Start from a pretrained model of the same backend: a "
+        "mlipdiv run directory, its member-K/model.pt, or a MACE .model file saved by "
+        "mace-torch."),
+    e0: str = typer.Option(
+        "refit", "--e0", help="With init_from, the E0s: refit (least squares on the new "
+        "training labels), keep (the pretrained model's) or shift (the pretrained's plus a "
+        "per-element fit of the new labels' residual)."),
+    finetune_lr: float | None = typer.Option(
+        None, "--finetune-lr", help="With init_from, the learning rate (default: the size's)."),
+    freeze: list[str] | None = typer.Option(
+        None, "--freeze", help="With init_from, parameter-name prefixes kept fixed, e.g. "
+        "node_embedding."),
 ) -> None:
     """Train a model of any backend (or an ensemble) on a design cell or on two files."""
     from mlipdiv.models import TrainingSpec, read_records
@@ -53,7 +66,8 @@ def train(
     spec = TrainingSpec(model=model, size=size, ensemble=ensemble, seed=seed,
                         dtype="float64" if float64 else "float32", device=device,
                         epochs=epochs, steps=steps, steps_per_round=steps_per_round,
-                        mask_missing_forces=mask_missing_forces)
+                        mask_missing_forces=mask_missing_forces, init_from=init_from, e0=e0,
+                        finetune_lr=finetune_lr, freeze=tuple(freeze) if freeze else None)
     if design is not None and cell is not None and train_file is None and valid_file is None:
         path = train_cell(design, cell, spec, out)
     elif train_file is not None and valid_file is not None and design is None and cell is None:

@@ -25,7 +25,7 @@ from ase.data import chemical_symbols
 
 from mlipdiv.atomic import atomic_path
 from mlipdiv.data.store import MoleculeRecord
-from mlipdiv.errors import MlipdivError, first_line
+from mlipdiv.errors import FieldError, MlipdivError, first_line
 from mlipdiv.models.sizes import SIZES, RunSize
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -125,7 +125,7 @@ class Committee:
 
 # every concrete Potential subclass, by backend name (filled as each class is defined)
 REGISTERED: dict[str, type[Potential]] = {}
-DECLARED = ("backend", "library", "cutoff_key", "sizes")
+DECLARED = ("backend", "library", "cutoff_key", "sizes", "e0_key")
 
 
 class Potential(ABC):
@@ -134,7 +134,9 @@ class Potential(ABC):
     A backend subclass declares, as class attributes checked when the class is defined:
     `backend` (the name users give: `--model`, `models.architectures`), `library` (the
     distribution whose model it is; its version goes into run.json), `cutoff_key` (the model
-    hyperparameter that is the cutoff radius, Å) and `sizes` (a RunSize per name in SIZES).
+    hyperparameter that is the cutoff radius, Å), `sizes` (a RunSize per name in SIZES) and
+    `e0_key` (the module's state_dict entry holding the E0s, which a pretrained start
+    replaces: `models.pretrained`).
     Defining it registers it (`mlipdiv.models.registry`).
 
     `config` holds everything needed to rebuild the module: elements, E0s (eV, in element
@@ -145,6 +147,7 @@ class Potential(ABC):
     library: ClassVar[str]
     cutoff_key: ClassVar[str]
     sizes: ClassVar[dict[str, RunSize]]
+    e0_key: ClassVar[str]
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -177,6 +180,17 @@ class Potential(ABC):
         self.device = torch.device(device)
         with default_dtype(self.dtype):
             self.module = self.build_module().to(self.device)
+
+    @classmethod
+    def library_start(cls, module: torch.nn.Module, path: str | os.PathLike) -> tuple[dict,
+                                                                                    dict]:
+        """The `config` (elements, E0s, model hyperparameters, stats) and state_dict that
+        rebuild a model saved by this backend's library (`torch.save(model)`), for a
+        pretrained start; FieldError("init_from") when the backend reads no such file or the
+        architecture is not one it builds. A backend that reads its library's files
+        overrides this."""
+        raise FieldError("init_from", path, f"a {cls.library} {type(module).__name__} file: a "
+                         f"{cls.backend} start is a mlipdiv run or its member-K/model.pt")
 
     # ---- what a backend provides
     @abstractmethod

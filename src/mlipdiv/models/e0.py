@@ -42,13 +42,16 @@ def composition_matrix(records: Sequence[MoleculeRecord], elements: Sequence[int
     return np.array(rows, dtype=np.float64)
 
 
-def fit_e0(records: Sequence[MoleculeRecord]) -> E0Fit:
-    """Least-squares E0s over all labelled conformers of `records` (the training set)."""
+def fit_e0(records: Sequence[MoleculeRecord], energies: np.ndarray | None = None) -> E0Fit:
+    """Least-squares E0s over all labelled conformers of `records` (the training set); of
+    `energies` (one per conformer, in record order) instead of their labels when given (a
+    pretrained start's residuals: `models.pretrained`)."""
     if not records or not all(r.labelled for r in records):
         raise MlipdivError("E0 fit: the training set must be non-empty and labelled")
     elements = sorted({int(z) for r in records for z in r.atomic_numbers})
     counts = composition_matrix(records, elements)
-    energies = np.concatenate([r.energy for r in records])
+    if energies is None:
+        energies = np.concatenate([r.energy for r in records])
     rank = np.linalg.matrix_rank(counts)
     if rank == len(elements):
         solution = np.linalg.lstsq(counts, energies, rcond=None)[0]

@@ -8,6 +8,7 @@ flags (`epochs` as `--epochs`), the study as its config keys.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 
@@ -17,6 +18,9 @@ from mlipdiv.models.base import DTYPES
 from mlipdiv.models.registry import run_size
 from mlipdiv.models.sizes import RunSize
 from mlipdiv.models.training import Schedule
+
+# how a pretrained start's E0s meet the new labels' (TrainingSpec.e0; models.pretrained)
+E0_MODES = ("refit", "keep", "shift")
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,16 @@ class TrainingSpec:
                                          "every this many steps.")
     mask_missing_forces: bool = option(False, "Train conformers that have energies but no "
                                        "forces on their energy alone (force term masked).")
+    init_from: Path | None = option(None, "Start from a pretrained model of the same backend: "
+                                    "a mlipdiv run directory, its member-K/model.pt, or a "
+                                    "MACE .model file saved by mace-torch.")
+    e0: str = option("refit", "With init_from, the E0s: refit (least squares on the new "
+                     "training labels), keep (the pretrained model's) or shift (the "
+                     "pretrained's plus a per-element fit of the new labels' residual).")
+    finetune_lr: float | None = option(None, "With init_from, the learning rate (default: "
+                                       "the size's).")
+    freeze: tuple[str, ...] | None = option(None, "With init_from, parameter-name prefixes "
+                                            "kept fixed, e.g. node_embedding.")
 
     def run_size(self) -> RunSize:
         """The backend's hyperparameters at `size`, with the `epochs` cap when given; a
@@ -58,7 +72,27 @@ class TrainingSpec:
             raise FieldError("ensemble", self.ensemble, "must be at least 1")
         check_seed(self.seed)
         check_seed(self.seed + self.ensemble - 1, "seed")  # the last member's
-        return chosen
+        return self._check_start(chosen)
+
+    def _check_start(self, chosen: RunSize) -> RunSize:
+        """`chosen` with the fine-tuning learning rate; FieldError for a start option that
+        has no start or a bad value (the start itself is read by `models.pretrained`)."""
+        if self.e0 not in E0_MODES:
+            raise FieldError("e0", repr(self.e0), f"choose from {', '.join(E0_MODES)}")
+        if self.init_from is None:
+            given = [name for name, default in (("e0", "refit"), ("finetune_lr", None),
+                                                ("freeze", None))
+                     if getattr(self, name) != default]
+            if given:
+                raise FieldError(given[0], getattr(self, given[0]), "only with init_from "
+                                 "(a pretrained start)")
+            return chosen
+        if self.finetune_lr is None:
+            return chosen
+        if not self.finetune_lr > 0:
+            raise FieldError("finetune_lr", self.finetune_lr, "must be > 0")
+        return replace(chosen, training=replace(chosen.training,
+                                                learning_rate=self.finetune_lr))
 
     def schedule(self, chosen: RunSize, n_train: int) -> tuple[Schedule, str]:
         """The run's Schedule for `n_train` training conformers and its policy: "steps" when

@@ -14,6 +14,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from mlipdiv.errors import FieldError, MlipdivError
 from mlipdiv.locking import locks_output
 from mlipdiv.models.base import Conformer, conformers
 from mlipdiv.models.e0 import fit_e0
+from mlipdiv.models.pretrained import Start, freeze_parameters, load_start
 from mlipdiv.models.record import (
     COMPLETE,
     RUN_FILE,
@@ -148,7 +150,9 @@ def train(
     `spec.epochs` (default: the size's) epochs of this training set, one round each.
     `on_epoch(member, stats)` is called after every round's checkpoint.
     Conformers without forces are refused unless `spec.mask_missing_forces`, which trains them
-    on their energy alone (their force term masked); conformers without labels are refused."""
+    on their energy alone (their force term masked); conformers without labels are refused.
+    With `spec.init_from` every member starts from the pretrained model, its E0s reconciled
+    by `spec.e0` (`models.pretrained`)."""
     started = time.perf_counter()
     chosen = spec.run_size()
     device = resolve_device(spec.device)  # before the run directory is made
@@ -156,7 +160,14 @@ def train(
     n_train = sum(r.n_conformers for r in train)
     schedule, policy = spec.schedule(chosen, n_train)
     out = Path(out)
+    start = None
+    if spec.init_from is not None:
+        start = load_start(spec.init_from, spec.model, spec.dtype, spec.freeze)
+        start.check_elements([*train, *valid])
+        chosen = replace(chosen, model=start.config["model"])  # the start's architecture
     recorded = _recorded_spec(spec, chosen, schedule, train, valid)
+    if start is not None:
+        recorded["init_from"] = start.record(spec.e0, spec.finetune_lr, spec.freeze)
     existing = _open_run(out, recorded)
     if existing is not None and existing.complete:
         return out
@@ -168,17 +179,20 @@ def train(
     log("hyperparameters " + json.dumps(chosen.as_dict()))
     log(f"schedule ({policy}): {schedule.max_steps} steps, validated every "
         f"{schedule.steps_per_round} ({schedule.max_rounds} rounds at most)")
-    e0 = fit_e0(train)
+    if start is not None:
+        log(f"pretrained start {spec.init_from} (sha256 {start.checksum[:12]}), E0s: {spec.e0}"
+            f", frozen: {', '.join(spec.freeze or ()) or 'none'}")
+    e0 = fit_e0(train) if start is None else start.e0(spec.e0, train, spec.dtype, device)
     log(f"E0 fit: {e0.note}: " + json.dumps(e0.as_dict()["energies_ev"]))
     if e0.regularised:
         _warn(f"warning: {e0.note}")
     elements = sorted(e0.energies)
     config = {"elements": elements, "e0": [e0.energies[z] for z in elements],
               "model": chosen.model, "dtype": spec.dtype,
-              "stats": training_statistics(train,
-                                           potential_class(spec.model).cutoff(chosen.model))}
+              "stats": start.config["stats"] if start is not None else training_statistics(
+                  train, potential_class(spec.model).cutoff(chosen.model))}
     members = _train_members(train, valid, config, chosen, schedule, out, recorded, device,
-                             progress, log, on_epoch)
+                             progress, log, on_epoch, start, spec.freeze)
     RunRecord(
         status=COMPLETE, spec=recorded, model=spec.model, size=spec.size,
         hyperparameters=chosen.as_dict(),
@@ -191,10 +205,17 @@ def train(
         n_valid=sum(r.n_conformers for r in valid), members=members["summaries"],
         wall_time_s=members["seconds"] + (time.perf_counter() - started
                                           - members["session_seconds"]),
-        versions=_versions(spec.model), source=DataSource(**(source or {})),
+        versions=_versions(spec.model), source=DataSource(**_source(source, start)),
     ).write(out)
     log(f"run complete: {json.dumps([m.model_dump(mode='json') for m in members['summaries']])}")
     return out
+
+
+def _source(source: dict | None, start: Start | None) -> dict:
+    """The run record's source: the caller's, and the pretrained start's path when there is
+    one (its checksum is in the spec)."""
+    extra = {} if start is None else {"init_from": str(start.path.resolve())}
+    return {**(source or {}), **extra}
 
 
 def _recorded_spec(spec: TrainingSpec, chosen: RunSize, schedule: Schedule,
@@ -214,7 +235,8 @@ def _recorded_spec(spec: TrainingSpec, chosen: RunSize, schedule: Schedule,
 
 
 def _train_members(train, valid, config, chosen: RunSize, schedule: Schedule, out: Path,
-                   spec: dict, device: str, progress: bool, log: RunLog, on_epoch) -> dict:
+                   spec: dict, device: str, progress: bool, log: RunLog, on_epoch,
+                   start: Start | None = None, freeze: Sequence[str] | None = None) -> dict:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
@@ -231,7 +253,12 @@ def _train_members(train, valid, config, chosen: RunSize, schedule: Schedule, ou
             member_dir = out / f"member-{member}"
             member_dir.mkdir(exist_ok=True)
             torch.manual_seed(member_seed)
-            potential = cls(config, device)
+            if start is None:
+                potential = cls(config, device)
+            else:  # the start's weights with the run's E0s, some of them fixed
+                e0 = dict(zip(config["elements"], config["e0"], strict=True))
+                potential = start.potential(spec["dtype"], device, e0, member)
+                freeze_parameters(potential.module, freeze)
             if prepared is None:  # graphs / neighbour lists once per run, shared by members
                 prepared = (potential.prepare_all(training_conformers(train)),
                             potential.prepare_all(training_conformers(valid)))

@@ -108,7 +108,8 @@ def cell_tasks(config: StudyConfig, paths: StudyPaths, designs: list[Path],
                     model=model, size=config.models.size, ensemble=config.models.ensemble,
                     seed=seed, dtype=config.models.dtype, device=config.models.device,
                     steps=schedule[model]["steps"],
-                    steps_per_round=schedule[model]["steps_per_round"])
+                    steps_per_round=schedule[model]["steps_per_round"],
+                    **config.models.start_options())
                 tasks.append(CellTask(
                     design=str(design_path.resolve()), cell_id=cell.id,
                     run_dir=str(paths.run(shared, model).resolve()),

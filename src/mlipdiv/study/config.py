@@ -214,12 +214,39 @@ class ModelsConfig(_Strict):
     # optimiser steps of every cell (the same for all, so cells differ only in their data);
     # None = what the study's largest cell needs for the size's epochs at its batch size
     steps: int | None = _declared(TrainingSpec, "steps", ge=1, le=MAX_STEPS)
+    # a pretrained start of every cell (models.pretrained); the path as the working directory
+    # sees it
+    init_from: PathValue | None = _declared(TrainingSpec, "init_from")
+    e0: Literal["refit", "keep", "shift"] = _declared(TrainingSpec, "e0")
+    finetune_lr: float | None = _declared(TrainingSpec, "finetune_lr", gt=0)
+    freeze: list[str] | None = _declared(TrainingSpec, "freeze")
 
     @model_validator(mode="after")
     def _distinct(self) -> ModelsConfig:
         if not self.architectures or len(set(self.architectures)) != len(self.architectures):
             raise ValueError("architectures must list distinct models")
         return self
+
+    @model_validator(mode="after")
+    def _start(self, info: ValidationInfo) -> ModelsConfig:
+        if self.init_from is None:
+            given = [key for key, default in (("e0", "refit"), ("finetune_lr", None),
+                                              ("freeze", None)) if getattr(self, key) != default]
+            if given:
+                raise ConfigKeyError(given[0], "only used with init_from (a pretrained start)")
+        elif len(self.architectures) > 1:
+            raise ConfigKeyError("init_from", "a model of one backend: list one architecture")
+        elif (info.context or {}).get("this_machine", True) and not self.init_from.exists():
+            raise ConfigKeyError("init_from", f"{self.init_from}: no such run directory or "
+                                 "model file")
+        return self
+
+    def start_options(self) -> dict:
+        """The TrainingSpec fields of the pretrained start every cell gets (its path made
+        absolute: workers need not share the working directory)."""
+        return {"init_from": None if self.init_from is None else self.init_from.resolve(),
+                "e0": self.e0, "finetune_lr": self.finetune_lr,
+                "freeze": tuple(self.freeze) if self.freeze else None}
 
 
 class ExecutorConfig(_Strict):
@@ -361,6 +388,9 @@ class StudyBase(_Strict):
         settings = self.model_dump(mode="json", exclude={"out": True, "executor": True})
         if not self.adaptive.enabled:  # studies made before the adaptive pilot compare equal
             settings.pop("adaptive")
+        if self.models.init_from is None:  # nor do those made before pretrained starts
+            for key in self.models.start_options():
+                settings["models"].pop(key)
         for kind in experiments():  # nor do studies made before an experiment was added
             if settings.get(kind.config_key, 0) is None:
                 settings.pop(kind.config_key)

@@ -56,6 +56,7 @@ class AniPotential(Potential):
     backend = "ani"
     library = "torchani"
     cutoff_key = "radial_cutoff"
+    e0_key = "e0"
     sizes = {
         "dev": RunSize("ani", "dev", dict(
             radial_cutoff=5.2, angular_cutoff=3.5, radial_shifts=8, angular_shifts=4,

@@ -33,6 +33,7 @@ import torch
 from ase import Atoms
 from ase.data import chemical_symbols
 
+from mlipdiv.errors import FieldError
 from mlipdiv.models.base import Batch, Conformer, Potential, default_dtype, quiet_warnings
 from mlipdiv.models.sizes import RunSize, TrainingSettings
 
@@ -50,8 +51,9 @@ def _graph_pes() -> SimpleNamespace:
     with _quiet():
         from graph_pes import models
         from graph_pes.atomic_graph import AtomicGraph, replace, to_batch
+        from graph_pes.models.offsets import EnergyOffset
     return SimpleNamespace(models=models, AtomicGraph=AtomicGraph, replace=replace,
-                           to_batch=to_batch)
+                           to_batch=to_batch, EnergyOffset=EnergyOffset)
 
 
 class GraphPesPotential(Potential):
@@ -60,8 +62,10 @@ class GraphPesPotential(Potential):
 
     library = "graph-pes"
     cutoff_key = "cutoff"
+    e0_key = "models.offset._offsets"
     # the submodule of the graph-pes model whose input is the per-atom invariant features
     readout: ClassVar[str] = "read_out"
+    model_class: ClassVar[str]  # the graph-pes model's class name (a file's model is one)
 
     @abstractmethod
     def build_model(self, hp: dict, symbols: list[str]) -> torch.nn.Module:
@@ -70,6 +74,49 @@ class GraphPesPotential(Potential):
     def scalars(self, model: torch.nn.Module, features: torch.Tensor) -> torch.Tensor:
         """The invariant part of the read-out's input (all of it unless a subclass says)."""
         return features
+
+    @classmethod
+    def architecture(cls, model: torch.nn.Module, path) -> dict:
+        """The size keys (hyperparameters) of a graph-pes model of this class read from a
+        file; a subclass that reads them overrides this."""
+        raise FieldError("init_from", path, f"a graph-pes {type(model).__name__} file: mlipdiv "
+                         f"reads graph-pes files of schnet only; start {cls.backend} from a "
+                         "mlipdiv run or its member-K/model.pt")
+
+    @classmethod
+    def library_start(cls, module: torch.nn.Module, path) -> tuple[dict, dict]:
+        """A graph-pes model saved whole (`torch.save(model)`, read as graph-pes's
+        `load_model` reads it): an `AdditionModel` of an energy offset (fixed or learnable:
+        its per-element values are the E0s, its elements the model's) and one model of this
+        backend's class, whose hyperparameters `architecture` reads; FieldError("init_from")
+        for another layout or model."""
+        lib = _graph_pes()
+        parts = dict(module.models.items()) if isinstance(module, lib.models.AdditionModel) \
+            else {}
+        offsets = [k for k, m in parts.items() if isinstance(m, lib.EnergyOffset)]
+        bodies = [k for k, m in parts.items() if type(m).__name__ == cls.model_class]
+        if len(parts) != 2 or len(offsets) != 1 or len(bodies) != 1:
+            shown = ", ".join(type(m).__name__ for m in parts.values()) or type(module).__name__
+            raise FieldError("init_from", path, f"a graph-pes model of {shown}; mlipdiv starts "
+                             f"{cls.backend} from an AdditionModel of an energy offset and a "
+                             f"{cls.model_class}")
+        offset, body = parts[offsets[0]]._offsets, parts[bodies[0]]
+        elements = sorted(int(z) for z in offset._accessed_Zs)
+        if not elements:
+            raise FieldError("init_from", path, "its energy offset names no element")
+        renamed = {f"models.{offsets[0]}.": "models.offset.",
+                   f"models.{bodies[0]}.": "models.many_body."}
+        state = {}
+        for key, value in module.state_dict().items():
+            for old, new in renamed.items():
+                key = new + key[len(old):] if key.startswith(old) else key
+            state[key] = value
+        config = {"elements": elements,
+                  "e0": [float(offset.detach()[z].reshape(-1)[0]) for z in elements],
+                  "model": cls.architecture(body, path),
+                  "stats": {"force_rms": float(body.scaler.per_element_scaling.detach()
+                                               .reshape(-1)[elements[0]])}}
+        return config, state
 
     def build_module(self) -> torch.nn.Module:
         lib = _graph_pes()
@@ -134,6 +181,7 @@ class SchNetPotential(GraphPesPotential):
     3 interactions and 5 Å cutoff (Gaussian expansion, 50 features)."""
 
     backend = "schnet"
+    model_class = "SchNet"
     sizes = {
         "dev": RunSize("schnet", "dev", dict(
             channels=8, expansion_features=10, layers=2, cutoff=4.0), DEV),
@@ -149,12 +197,20 @@ class SchNetPotential(GraphPesPotential):
             cutoff=hp["cutoff"], channels=hp["channels"],
             expansion_features=hp["expansion_features"], layers=hp["layers"])
 
+    @classmethod
+    def architecture(cls, model: torch.nn.Module, path) -> dict:
+        return dict(channels=int(model.chemical_embedding._embeddings.shape[1]),
+                    expansion_features=int(model.interactions[0].cfconv.filter_generator[0]
+                                           .n_features),
+                    layers=len(model.interactions), cutoff=float(model.cutoff))
+
 
 class PaiNNPotential(GraphPesPotential):
     """PaiNN (Schütt et al. 2021): standard = the paper's 128 channels, 3 layers, 20 radial
     (Bessel) features and 5 Å cutoff."""
 
     backend = "painn"
+    model_class = "PaiNN"
     sizes = {
         "dev": RunSize("painn", "dev", dict(
             channels=8, radial_features=8, layers=2, cutoff=4.0), DEV),
@@ -177,6 +233,7 @@ class NequIPPotential(GraphPesPotential):
     scalars, summed messages, 8 trainable Bessel features, 5 Å cutoff)."""
 
     backend = "nequip"
+    model_class = "NequIP"
     readout = "energy_readout"
     sizes = {
         "dev": RunSize("nequip", "dev", dict(
@@ -226,6 +283,7 @@ class TensorNetPotential(GraphPesPotential):
     message, so dev and fast's single layer sees two hops, as MACE fast's two interactions."""
 
     backend = "tensornet"
+    model_class = "TensorNet"
     readout = "energy_read_out.layer_norm"
     sizes = {
         "dev": RunSize("tensornet", "dev", dict(

@@ -16,6 +16,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
+from mlipdiv.errors import FieldError, first_line
 from mlipdiv.models.base import Batch, Conformer, Potential, quiet_warnings
 from mlipdiv.models.sizes import RunSize, TrainingSettings
 
@@ -51,6 +52,7 @@ class MacePotential(Potential):
     backend = "mace"
     library = "mace-torch"
     cutoff_key = "r_max"
+    e0_key = "atomic_energies_fn.atomic_energies"
     sizes = {
         "dev": RunSize("mace", "dev", dict(
             num_channels=8, max_L=0, max_ell=1, correlation=2, num_interactions=2, r_max=4.0,
@@ -88,6 +90,53 @@ class MacePotential(Potential):
                 gate=torch.nn.functional.silu, radial_MLP=list(hp["radial_mlp"]),
                 atomic_inter_scale=self.config["stats"]["force_rms"], atomic_inter_shift=0.0,
             )
+
+    @classmethod
+    def library_start(cls, module: torch.nn.Module, path) -> tuple[dict, dict]:
+        """A mace-torch `ScaleShiftMACE` saved whole (`torch.save(model)`, as MACE-OFF ships)
+        read back as mlipdiv's config: its elements, E0s (atomic energies), architecture (in
+        the sizes' keys), scale (as `force_rms`) and avg_num_neighbors; its state_dict
+        (scale and shift included) then loads into the module mlipdiv builds. One head,
+        residual interactions and hidden irreps `channels x (0e + 1o + ... up to max_L)`
+        (what `mace_run_train --model MACE` builds), or FieldError("init_from")."""
+        lib = _mace()
+        from mace.tools.scripts_utils import extract_config_mace_model
+
+        if type(module).__name__ != "ScaleShiftMACE":
+            raise FieldError("init_from", path, f"a mace-torch {type(module).__name__}; "
+                             "mlipdiv fine-tunes a ScaleShiftMACE (MACE, MACE-OFF)")
+        try:
+            found = extract_config_mace_model(module)
+        except Exception as exc:  # a model of another mace-torch version or layout
+            raise FieldError("init_from", path, "a MACE model mlipdiv cannot read "
+                             f"({first_line(exc, with_type=True)})") from None
+        hidden = lib.o3.Irreps(found["hidden_irreps"])
+        channels, max_l = hidden[0].mul, max(ir.l for _, ir in hidden)
+        built = (channels * lib.o3.Irreps.spherical_harmonics(max_l)).sort()[0].simplify()
+        interactions = (found["interaction_cls_first"].__name__,
+                        found["interaction_cls"].__name__)
+        energies = np.asarray(found["atomic_energies"], dtype=float)
+        why = [reason for reason, bad in (
+            (f"hidden irreps {hidden}", str(hidden) != str(built)),
+            (f"interactions {', '.join(interactions)}", interactions != (
+                "RealAgnosticInteractionBlock", "RealAgnosticResidualInteractionBlock")),
+            (f"{len(found['heads'])} heads", len(found["heads"]) != 1)) if bad]
+        if why:
+            raise FieldError("init_from", path, f"a MACE architecture mlipdiv does not build "
+                             f"({'; '.join(why)})")
+        hp = dict(num_channels=channels, max_L=max_l, max_ell=int(found["max_ell"]),
+                  correlation=int(found["correlation"]),
+                  num_interactions=int(found["num_interactions"]),
+                  r_max=float(found["r_max"]), num_radial_basis=int(found["num_bessel"]),
+                  num_cutoff_basis=int(found["num_polynomial_cutoff"]),
+                  radial_mlp=[int(w) for w in found["radial_MLP"]],
+                  mlp_irreps=str(found["MLP_irreps"]))
+        scale = float(np.asarray(found["atomic_inter_scale"]).reshape(-1)[0])
+        config = {"elements": [int(z) for z in found["atomic_numbers"]],
+                  "e0": [float(e) for e in energies.reshape(-1)], "model": hp,
+                  "stats": {"force_rms": scale,
+                            "avg_num_neighbors": float(found["avg_num_neighbors"])}}
+        return config, module.state_dict()
 
     def prepare(self, conformer: Conformer):
         forces = conformer.forces
