@@ -70,9 +70,9 @@ class MoleculeFilter:
         if self.elements is not None:
             outside = {a.GetAtomicNum() for a in mol.GetAtoms()} - self.elements
             if outside:
-                return "element outside --elements"
+                return "element outside the allowed elements"
         if not self.min_heavy_atoms <= mol.GetNumHeavyAtoms() <= self.max_heavy_atoms:
-            return "heavy atoms outside --heavy-atoms"
+            return "heavy atoms outside the allowed range"
         if self.neutral_only and Chem.GetFormalCharge(mol) != 0:
             return "charged"
         return None
