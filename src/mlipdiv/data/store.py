@@ -381,20 +381,23 @@ class ConformerStore:
         for key in self._keys if inchikeys is None else inchikeys:
             yield self.molecule(key, labels=labels)
 
-    def select(self, pairs: Iterable[tuple[str, int]]) -> Iterator[MoleculeRecord]:
+    def select(self, pairs: Iterable[tuple[str, int]],
+               labels: str | None = None) -> Iterator[MoleculeRecord]:
         """Records restricted to the given (inchikey, conformer index) pairs, grouped by
-        molecule in first-seen order."""
+        molecule in first-seen order (at label set `labels`)."""
         grouped: dict[str, list[int]] = {}
         for key, idx in pairs:
             grouped.setdefault(key, []).append(int(idx))
         for key, indices in grouped.items():
             if key not in self:
                 raise MlipdivError(f"{self.path}: molecule {key} is not in the store")
-            yield self.molecule(key, indices)
+            yield self.molecule(key, indices, labels)
 
-    def to_atoms(self, pairs: Iterable[tuple[str, int]] | None = None) -> list:
-        """A list of `ase.Atoms` for the selected conformers (all when pairs is None)."""
-        records = self.molecules() if pairs is None else self.select(pairs)
+    def to_atoms(self, pairs: Iterable[tuple[str, int]] | None = None,
+                 labels: str | None = None) -> list:
+        """A list of `ase.Atoms` for the selected conformers (all when pairs is None), with
+        the labels of set `labels` (an unlabelled conformer has no calculator)."""
+        records = self.molecules(labels=labels) if pairs is None else self.select(pairs, labels)
         return [atoms for record in records for atoms in record.to_atoms()]
 
     def checksum(self, skip: Iterable[str] = ()) -> str:
