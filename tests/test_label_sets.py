@@ -219,3 +219,24 @@ def test_wrong_uses_are_one_line_errors(store):
         result = run_cli("label", store, *args)
         assert result.returncode != 0 and message in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_a_second_level_from_another_store_is_matched_by_positions(store, tmp_path):
+    from mlipdiv.data.generate import label_store
+    from mlipdiv.data.labelsets import import_label_set
+    from mlipdiv.data.store import write_subset
+
+    relabelled, partial = tmp_path / "gfn1.h5", tmp_path / "partial.h5"
+    label_store(store, relabelled, GFN1, progress=False)
+    with ConformerStore(relabelled) as other:  # 3 of 4 molecules, conformers 2 and 0 only
+        write_subset(other, [(k, i) for k in other.inchikeys[:3] for i in (2, 0)], partial)
+    summary = import_label_set(store, "gfn1", partial)
+    assert (summary.n_molecules, summary.n_conformers) == (3, 6)
+    assert summary.skipped == {f"not in {partial}": 1, "conformers without a match": 6}
+    with ConformerStore(store) as opened, ConformerStore(relabelled) as other:
+        assert opened.label_sets()["gfn1"]["level_of_theory"] == "GFN1-xTB (tblite)"
+        key = opened.inchikeys[1]
+        record = opened.molecule(key, labels="gfn1")
+        assert record.label_mask.tolist() == [True, False, True, False]
+        np.testing.assert_array_equal(record.energy[[0, 2]], other.molecule(key).energy[[0, 2]])
+        assert opened.label_counts("gfn1")["unlabelled_molecules"] == [opened.inchikeys[3]]

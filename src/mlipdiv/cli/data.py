@@ -184,6 +184,10 @@ def label(
     n_molecules: int | None = typer.Option(
         None, "--molecules", help="With --as: label this many molecules (spread evenly over "
         "the store; default all)."),
+    from_store: Path | None = typer.Option(
+        None, "--from", help="With --as: take the set's labels from this store's default "
+        "labels (the same conformers at another level: matched by molecule and positions) "
+        "instead of computing them."),
     conformers_per_molecule: int | None = typer.Option(
         None, "--conformers-per-molecule", help="With --as: label this many conformers of "
         "each (spread evenly; default all)."),
@@ -202,6 +206,13 @@ def label(
     if (out is None) == (as_set is None):
         raise MlipdivError("label: give --out (a relabelled copy) or --as NAME (a label set "
                            "added in place), not both or neither")
+    if from_store is not None:
+        if as_set is None:
+            raise MlipdivError("label: --from goes with --as NAME (a label set added in place)")
+        from mlipdiv.data.labelsets import import_label_set
+
+        _print_summary(import_label_set(store_in, as_set, from_store), as_json)
+        return
     if as_set is not None:
         from mlipdiv.data.labelsets import add_label_set
 

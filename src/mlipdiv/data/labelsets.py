@@ -137,3 +137,43 @@ def _load_labels(directory: Path, index: int):
         return str(read_json(note, "molecule checkpoint", remedy)["reason"])
     with reading(part, "molecule checkpoint", remedy), np.load(part) as data:
         return data["indices"], data["energy"], data["forces"]
+
+
+@locks_output("store", file=True, needs=lambda a: 2 * input_size(a["store"]))
+def import_label_set(store: str | os.PathLike, name: str, other: str | os.PathLike,
+                     tolerance: float = 1e-4) -> RunSummary:
+    """Add the default labels of another store (another level of theory of the same
+    conformers: a dataset imported twice with different --energy-key/--forces-key) as label
+    set `name`. A conformer is matched by molecule and positions (every coordinate within
+    `tolerance` Angstrom); conformers without a match stay unlabelled and are counted."""
+    started = time.perf_counter()
+    check_label_set_name(name)
+    with ConformerStore(other) as source:
+        provenance = {"level_of_theory": source.level_of_theory, "imported_from": str(other)}
+        summary = RunSummary(f"label --as {name} --from {other}", str(store),
+                             source.level_of_theory)
+        labels = {}
+        with ConformerStore(store) as target:
+            for key in target.inchikeys:
+                if key not in source:
+                    summary.skipped[f"not in {other}"] += 1
+                    continue
+                numbers, positions = target.geometry(key)
+                record = source.molecule(key)
+                if not record.has_forces or not np.array_equal(record.atomic_numbers, numbers):
+                    summary.skipped[f"{other}: no forces or another atom order"] += 1
+                    continue
+                found = [np.flatnonzero(np.abs(record.positions - xyz).max(axis=(1, 2))
+                                        <= tolerance)[:1] for xyz in positions]
+                pairs = np.array([(i, hit[0]) for i, hit in enumerate(found) if len(hit)],
+                                 dtype=np.int64).reshape(-1, 2)
+                summary.skipped["conformers without a match"] += len(positions) - len(pairs)
+                if len(pairs):
+                    labels[key] = (pairs[:, 0], record.energy[pairs[:, 1]],
+                                   record.forces[pairs[:, 1]])
+                    summary.n_molecules += 1
+                    summary.n_conformers += len(pairs)
+    summary.skipped = +summary.skipped  # drop zero counts
+    write_label_set(store, name, provenance, labels)
+    summary.seconds = time.perf_counter() - started
+    return summary
