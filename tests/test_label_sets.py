@@ -15,6 +15,7 @@ import h5py
 import numpy as np
 import pytest
 from conftest import labelled_record
+from test_store_damage import run_cli
 
 import mlipdiv.data.labelsets as labelsets
 from mlipdiv.data import ConformerStore, write_store
@@ -42,11 +43,6 @@ def store(plain_store, tmp_path) -> Path:
     path = tmp_path / "store.h5"
     shutil.copy(plain_store, path)
     return path
-
-
-def run_cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", "from mlipdiv.cli import main; main()",
-                           *map(str, args)], capture_output=True, text=True, timeout=120)
 
 
 def gfn1_in_hartree_bohr(numbers, positions):
@@ -85,7 +81,7 @@ def test_two_label_sets_round_trip_in_ev_and_angstrom(store):
         assert atoms[0].get_potential_energy() == default_before[opened.inchikeys[0]].energy[0]
 
 
-def test_a_labelled_subset_is_marked_counted_and_extended(store):
+def test_a_labelled_subset_is_marked_counted_and_extended(store, monkeypatch, capsys):
     summary = add_label_set(store, "gfn1", GFN1, n_molecules=2, conformers_per_molecule=2,
                             progress=False)
     assert (summary.n_molecules, summary.n_conformers) == (2, 4)
@@ -104,12 +100,12 @@ def test_a_labelled_subset_is_marked_counted_and_extended(store):
         assert np.isnan(opened.molecule(keys[1], labels="gfn1").energy).all()
         frames = opened.to_atoms([(keys[0], 0), (keys[0], 1)], labels="gfn1")
         assert frames[0].calc is not None and frames[1].calc is None
-    info = run_cli("info", store, "--json")
-    assert info.returncode == 0, info.stderr
-    sets = json.loads(info.stdout)["label_sets"]
+    code, out, err = run_cli(monkeypatch, capsys, "info", store, "--json")
+    assert code in (0, None), err
+    sets = json.loads(out)["label_sets"]
     assert sets["gfn1"]["labelled_conformers"] == 4 and sets["default"]["labelled_conformers"] == 16
-    text = run_cli("info", store)
-    assert "4/16 conformers, 2/4" in " ".join(text.stdout.split()), text.stdout
+    _, out, _ = run_cli(monkeypatch, capsys, "info", store)
+    assert "4/16 conformers, 2/4" in " ".join(out.split()), out
     # a larger subset labels only the conformers not labelled yet
     summary = add_label_set(store, "gfn1", GFN1, conformers_per_molecule=2, progress=False)
     assert (summary.n_molecules, summary.n_conformers) == (2, 4)
@@ -165,7 +161,7 @@ def test_a_killed_labelling_resumes_with_its_finished_molecules(store, monkeypat
 
 
 @pytest.mark.parametrize("damage", ["chunk", "missing"])
-def test_damage_in_a_label_set_is_found_by_check(store, damage):
+def test_damage_in_a_label_set_is_found_by_check(store, damage, monkeypatch, capsys):
     add_label_set(store, "gfn1", GFN1, n_molecules=2, progress=False)
     with h5py.File(store, "r+") as raw:
         key = sorted(raw)[-1]
@@ -177,9 +173,9 @@ def test_damage_in_a_label_set_is_found_by_check(store, damage):
         with open(store, "r+b") as handle:
             handle.seek(offset)
             handle.write(bytes(range(17, 49)))
-    check = run_cli("info", store, "--check", "--json")
-    assert check.returncode == 1, check.stderr
-    damaged = json.loads(check.stdout)["damaged"]
+    code, out, err = run_cli(monkeypatch, capsys, "info", store, "--check", "--json")
+    assert code == 1, err
+    damaged = json.loads(out)["damaged"]
     assert list(damaged) == [key]
     assert ("labels/gfn1/energy" if damage == "chunk" else "no dataset forces") in damaged[key]
 
@@ -206,7 +202,7 @@ def test_a_tiny_dft_label_set_on_water(tmp_path):
     assert record.energy[0] == pytest.approx(mf.kernel() * EV_PER_HARTREE, rel=1e-8)
 
 
-def test_wrong_uses_are_one_line_errors(store):
+def test_wrong_uses_are_one_line_errors(store, monkeypatch, capsys):
     add_label_set(store, "gfn1", GFN1, n_molecules=1, progress=False)
     for args, message in [
         (["--method", "gfn2-xtb", "--as", "gfn1"], "label set 'gfn1' holds GFN1-xTB (tblite), "
@@ -216,9 +212,8 @@ def test_wrong_uses_are_one_line_errors(store):
         (["--out", "y.h5", "--molecules", "2"], "--molecules and --conformers-per-molecule "
                                                 "go with --as"),
     ]:
-        result = run_cli("label", store, *args)
-        assert result.returncode != 0 and message in result.stderr, result.stderr
-        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        code, _, err = run_cli(monkeypatch, capsys, "label", store, *args)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_a_second_level_from_another_store_is_matched_by_positions(store, tmp_path):
@@ -240,3 +235,23 @@ def test_a_second_level_from_another_store_is_matched_by_positions(store, tmp_pa
         assert record.label_mask.tolist() == [True, False, True, False]
         np.testing.assert_array_equal(record.energy[[0, 2]], other.molecule(key).energy[[0, 2]])
         assert opened.label_counts("gfn1")["unlabelled_molecules"] == [opened.inchikeys[3]]
+
+
+def test_a_failing_molecule_is_skipped_counted_and_left_unlabelled(store, monkeypatch):
+    from mlipdiv.data.qm import LabelError
+
+    original = labelsets.relabel
+    with ConformerStore(store) as opened:
+        bad = opened.inchikeys[2]
+
+    def failing(record, method):
+        if record.inchikey == bad:
+            raise LabelError("SCF did not converge")
+        return original(record, method)
+
+    monkeypatch.setattr(labelsets, "relabel", failing)
+    summary = add_label_set(store, "gfn1", GFN1, progress=False)
+    assert (summary.n_molecules, dict(summary.skipped)) == (3, {"SCF did not converge": 1})
+    with ConformerStore(store) as opened:
+        assert opened.label_counts("gfn1")["unlabelled_molecules"] == [bad]
+        assert opened.check() == {}
