@@ -43,6 +43,13 @@ def info(
         if stats:
             table.add_row(key, "  ".join(f"{k}={v:.4g}" for k, v in stats.items()))
     table.add_row("elements", ", ".join(f"{k}:{v}" for k, v in summary["elements"].items()))
+    for name, labels in summary["label_sets"].items():
+        unlabelled = labels["unlabelled_molecules"]
+        table.add_row(f"label set {name}", f"{labels['level_of_theory']}: "
+                      f"{labels['labelled_conformers']}/{labels['n_conformers']} conformers, "
+                      f"{labels['labelled_molecules']}/{labels['n_molecules']} molecules"
+                      + (f" (unlabelled: {', '.join(unlabelled[:3])}"
+                         f"{', ...' if len(unlabelled) > 3 else ''})" if unlabelled else ""))
     Console().print(table)
     print_damaged(summary.get("damaged_molecules", {}))
 
@@ -170,7 +177,20 @@ def generate(
 @app.command()
 def label(
     store_in: Path = typer.Argument(..., help="Store whose positions are (re)labelled."),
-    out: Path = typer.Option(..., "--out", help="Labelled store to write (.h5)."),
+    out: Path | None = typer.Option(None, "--out", help="Labelled store to write (.h5)."),
+    as_set: str | None = typer.Option(
+        None, "--as", help="Add the labels to STORE in place as this named label set (beside "
+        "the default one) instead of writing --out."),
+    n_molecules: int | None = typer.Option(
+        None, "--molecules", help="With --as: label this many molecules (spread evenly over "
+        "the store; default all)."),
+    from_store: Path | None = typer.Option(
+        None, "--from", help="With --as: take the set's labels from this store's default "
+        "labels (the same conformers at another level: matched by molecule and positions) "
+        "instead of computing them."),
+    conformers_per_molecule: int | None = typer.Option(
+        None, "--conformers-per-molecule", help="With --as: label this many conformers of "
+        "each (spread evenly; default all)."),
     method: str = typer.Option("gfn2-xtb", "--method", help="gfn2-xtb, gfn1-xtb or dft."),
     dft_level: str = typer.Option("wb97x/6-31g*", "--dft-level", help="functional/basis."),
     workers: int = typer.Option(1, "--workers", help="Worker processes (one thread each)."),
@@ -178,9 +198,33 @@ def label(
                                       help="Leave the input's damaged molecules out (counted)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
 ) -> None:
-    """Relabel every conformer of a store at another level of theory (resumable)."""
+    """Relabel every conformer of a store at another level of theory into --out, or add a
+    named label set to the store in place with --as (a subset: --molecules,
+    --conformers-per-molecule). Resumable: rerun the same command after an interruption."""
     from mlipdiv.data.generate import label_store
 
+    if (out is None) == (as_set is None):
+        raise MlipdivError("label: give --out (a relabelled copy) or --as NAME (a label set "
+                           "added in place), not both or neither")
+    if from_store is not None:
+        if as_set is None:
+            raise MlipdivError("label: --from goes with --as NAME (a label set added in place)")
+        from mlipdiv.data.labelsets import import_label_set
+
+        _print_summary(import_label_set(store_in, as_set, from_store), as_json)
+        return
+    if as_set is not None:
+        from mlipdiv.data.labelsets import add_label_set
+
+        summary = add_label_set(store_in, as_set, _qm_method(method, dft_level), n_molecules,
+                                conformers_per_molecule, workers,
+                                progress=console.is_terminal and not as_json,
+                                skip_damaged=skip_damaged)
+        _print_summary(summary, as_json)
+        return
+    if n_molecules is not None or conformers_per_molecule is not None:
+        raise MlipdivError("label: --molecules and --conformers-per-molecule go with --as "
+                           "(--out relabels every conformer)")
     summary = label_store(store_in, out, _qm_method(method, dft_level), workers,
                           progress=console.is_terminal and not as_json,
                           skip_damaged=skip_damaged)

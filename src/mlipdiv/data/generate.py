@@ -266,8 +266,10 @@ def _label_job(job: _Job) -> MoleculeRecord | str:
     return _checkpointed(job, make)
 
 
-def _checkpointed(job: _Job, make: Callable[[], MoleculeRecord]) -> MoleculeRecord | str:
-    """Run one molecule and checkpoint its record, or its skip reason; returns either."""
+def _checkpointed(job: _Job, make: Callable[[], MoleculeRecord],
+                  save: Callable[[Path, object], None] | None = None) -> MoleculeRecord | str:
+    """Run one molecule and checkpoint its record (with `save`: whatever `make` returns, as
+    `save(path, result)`), or its skip reason; returns either."""
     try:
         record = make()
     except DamagedStoreError:  # the input store, not the molecule: stop (or --skip-damaged)
@@ -277,7 +279,7 @@ def _checkpointed(job: _Job, make: Callable[[], MoleculeRecord]) -> MoleculeReco
     except Exception as exc:  # one bad molecule must never end the run
         reason = f"unexpected {first_line(exc, with_type=True)}"
     else:
-        _save_part(Path(job.parts) / f"{job.index:06d}.npz", record)
+        (save or _save_part)(Path(job.parts) / f"{job.index:06d}.npz", record)
         return record
     write_json_atomic(Path(job.parts) / f"{job.index:06d}.skip.json", {"name": job.name,
                                                                   "reason": reason})

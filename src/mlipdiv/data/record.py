@@ -29,6 +29,9 @@ class MoleculeRecord:
     temperature: np.ndarray = field(default=None)  # type: ignore[assignment]
     source: np.ndarray = field(default=None)  # type: ignore[assignment]
     flags: np.ndarray = field(default=None)  # type: ignore[assignment]
+    # which conformers carry labels, for a record read at a named label set of which only a
+    # subset is labelled (the others have NaN energy and forces); None: all (or none) are
+    label_mask: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.atomic_numbers = np.asarray(self.atomic_numbers, dtype=np.int64)
@@ -55,6 +58,16 @@ class MoleculeRecord:
         return self.energy is not None
 
     @property
+    def n_labelled(self) -> int:
+        """Conformers with labels (all when labelled and no `label_mask`, else the mask's)."""
+        if not self.labelled:
+            return 0
+        return self.n_conformers if self.label_mask is None else int(self.label_mask.sum())
+
+    def is_labelled(self, index: int) -> bool:
+        return self.labelled and (self.label_mask is None or bool(self.label_mask[index]))
+
+    @property
     def has_forces(self) -> bool:
         return self.forces is not None
 
@@ -76,11 +89,19 @@ class MoleculeRecord:
             raise MlipdivError(f"{where}: non-finite positions")
         if self.energy is None and self.forces is not None:
             raise MlipdivError(f"{where}: forces without energies")
+        mask = slice(None)
+        if self.label_mask is not None:
+            self.label_mask = np.asarray(self.label_mask, dtype=bool).reshape(-1)
+            if self.label_mask.shape != (n_conf,) or self.energy is None:
+                raise MlipdivError(f"{where}: label mask of {len(self.label_mask)} for "
+                                   f"{n_conf} conformers" + (" without energies"
+                                                             if self.energy is None else ""))
+            mask = self.label_mask
         if self.energy is not None:
             self.energy = np.asarray(self.energy, dtype=np.float64).reshape(-1)
             if self.energy.shape != (n_conf,):
                 raise MlipdivError(f"{where}: {len(self.energy)} energies for {n_conf} conformers")
-            if not np.isfinite(self.energy).all():
+            if not np.isfinite(self.energy[mask]).all():
                 raise MlipdivError(f"{where}: non-finite energy or forces")
         if self.forces is not None:
             self.forces = np.asarray(self.forces, dtype=np.float64)
@@ -89,7 +110,7 @@ class MoleculeRecord:
                     f"{where}: forces shape {self.forces.shape} does not match positions "
                     f"{self.positions.shape}"
                 )
-            if not np.isfinite(self.forces).all():
+            if not np.isfinite(self.forces[mask]).all():
                 raise MlipdivError(f"{where}: non-finite energy or forces")
         for name in (*PROVENANCE_STR, "temperature"):
             if len(getattr(self, name)) != n_conf:
@@ -110,6 +131,7 @@ class MoleculeRecord:
             self.temperature[idx],
             self.source[idx],
             self.flags[idx],
+            None if self.label_mask is None else self.label_mask[idx],
         )
 
     def to_atoms(self) -> list:
@@ -127,7 +149,7 @@ class MoleculeRecord:
                     atoms.info[name] = value
             if np.isfinite(self.temperature[i]):
                 atoms.info["temperature"] = float(self.temperature[i])
-            if self.labelled:
+            if self.is_labelled(i):
                 atoms.calc = SinglePointCalculator(
                     atoms, energy=float(self.energy[i]),
                     **({"forces": self.forces[i].copy()} if self.has_forces else {}))
@@ -150,4 +172,7 @@ def concatenate(records: list[MoleculeRecord]) -> MoleculeRecord:
         np.concatenate([r.forces for r in records]) if labelled and with_forces else None,
         *(np.concatenate([getattr(r, k) for r in records]) for k in
           ("sampler", "temperature", "source", "flags")),
+        label_mask=np.concatenate([np.ones(r.n_conformers, bool) if r.label_mask is None
+                                   else r.label_mask for r in records])
+        if labelled and any(r.label_mask is not None for r in records) else None,
     )

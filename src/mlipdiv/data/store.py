@@ -13,6 +13,17 @@ Layout::
         forces              (n_conf, n_atoms, 3)  eV/Angstrom (absent: positions or energies only)
         sampler, source, flags  (n_conf,)         str   provenance per conformer
         temperature         (n_conf,)             K (NaN where not applicable)
+        labels/<name>/      a named label set beside the default one (energy, forces above):
+            energy          (n_conf,)             eV          (NaN where not labelled)
+            forces          (n_conf, n_atoms, 3)  eV/Angstrom (NaN where not labelled)
+            labelled        (n_conf,)             bool        which conformers carry the set
+    root attr label_sets    JSON {name: {level_of_theory, method, created_by}} of the named
+                            sets (absent: the store has the default set only); every molecule
+                            has a group for every named set, all unlabelled if need be
+
+A conformer not labelled at a named set is explicit (NaN and `labelled` False), so a subset of
+the conformers can carry an expensive level of theory; `ConformerStore.molecule(key,
+labels=name)` reads a molecule at a set (the default set when `labels` is None or "default").
 
 Reading is lazy (one molecule group at a time). Writing goes to a temporary file that is
 renamed over the target only when complete, so a store is never left half-written. Numeric
@@ -33,7 +44,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
+import re
+import shutil
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -60,6 +74,12 @@ STR_DTYPE = h5py.string_dtype("utf-8")
 HDF5_DAMAGE = (KeyError, OSError, RuntimeError, ValueError, TypeError, IndexError)
 # the datasets every molecule group has (energy and forces are optional)
 REQUIRED_DATASETS = ("atomic_numbers", "positions", *PROVENANCE_STR, "temperature")
+# the named label sets: a group per molecule, their provenance in a root attribute
+LABELS_GROUP = "labels"
+LABEL_SETS_ATTR = "label_sets"
+LABEL_SET_DATASETS = ("energy", "forces", "labelled")
+DEFAULT_LABELS = "default"
+LABEL_SET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
 RESTORE = "restore it from a good copy or rerun the command that wrote it"
 DAMAGE_REMEDY = (f"{RESTORE} "
                  "(`mlipdiv info STORE --check` lists every damaged molecule; profile, label "
@@ -171,9 +191,22 @@ class ConformerStore:
         if missing:
             raise DamagedStoreError(self.path, f"molecule {key}",
                                     f"no dataset {', '.join(missing)}", key)
-        for name in sorted(names):
+        for name in sorted(names - {LABELS_GROUP}):
             with self._in_molecule(key, name):
                 group[name][()]
+        for labels in self._named_sets():
+            where = f"{LABELS_GROUP}/{labels}"
+            with self._in_molecule(key, where):
+                sets = group[LABELS_GROUP][labels]
+                present = set(sets.keys())
+            missing = [n for n in LABEL_SET_DATASETS if n not in present]
+            if missing:
+                raise DamagedStoreError(self.path, f"molecule {key} (label set '{labels}')",
+                                        f"no dataset {', '.join(missing)}", key)
+            for name in LABEL_SET_DATASETS:
+                with self._in_molecule(key, f"{where}/{name}"):
+                    sets[name][()]
+            self.molecule(key, labels=labels)  # shapes, and finite where labelled
         record = self.molecule(key)
         if not np.all((record.atomic_numbers >= 1) & (record.atomic_numbers <= 118)):
             raise DamagedStoreError(self.path, f"molecule {key} (dataset 'atomic_numbers')",
@@ -188,6 +221,49 @@ class ConformerStore:
     def level_of_theory(self) -> str:
         with self._reading("the store's attributes"):
             return str(self._file.attrs.get("level_of_theory", "unknown"))
+
+    def label_sets(self) -> dict[str, dict]:
+        """{name: provenance} of the store's label sets, the default set ("default": the
+        store's level_of_theory) first; provenance holds at least `level_of_theory`."""
+        default = {"level_of_theory": self.level_of_theory}
+        return {DEFAULT_LABELS: default, **self._named_sets()}
+
+    def _named_sets(self) -> dict[str, dict]:
+        with self._reading(f"the store's attributes ('{LABEL_SETS_ATTR}')"):
+            text = _plain(self._file.attrs.get(LABEL_SETS_ATTR, "{}"))
+            sets = json.loads(text)
+            if not isinstance(sets, dict):
+                raise ValueError(f"'{LABEL_SETS_ATTR}' is not a JSON object")
+        return sets
+
+    def _label_set_name(self, labels: str | None) -> str | None:
+        """None for the default set; a named set's name, checked to exist."""
+        if labels is None or labels == DEFAULT_LABELS:
+            return None
+        if labels not in self._named_sets():
+            raise MlipdivError(f"{self.path}: no label set '{labels}' (the store has "
+                               f"{', '.join(self.label_sets())})")
+        return labels
+
+    def label_mask(self, inchikey: str, labels: str | None = None) -> np.ndarray:
+        """Which conformers of a molecule carry the label set (default: the default set)."""
+        name = self._label_set_name(labels)
+        group = self._group(inchikey)
+        if name is None:
+            with self._in_molecule(inchikey, "energy"):
+                return np.full(self.n_conformers(inchikey), "energy" in group)
+        with self._in_molecule(inchikey, f"{LABELS_GROUP}/{name}/labelled"):
+            return group[LABELS_GROUP][name]["labelled"][()].astype(bool)
+
+    def label_counts(self, labels: str | None = None) -> dict:
+        """Conformers and molecules labelled at a set, of how many; `unlabelled_molecules`
+        names the molecules with no labelled conformer."""
+        masks = {key: self.label_mask(key, labels) for key in self._keys}
+        return {"labelled_conformers": int(sum(m.sum() for m in masks.values())),
+                "n_conformers": int(sum(len(m) for m in masks.values())),
+                "labelled_molecules": sum(1 for m in masks.values() if m.any()),
+                "n_molecules": len(masks),
+                "unlabelled_molecules": [k for k, m in masks.items() if not m.any()]}
 
     @property
     def inchikeys(self) -> list[str]:
@@ -242,8 +318,13 @@ class ConformerStore:
                 n_conf = int(group["positions"].shape[0])
             yield key, smiles, numbers, n_conf
 
-    def molecule(self, inchikey: str, conformers: Iterable[int] | None = None) -> MoleculeRecord:
-        """Load one molecule, optionally only the listed conformer indices (in that order)."""
+    def molecule(self, inchikey: str, conformers: Iterable[int] | None = None,
+                 labels: str | None = None) -> MoleculeRecord:
+        """Load one molecule, optionally only the listed conformer indices (in that order),
+        with the energies and forces of label set `labels` (None: the default set). At a
+        named set the record's `label_mask` says which conformers are labelled (the others
+        have NaN energy and forces)."""
+        name = self._label_set_name(labels)
         group = self._group(inchikey)
         n_conf = self.n_conformers(inchikey)
         if conformers is None:
@@ -259,48 +340,64 @@ class ConformerStore:
             # h5py fancy indexing needs increasing unique indices; reorder afterwards.
             sel, order = np.unique(idx, return_inverse=True)
 
-        def read(name):
-            with self._in_molecule(inchikey, name):
-                data = group[name][sel] if len(group[name].shape) else group[name][()]
+        def read(name, where=group, prefix=""):
+            with self._in_molecule(inchikey, prefix + name):
+                data = where[name][sel] if len(where[name].shape) else where[name][()]
             return data if order is None else data[order]
 
         with self._in_molecule(inchikey):
             labelled = "energy" in group
             with_forces = "forces" in group
             attrs = {k: _plain(v) for k, v in group.attrs.items()}
+        mask = None
+        if name is not None:
+            prefix = f"{LABELS_GROUP}/{name}/"
+            with self._in_molecule(inchikey, prefix[:-1]):
+                where = group[LABELS_GROUP][name]
+            mask = read("labelled", where, prefix).astype(bool)
+            energy, forces = read("energy", where, prefix), read("forces", where, prefix)
+            if energy.shape != mask.shape or forces.shape[:1] != mask.shape:
+                raise DamagedStoreError(self.path, f"molecule {inchikey} (label set "
+                                        f"'{name}')", "datasets of different lengths", inchikey)
+            labelled = with_forces = True
         return MoleculeRecord(
             inchikey=inchikey,
             smiles=str(attrs.get("smiles", "")),
             formula=str(attrs.get("formula", "")),
             atomic_numbers=self.atomic_numbers(inchikey),
             positions=read("positions"),
-            energy=read("energy") if labelled else None,
-            forces=read("forces") if with_forces else None,
+            energy=(energy if mask is not None else read("energy")) if labelled else None,
+            forces=(forces if mask is not None else read("forces")) if with_forces else None,
             sampler=_decode(read("sampler")),
             temperature=read("temperature"),
             source=_decode(read("source")),
             flags=_decode(read("flags")),
+            label_mask=mask,
         )
 
-    def molecules(self, inchikeys: Iterable[str] | None = None) -> Iterator[MoleculeRecord]:
-        """Iterate molecules lazily, one group in memory at a time."""
+    def molecules(self, inchikeys: Iterable[str] | None = None,
+                  labels: str | None = None) -> Iterator[MoleculeRecord]:
+        """Iterate molecules lazily, one group in memory at a time (at label set `labels`)."""
         for key in self._keys if inchikeys is None else inchikeys:
-            yield self.molecule(key)
+            yield self.molecule(key, labels=labels)
 
-    def select(self, pairs: Iterable[tuple[str, int]]) -> Iterator[MoleculeRecord]:
+    def select(self, pairs: Iterable[tuple[str, int]],
+               labels: str | None = None) -> Iterator[MoleculeRecord]:
         """Records restricted to the given (inchikey, conformer index) pairs, grouped by
-        molecule in first-seen order."""
+        molecule in first-seen order (at label set `labels`)."""
         grouped: dict[str, list[int]] = {}
         for key, idx in pairs:
             grouped.setdefault(key, []).append(int(idx))
         for key, indices in grouped.items():
             if key not in self:
                 raise MlipdivError(f"{self.path}: molecule {key} is not in the store")
-            yield self.molecule(key, indices)
+            yield self.molecule(key, indices, labels)
 
-    def to_atoms(self, pairs: Iterable[tuple[str, int]] | None = None) -> list:
-        """A list of `ase.Atoms` for the selected conformers (all when pairs is None)."""
-        records = self.molecules() if pairs is None else self.select(pairs)
+    def to_atoms(self, pairs: Iterable[tuple[str, int]] | None = None,
+                 labels: str | None = None) -> list:
+        """A list of `ase.Atoms` for the selected conformers (all when pairs is None), with
+        the labels of set `labels` (an unlabelled conformer has no calculator)."""
+        records = self.molecules(labels=labels) if pairs is None else self.select(pairs, labels)
         return [atoms for record in records for atoms in record.to_atoms()]
 
     def checksum(self, skip: Iterable[str] = ()) -> str:
@@ -511,6 +608,74 @@ def write_subset(
 ) -> int:
     """Copy the selected (inchikey, conformer) pairs of a store into a new store."""
     return write_store(path, store.select(pairs), store.level_of_theory)
+
+
+def check_label_set_name(name: str) -> None:
+    """A named label set: letters, digits and _.+- (not "default", the store's own set)."""
+    if name == DEFAULT_LABELS or not LABEL_SET_NAME.fullmatch(name):
+        raise MlipdivError(f"label set name '{name}': use letters, digits and _.+- (up to 64, "
+                           f"not '{DEFAULT_LABELS}', the store's own labels)")
+
+
+def write_label_set(
+    path: str | os.PathLike, name: str, provenance: dict,
+    labels: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+) -> None:
+    """Add (or extend) label set `name` of a store in place, atomically: the store is copied
+    to a temporary sibling, the set written there and the copy renamed over the store (a
+    crash keeps the old store or the whole new one). `labels` maps a molecule to (conformer
+    indices, energies (eV), forces (eV/Angstrom)) of those conformers; conformers labelled
+    before keep their labels unless given again, molecules not given get an all-unlabelled
+    group. An existing set of another level of theory is refused."""
+    path = Path(path)
+    check_label_set_name(name)
+    with ConformerStore(path) as store:
+        sets = store._named_sets()
+        known = sets.get(name, provenance)["level_of_theory"]
+        if known != provenance["level_of_theory"]:
+            raise MlipdivError(f"{path}: label set '{name}' holds {known}, not "
+                               f"{provenance['level_of_theory']}; choose another --as name")
+        missing = sorted(set(labels) - set(store.inchikeys))
+    if missing:
+        raise MlipdivError(f"{path}: molecule {missing[0]} is not in the store")
+    remove_stale_temporaries(path)
+    tmp = temporary_sibling(path)
+    try:
+        with disk_full_is_an_error(path):
+            shutil.copyfile(path, tmp)
+            with h5py.File(tmp, "r+") as file:
+                for key in file:
+                    _write_label_group(file[key], name, labels.get(key))
+                file.attrs[LABEL_SETS_ATTR] = json.dumps({**sets, name: provenance})
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_label_group(group: h5py.Group, name: str, labels) -> None:
+    """Create the molecule's group of label set `name` (unlabelled) if new, then write the
+    given (indices, energies, forces)."""
+    n_conf, n_atoms = group["positions"].shape[:2]
+    sets = group.require_group(LABELS_GROUP)
+    if name not in sets:
+        target = sets.create_group(name)
+        for dataset, shape, fill in (("energy", (n_conf,), np.nan),
+                                     ("forces", (n_conf, n_atoms, 3), np.nan),
+                                     ("labelled", (n_conf,), False)):
+            target.create_dataset(dataset, data=np.full(shape, fill), fletcher32=True,
+                                  dtype=bool if dataset == "labelled" else np.float64)
+    if labels is None:
+        return
+    target = sets[name]
+    indices, energy, forces = labels
+    indices = np.asarray(indices, dtype=np.int64)
+    mask, stored_energy, stored_forces = (target[d][()] for d in
+                                          ("labelled", "energy", "forces"))
+    mask[indices], stored_energy[indices], stored_forces[indices] = True, energy, forces
+    target["labelled"][...], target["energy"][...] = mask, stored_energy
+    target["forces"][...] = stored_forces
 
 
 def export_extxyz(

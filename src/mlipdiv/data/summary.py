@@ -24,7 +24,8 @@ def _stats(values: np.ndarray) -> dict:
 def summarize(store: ConformerStore) -> dict:
     """Molecules, conformers, conformers-per-molecule and atoms distributions, elements,
     energy (eV/atom) and force (eV/Angstrom) statistics, level of theory, flagged conformers,
-    and which conformers carry which labels (`labels`: energy+forces, energy only, none)."""
+    and which conformers carry which labels (`labels`: energy+forces, energy only, none;
+    `label_sets`: each label set's provenance and labelled conformers and molecules)."""
     counts = store.conformer_counts()
     per_mol = np.array(list(counts.values()), dtype=float)
     atoms_per_mol, energies_per_atom, force_norms = [], [], []
@@ -54,6 +55,8 @@ def summarize(store: ConformerStore) -> dict:
         "force_norm_ev_per_angstrom": _stats(np.concatenate(force_norms)) if force_norms else {},
         "flagged_conformers": flagged,
         "labels": dict(labels),
+        "label_sets": {name: {**provenance, **store.label_counts(name)}
+                       for name, provenance in store.label_sets().items()},
         "source_units": {k[len("source_"):-len("_unit")]: v for k, v in store.attrs.items()
                          if k.startswith("source_") and k.endswith("_unit")},
         "created_by": store.attrs.get("created_by", ""),
