@@ -219,7 +219,7 @@ def test_wrong_uses_are_one_line_errors(store, monkeypatch, capsys):
 def test_a_second_level_from_another_store_is_matched_by_positions(store, tmp_path):
     from mlipdiv.data.generate import label_store
     from mlipdiv.data.labelsets import import_label_set
-    from mlipdiv.data.store import write_subset
+    from mlipdiv.data.store_writer import write_subset
 
     relabelled, partial = tmp_path / "gfn1.h5", tmp_path / "partial.h5"
     label_store(store, relabelled, GFN1, progress=False)

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from mlipdiv.data import ConformerStore, MoleculeRecord, QMMethod, write_store, write_subset
-from mlipdiv.data.store import StoreWriter, export_extxyz
+from mlipdiv.data.store import export_extxyz
+from mlipdiv.data.store_writer import StoreWriter
 from mlipdiv.errors import MlipdivError
 
 

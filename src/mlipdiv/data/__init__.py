@@ -7,14 +7,8 @@ from mlipdiv.data.identity import Identity, PerceptionError, perceive
 from mlipdiv.data.importer import ImportSummary, import_dataset
 from mlipdiv.data.qm import LabelError, QMMethod
 from mlipdiv.data.sources import MoleculeFilter
-from mlipdiv.data.store import (
-    ConformerStore,
-    MoleculeRecord,
-    StoreWriter,
-    export_extxyz,
-    write_store,
-    write_subset,
-)
+from mlipdiv.data.store import ConformerStore, MoleculeRecord, export_extxyz
+from mlipdiv.data.store_writer import StoreWriter, write_store, write_subset
 
 __all__ = [
     "ConformerStore",

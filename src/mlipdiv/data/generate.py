@@ -39,7 +39,8 @@ from mlipdiv.data.importer import MISMATCH_FLAG
 from mlipdiv.data.qm import LabelError, QMMethod
 from mlipdiv.data.sampling import SAMPLERS, SamplingError, prepare_molecule, sample_conformers
 from mlipdiv.data.sources import MoleculeEntry, MoleculeFilter, describe_source, select_molecules
-from mlipdiv.data.store import ConformerStore, DamagedStoreError, MoleculeRecord, StoreWriter
+from mlipdiv.data.store import ConformerStore, DamagedStoreError, MoleculeRecord
+from mlipdiv.data.store_writer import StoreWriter
 from mlipdiv.declare import option
 from mlipdiv.errors import FieldError, MlipdivError, check_seed, first_line
 from mlipdiv.files import read_json, reading

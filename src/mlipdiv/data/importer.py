@@ -70,7 +70,8 @@ from mlipdiv.data.identity import (
     skeleton,
     template_identity,
 )
-from mlipdiv.data.store import MoleculeRecord, StoreWriter
+from mlipdiv.data.store import MoleculeRecord
+from mlipdiv.data.store_writer import StoreWriter
 from mlipdiv.errors import MlipdivError
 from mlipdiv.locking import input_size, locks_output
 

@@ -7,7 +7,7 @@ the new conformers. Molecules run in parallel worker processes like `generate` a
 each finished molecule is checkpointed atomically in `<store>.labels-<name>.parts/` (its
 conformer indices, energies and forces), so a run killed at any point and started again with
 the same command computes only the molecules without a checkpoint. When all are done the set
-is written in one atomic rewrite of the store (`store.write_label_set`) and the parts removed.
+is written in one atomic rewrite of the store (`store_writer.write_label_set`) and the parts removed.
 A molecule that fails is skipped with its reason and counted; its conformers stay unlabelled.
 """
 
@@ -31,7 +31,8 @@ from mlipdiv.data.generate import (
     relabel,
 )
 from mlipdiv.data.qm import QMMethod
-from mlipdiv.data.store import ConformerStore, check_label_set_name, write_label_set
+from mlipdiv.data.store import ConformerStore
+from mlipdiv.data.store_writer import check_label_set_name, write_label_set
 from mlipdiv.errors import MlipdivError
 from mlipdiv.files import read_json, reading
 from mlipdiv.locking import input_size, locks_output
