@@ -7,7 +7,8 @@ the new conformers. Molecules run in parallel worker processes like `generate` a
 each finished molecule is checkpointed atomically in `<store>.labels-<name>.parts/` (its
 conformer indices, energies and forces), so a run killed at any point and started again with
 the same command computes only the molecules without a checkpoint. When all are done the set
-is written in one atomic rewrite of the store (`store_writer.write_label_set`) and the parts removed.
+is written in one atomic rewrite of the store (`store_writer.write_label_set`) and the parts
+removed.
 A molecule that fails is skipped with its reason and counted; its conformers stay unlabelled.
 """
 
