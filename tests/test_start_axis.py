@@ -94,7 +94,19 @@ def test_a_study_with_two_starts(diverse_store, pretrained, tmp_path):
     assert {f["model"] for f in fits["fits"]} == {"ani/scratch", "ani/pretrained"}
     advice = json.loads((out / "advice.json").read_text())["advice"]
     assert {a["model"] for a in advice} == {"ani/scratch", "ani/pretrained"}
+    auroc = pd.read_csv(out / "domain" / "auroc.csv")  # the domain step runs per start too
+    assert set(auroc.model) == {"ani/scratch", "ani/pretrained"}
     html = report.read_text()
     assert "Does pretraining move the optimum?" in html and "Starts at budget 12" in html
     assert "Verdict:" in html and "Architectures compared" not in html
     assert {"starts_cf", "starts_st"} <= {p.stem for p in (out / "figures").glob("starts_*")}
+    # verify checks one (model, start) of the advice, trained from that start only
+    from mlipdiv.errors import FieldError
+    from mlipdiv.study.verify import run_verify
+
+    with pytest.raises(FieldError, match="ani/scratch"):
+        run_verify(out, 12, replicates=1, model="ani", progress=False)
+    result = run_verify(out, 12, replicates=1, model="ani/pretrained", progress=False)
+    assert result.model == "ani/pretrained"
+    runs = list((out / "verify" / "N12" / "runs").glob("*/*/run.json"))
+    assert runs and all("init_from" in json.loads(r.read_text())["spec"] for r in runs)
