@@ -99,6 +99,7 @@ def test_a_study_with_two_starts(diverse_store, pretrained, tmp_path):
     html = report.read_text()
     assert "Does pretraining move the optimum?" in html and "Starts at budget 12" in html
     assert "Verdict:" in html and "Architectures compared" not in html
+    assert "trained from scratch and from the pretrained start" in html
     assert {"starts_cf", "starts_st"} <= {p.stem for p in (out / "figures").glob("starts_*")}
     # verify checks one (model, start) of the advice, trained from that start only
     from mlipdiv.errors import FieldError

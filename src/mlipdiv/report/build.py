@@ -173,6 +173,9 @@ def setup_sentences(view: StudyView) -> list[str]:
     experiments = [kind.describe(section, results[results.experiment == kind.name])
                    for kind, section in config.experiment_sections().items()]
     models = ", ".join(f"{m} ({config.models.size})" for m in config.models.architectures)
+    if len(config.models.starts()) > 1:
+        models += (f", each trained from scratch and from the pretrained start "
+                   f"{config.models.init_from} (e0 {config.models.e0}) on the same cells")
     runs = results.drop_duplicates("run")  # cells sharing an identical training count once
     n_runs = len(runs)
     schedule = "; ".join(
