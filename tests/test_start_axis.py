@@ -66,6 +66,24 @@ def test_start_config(diverse_store, pretrained):
                         ).model.tolist() == ["ani/pretrained"]
 
 
+def test_start_verdicts_from_the_intervals():
+    """The section's verdict on constructed advice: "moves" when the starts' intervals are
+    disjoint, "same within intervals" when they overlap."""
+    from test_report import _advice
+
+    from mlipdiv.report.architectures import optimum_comparison
+
+    moves = optimum_comparison([_advice("ani/scratch", 4, (3, 5), 6, (5, 8)),
+                                _advice("ani/pretrained", 12, (10, 16), 2, (1, 2))],
+                               "start", "moves")
+    assert "Starts at budget 24" in moves[0] and "Verdict: moves" in moves[0]
+    assert "depends on the start" in moves[0] and "ani/scratch vs ani/pretrained" in moves[0]
+    same = optimum_comparison([_advice("ani/scratch", 4, (3, 8), 6, (3, 8)),
+                               _advice("ani/pretrained", 6, (4, 10), 4, (2, 6))],
+                              "start", "moves")
+    assert "Verdict: same within intervals" in same[0]
+
+
 def test_a_study_with_two_starts(diverse_store, pretrained, tmp_path):
     """Scratch and pretrained ANI on the same cells with the same steps: distinct runs and
     cell results, a `start` column, fits and advice per start, and the report's section
