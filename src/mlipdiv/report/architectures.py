@@ -1,7 +1,9 @@
 """The report's architecture comparison, drawn when a study trains several model families:
 error vs M and vs C per architecture on one figure per test set, the advised (M*, C*) per
 architecture with its interval, and a sentence computed from those intervals saying whether
-the best split between molecules and conformers depends on the architecture."""
+the best split between molecules and conformers depends on the architecture. The same
+comparison answers "Does pretraining move the optimum?" for a study with several starts
+(`[models] start`), whose models are then "ani/scratch" and "ani/pretrained"."""
 
 from __future__ import annotations
 
@@ -67,11 +69,13 @@ def _optimum(item: Advice) -> str:
             f"({item.conformers_interval[0]}–{item.conformers_interval[1]}), {state}")
 
 
-def optimum_comparison(advice: list[Advice]) -> list[str]:
-    """Per selection with several architectures, one verdict computed from the 95 % intervals
-    of their advised (M*, C*): "differs" when two determined optima's intervals are disjoint,
-    "not determined: run K more cells" when an optimum is not determined (K = the distinct
-    cells its Thompson sampling names), else "same within intervals"."""
+def optimum_comparison(advice: list[Advice], noun: str = "architecture",
+                       differs: str = "differs") -> list[str]:
+    """Per selection with several architectures (or starts: `noun`), one verdict computed
+    from the 95 % intervals of their advised (M*, C*): `differs` when two determined optima's
+    intervals are disjoint, "not determined: run K more cells" when an optimum is not
+    determined (K = the distinct cells its Thompson sampling names), else "same within
+    intervals"."""
     lines = []
     by_selection: dict[str, list[Advice]] = {}
     for item in advice:
@@ -88,14 +92,14 @@ def optimum_comparison(advice: list[Advice]) -> list[str]:
         budget = f"budget {items[0].budget:g}, {selection}"
         if differ:
             pairs = ", ".join(f"{a} vs {b}" for a, b in differ)
-            verdict = (f"differs: the advised split differs between architectures beyond the "
+            verdict = (f"{differs}: the advised split differs between {noun}s beyond the "
                        f"95 % intervals ({pairs}), so the best balance of molecules and "
-                       "conformers depends on the architecture here")
+                       f"conformers depends on the {noun} here")
         elif undetermined:
             cells = {(m, c) for item in undetermined for m, c, _ in item.next_cells}
             names = ", ".join(item.model for item in undetermined)
             verdict = (f"not determined: the optimum of {names} is not determined, so "
-                       "whether it depends on the architecture cannot be said; run "
+                       f"whether it depends on the {noun} cannot be said; run "
                        f"{max(len(cells), 1)} more cell(s) (mlipdiv refine STUDY --cells "
                        f"{max(len(cells), 1)}" + (": " + ", ".join(
                            f"M = {m} × C = {c}" for m, c in sorted(cells)) if cells else "")
@@ -103,27 +107,42 @@ def optimum_comparison(advice: list[Advice]) -> list[str]:
         else:
             verdict = ("same within intervals: the 95 % intervals of the advised splits "
                        "overlap, so these data do not show that the best balance of "
-                       "molecules and conformers depends on the architecture")
-        lines.append(f"Architectures at {budget}: {optima}. Verdict: {verdict}.")
+                       f"molecules and conformers depends on the {noun}")
+        lines.append(f"{noun.capitalize()}s at {budget}: {optima}. Verdict: {verdict}.")
     return lines
 
 
-def architectures_section(view) -> Section | None:
-    """The comparison, or None when the study trained one architecture."""
-    if view.results.model.nunique() < 2:
-        return None
+def comparison_section(view, title: str, noun: str, differs: str = "differs") -> Section:
+    """The optima of the study's models (architectures, or one architecture's starts:
+    `noun`) compared from their intervals, with their curves on one figure per test set."""
     metric = view.metric
     cells = view.cell_summary(metric)
-    lines = optimum_comparison(view.advice) or [
-        "No advice was fitted for several architectures, so their optima are not compared."]
-    section = Section("Architectures compared", "<ul>" + "".join(
+    lines = optimum_comparison(view.advice, noun, differs) or [
+        f"No advice was fitted for several {noun}s, so their optima are not compared."]
+    section = Section(title, "<ul>" + "".join(
         f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>")
     for split in cells.split.unique():
         figure = architecture_curves(cells, split, metric)
         if figure is not None:
             section.figures.append((
-                f"architectures_{split}",
-                f"{split_name(split)}: {metric_label(metric)} per architecture vs each "
+                f"{noun}s_{split}",
+                f"{split_name(split)}: {metric_label(metric)} per {noun} vs each "
                 "experiment's varied axis (M or C), random selection, mean over "
                 "replicates with 95 % CI (hierarchical bootstrap)", figure))
     return section
+
+
+def architectures_section(view) -> Section | None:
+    """The comparison, or None when the study trained one architecture."""
+    if len(set(view.results.model.str.split("/").str[0])) < 2:
+        return None
+    return comparison_section(view, "Architectures compared", "architecture")
+
+
+def starts_section(view) -> Section | None:
+    """Does pretraining move the optimum? The scratch and pretrained starts' optima compared
+    (verdict "moves" / "same within intervals" / "not determined"), or None when the study
+    trained from one start."""
+    if len(view.config.models.starts()) < 2:
+        return None
+    return comparison_section(view, "Does pretraining move the optimum?", "start", "moves")

@@ -29,7 +29,7 @@ from mlipdiv.metrics.stats import is_root_metric, metric_label
 from mlipdiv.models import load_run
 from mlipdiv.report import figures
 from mlipdiv.report.adaptive_section import adaptive_section
-from mlipdiv.report.architectures import architectures_section
+from mlipdiv.report.architectures import architectures_section, starts_section
 from mlipdiv.report.findings import (
     advice_findings,
     selection_findings,
@@ -40,7 +40,7 @@ from mlipdiv.report.sections import Section, drawn, log
 from mlipdiv.report.tables import cell_summary, load_public_datasets, metric_terms
 from mlipdiv.study.adaptive import CELL_PREFIX as ADAPTIVE_CELL_PREFIX
 from mlipdiv.study.advise import Advice
-from mlipdiv.study.cells import with_placement_columns
+from mlipdiv.study.cells import label_starts, model_label, with_placement_columns
 from mlipdiv.study.config import StudyConfig, load_config
 from mlipdiv.study.fit import load_fits
 from mlipdiv.study.layout import RESTART_REMEDY, RESULTS_REMEDY, StudyPaths
@@ -86,13 +86,15 @@ class StudyView:
         if not self.paths.results_parquet.exists():
             raise MlipdivError(f"{root}: no results.parquet; run `mlipdiv study` first")
         self.config: StudyConfig = load_config(self.paths.config, this_machine=False)
-        self.results = with_placement_columns(read_parquet(
-            self.paths.results_parquet, "study results", RESULTS_REMEDY))
+        # per (model, start) where the study has several starts ("ani/pretrained")
+        starts = self.config.models.starts()
+        self.results = label_starts(with_placement_columns(read_parquet(
+            self.paths.results_parquet, "study results", RESULTS_REMEDY)), starts)
         if not self.paths.results_molecules.exists():
             raise MlipdivError(f"{self.paths.results_molecules}: missing; rerun `mlipdiv study` "
                                "(with --force if it was made by an older version)")
-        self.molecules = read_parquet(self.paths.results_molecules, "per-molecule results",
-                                      RESULTS_REMEDY)
+        self.molecules = label_starts(read_parquet(
+            self.paths.results_molecules, "per-molecule results", RESULTS_REMEDY), starts)
         self.metric = self.config.advice.metric
         self.fits, self.skipped = (load_fits(self.paths.fit) if self.paths.fit.exists()
                                    else ([], ["the study has no fit step output"]))
@@ -171,6 +173,9 @@ def setup_sentences(view: StudyView) -> list[str]:
     experiments = [kind.describe(section, results[results.experiment == kind.name])
                    for kind, section in config.experiment_sections().items()]
     models = ", ".join(f"{m} ({config.models.size})" for m in config.models.architectures)
+    if len(config.models.starts()) > 1:
+        models += (f", each trained from scratch and from the pretrained start "
+                   f"{config.models.init_from} (e0 {config.models.e0}) on the same cells")
     runs = results.drop_duplicates("run")  # cells sharing an identical training count once
     n_runs = len(runs)
     schedule = "; ".join(
@@ -245,7 +250,8 @@ def _parity_data(view: StudyView, cell: str, model: str):
 def parity_section(view: StudyView) -> Section:
     """Parity plots for the best and worst cells (weighted error of the first model)."""
     weights = view.config.advice.weights
-    model = view.config.models.architectures[0]
+    starts = view.config.models.starts()
+    model = model_label(view.config.models.architectures[0], starts[0], starts)
     rows = view.results[(view.results.model == model) & view.results.split.isin(list(weights))]
     if rows.empty:
         return Section("Parity: best and worst cells", "<p>No scored cells to show.</p>")
@@ -478,6 +484,7 @@ def domain_section(view: StudyView) -> Section | None:
 SECTIONS = [
     ("The experiments", _experiment_section),
     ("Architectures compared", architectures_section),
+    ("Does pretraining move the optimum?", starts_section),
     ("Error surface and budget advice", _surface_section),
     ("Adaptive pilot", adaptive_section),
     ("Does the advice hold?", verify_section),

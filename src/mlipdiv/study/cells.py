@@ -14,6 +14,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, replace
+from itertools import product
 from pathlib import Path
 
 import pandas as pd
@@ -59,6 +60,8 @@ class CellTask:
     spec: TrainingSpec
     shares_run_of: str | None = None  # the cell whose identical training set this reuses
     run_design: str = ""  # design file of the cell the run is trained for (this or shared)
+    start: str = "scratch"  # the start trained from (config.models.start)
+    label: str = ""  # the model in results, fits and advice (model_label); "" = spec.model
     # GPUs the local executor reserves per cell (a Ray task's are its placement's)
     gpus: float = 0.0
 
@@ -81,11 +84,29 @@ def train_cell(design_path: str | os.PathLike, cell_id: str, spec: TrainingSpec,
     return train(train_records, valid_records, spec, out, source=source, progress=progress)
 
 
-def training_set_key(cell, model: str, seed: int) -> str:
-    """What makes two trainings the same: conformers, validation conformers, model, seed."""
+def training_set_key(cell, model: str, seed: int, start: str = "scratch") -> str:
+    """What makes two trainings the same: conformers, validation conformers, model, seed,
+    start."""
     content = json.dumps([sorted(map(list, cell.train)), sorted(map(list, cell.valid)), model,
-                          seed])
+                          seed, start])
     return hashlib.sha256(content.encode()).hexdigest()
+
+
+def model_label(model: str, start: str, starts: list[str]) -> str:
+    """The model as results, fits and advice name it: "ani" in a study with one start,
+    "ani/pretrained" where it has several (so every per-model grouping is per start)."""
+    return f"{model}/{start}" if len(starts) > 1 else model
+
+
+def label_starts(table: pd.DataFrame, starts: list[str]) -> pd.DataFrame:
+    """Result rows (or per-molecule terms) with a `start` column (rows written before it
+    read as the study's single start) and their model labelled by start (model_label)."""
+    table = table.copy()
+    table["start"] = table["start"].fillna(starts[0]) if "start" in table else starts[0]
+    if len(starts) > 1 and "model" in table:
+        table["model"] = [model_label(m.split("/")[0], s, starts)
+                          for m, s in zip(table.model, table.start, strict=True)]
+    return table
 
 
 def cell_tasks(config: StudyConfig, paths: StudyPaths, designs: list[Path],
@@ -97,26 +118,30 @@ def cell_tasks(config: StudyConfig, paths: StudyPaths, designs: list[Path],
     the study's own) what they are scored on."""
 
     schedule = config.training_schedule()
+    starts = config.models.starts()
     tasks, first_run = [], {}
     for design_path in designs:
         for cell in load_design(design_path).cells:
-            for model in config.models.architectures:
+            for model, start in product(config.models.architectures, starts):
                 seed = config.seed + seed_offset + cell.replicate
-                key = training_set_key(cell, model, seed)
+                key = training_set_key(cell, model, seed, start)
                 shared, run_design = first_run.setdefault(key, (cell.id, design_path))
                 spec = TrainingSpec(
                     model=model, size=config.models.size, ensemble=config.models.ensemble,
                     seed=seed, dtype=config.models.dtype, device=config.models.device,
                     steps=schedule[model]["steps"],
                     steps_per_round=schedule[model]["steps_per_round"],
-                    **config.models.start_options())
+                    **config.models.start_options(start))
+                # one start keeps the plain paths (studies made before `start` resume)
+                named = start if len(starts) > 1 else None
                 tasks.append(CellTask(
                     design=str(design_path.resolve()), cell_id=cell.id,
-                    run_dir=str(paths.run(shared, model).resolve()),
-                    result_path=str(paths.cell_result(cell.id, model).resolve()),
+                    run_dir=str(paths.run(shared, model, named).resolve()),
+                    result_path=str(paths.cell_result(cell.id, model, named).resolve()),
                     splits=str((splits or paths.splits).resolve()), spec=spec,
                     shares_run_of=None if shared == cell.id else shared,
-                    run_design=str(run_design.resolve())))
+                    run_design=str(run_design.resolve()), start=start,
+                    label=model_label(model, start, starts)))
     return tasks
 
 
@@ -133,12 +158,13 @@ def run_cell(task: CellTask) -> dict:
                          replace(task.spec, device=device), task.run_dir, progress=False)
     columns = {**cell_columns(cell), **training_columns(run_dir), "shares_run_of":
                task.shares_run_of or "", "node": current_placement().node,
-               "task_device": device_label}
+               "task_device": device_label, "start": task.start}
     rows, molecules = [], []
     for record, terms in score_run(run_dir, task.splits, device):
         rows.append({**record.model_dump(), **columns})
-        molecules += [{"cell": cell.id, "model": task.spec.model, "replicate": cell.replicate,
-                       "split": record.split, **term} for term in terms]
+        molecules += [{"cell": cell.id, "model": task.spec.model, "start": task.start,
+                       "replicate": cell.replicate, "split": record.split, **term}
+                      for term in terms]
     write_json_atomic(Path(task.result_path), {"rows": rows, "molecules": molecules})
     return {"seconds": time.perf_counter() - started,
             "errors": {row["split"]: row["energy_mae_mev_per_atom"] for row in rows}}
@@ -193,7 +219,7 @@ def execute(config: StudyConfig, tasks: list[CellTask], progress: bool) -> list[
         todo = [replace(t, gpus=gpus) for t in todo]
     # Cells that reuse another cell's run go after it, so one run is never trained twice at
     # once.
-    phases = [[(f"{t.cell_id} [{t.spec.model}]", (t,)) for t in todo
+    phases = [[(f"{t.cell_id} [{t.label or t.spec.model}]", (t,)) for t in todo
                if (t.shares_run_of is None) == first] for first in (True, False)]
 
     def completions():
@@ -256,9 +282,13 @@ def cell_result(task: CellTask) -> dict | None:
 def read_cell_results(tasks: list[CellTask]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The finished tasks' result rows and per-molecule error terms."""
     rows, molecules = [], []
-    for payload in filter(None, map(cell_result, tasks)):
-        rows += payload["rows"]
-        molecules += payload["molecules"]
+    for task in tasks:
+        payload = cell_result(task)
+        if payload is None:
+            continue
+        # rows written before `start` carry the task's start (a study's single one)
+        rows += [{"start": task.start, **row} for row in payload["rows"]]
+        molecules += [{"start": task.start, **term} for term in payload["molecules"]]
     return with_placement_columns(pd.DataFrame(rows)), pd.DataFrame(molecules)
 
 

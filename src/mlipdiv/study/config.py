@@ -220,6 +220,9 @@ class ModelsConfig(_Strict):
     e0: Literal["refit", "keep", "shift"] = _declared(TrainingSpec, "e0")
     finetune_lr: float | None = _declared(TrainingSpec, "finetune_lr", gt=0)
     freeze: list[str] | None = _declared(TrainingSpec, "freeze")
+    # the starts every cell trains from, on the same cells with the same steps ("scratch"
+    # ignores init_from); None = ["pretrained"] with init_from, else ["scratch"]
+    start: list[Literal["scratch", "pretrained"]] | None = None
 
     @model_validator(mode="after")
     def _distinct(self) -> ModelsConfig:
@@ -234,16 +237,34 @@ class ModelsConfig(_Strict):
                                               ("freeze", None)) if getattr(self, key) != default]
             if given:
                 raise ConfigKeyError(given[0], "only used with init_from (a pretrained start)")
-        elif len(self.architectures) > 1:
+        if self.start is not None:
+            if not self.start or len(set(self.start)) != len(self.start):
+                raise ConfigKeyError("start", "list distinct starts (scratch, pretrained)")
+            if "pretrained" in self.start and self.init_from is None:
+                raise ConfigKeyError("start", "\"pretrained\" needs init_from (the pretrained "
+                                     "model)")
+        if self.init_from is None:
+            return self
+        if len(self.architectures) > 1:
             raise ConfigKeyError("init_from", "a model of one backend: list one architecture")
         elif (info.context or {}).get("this_machine", True) and not self.init_from.exists():
             raise ConfigKeyError("init_from", f"{self.init_from}: no such run directory or "
                                  "model file")
         return self
 
-    def start_options(self) -> dict:
-        """The TrainingSpec fields of the pretrained start every cell gets (its path made
-        absolute: workers need not share the working directory)."""
+    def starts(self) -> list[str]:
+        """The starts the cells train from (`start`, or its default)."""
+        return list(self.start) if self.start is not None else self.default_starts()
+
+    def default_starts(self) -> list[str]:
+        """The start of a config that does not list `start` (today's single start)."""
+        return ["scratch"] if self.init_from is None else ["pretrained"]
+
+    def start_options(self, start: str = "pretrained") -> dict:
+        """The TrainingSpec fields of a start (the pretrained one's path made absolute:
+        workers need not share the working directory); "scratch" ignores init_from."""
+        if start == "scratch" or self.init_from is None:
+            return {"init_from": None, "e0": "refit", "finetune_lr": None, "freeze": None}
         return {"init_from": None if self.init_from is None else self.init_from.resolve(),
                 "e0": self.e0, "finetune_lr": self.finetune_lr,
                 "freeze": tuple(self.freeze) if self.freeze else None}
@@ -391,6 +412,8 @@ class StudyBase(_Strict):
         if self.models.init_from is None:  # nor do those made before pretrained starts
             for key in self.models.start_options():
                 settings["models"].pop(key)
+        if self.models.starts() == self.models.default_starts():  # nor those before `start`
+            settings["models"].pop("start")
         for kind in experiments():  # nor do studies made before an experiment was added
             if settings.get(kind.config_key, 0) is None:
                 settings.pop(kind.config_key)

@@ -21,6 +21,7 @@ from mlipdiv.atomic import write_text_atomic
 from mlipdiv.domain.evaluate import EVALUATION_FILE, DomainEvaluation, evaluate_run
 from mlipdiv.domain.model import DOMAIN_FILE, domain_directory, fit_run
 from mlipdiv.files import read_parquet
+from mlipdiv.study.cells import label_starts
 from mlipdiv.study.layout import RESULTS_REMEDY, StudyPaths, slug
 
 AUROC_CSV = "auroc.csv"
@@ -55,8 +56,12 @@ def study_runs(study_dir: str | os.PathLike) -> list[EvaluatedRun]:
     paths = StudyPaths(Path(study_dir))
     if not paths.results_parquet.exists():
         return []
-    cells = (read_parquet(paths.results_parquet, "study results", RESULTS_REMEDY,
-                          columns=[*RUN_COLUMNS, "replicate", "run"])
+    table = read_parquet(paths.results_parquet, "study results", RESULTS_REMEDY)
+    # with several starts, a run per (model, start), labelled "ani/pretrained" (model_label)
+    starts = list(dict.fromkeys(table.start)) if "start" in table else ["scratch"]
+    named = len(starts) > 1
+    cells = (label_starts(table[[*RUN_COLUMNS, "replicate", "run", *(["start"] * named)]],
+                          starts)
              .drop_duplicates(["cell", "model"])
              .sort_values(["N", "M", "replicate"], ascending=[False, False, True]))
     runs = []
@@ -64,14 +69,16 @@ def study_runs(study_dir: str | os.PathLike) -> list[EvaluatedRun]:
         runs.append(EvaluatedRun(
             row.experiment, row.model, row.selection, row.cell, int(row.M), int(row.N),
             # the run as recorded: a cell identical to another shares that cell's run
-            Path(row.run), paths.cell_result(row.cell, row.model),
+            Path(row.run), paths.cell_result(row.cell, row.model.split("/")[0],
+                                             row.start if named else None),
             evaluation_path(paths.root, row.cell, row.model)))
     return sorted(runs, key=lambda r: (r.model, r.selection, r.experiment))
 
 
 def evaluation_path(study_dir: str | os.PathLike, cell: str, model: str) -> Path:
     """Where the domain step writes the evaluation of one cell's run."""
-    return StudyPaths(Path(study_dir)).domain / f"{slug(cell)}__{model}" / EVALUATION_FILE
+    name = model.replace("/", "-")  # a (model, start) label "ani/pretrained"
+    return StudyPaths(Path(study_dir)).domain / f"{slug(cell)}__{name}" / EVALUATION_FILE
 
 
 def _is_current(path: Path, source: Path) -> bool:

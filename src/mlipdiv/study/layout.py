@@ -100,18 +100,20 @@ class StudyPaths:
         """The training runs, one folder per cell and model."""
         return self.root / "runs"
 
-    def run(self, cell_id: str, model: str) -> Path:
-        """Training run directory of one cell and model (checkpoints live there)."""
-        return self.runs / slug(cell_id) / model
+    def run(self, cell_id: str, model: str, start: str | None = None) -> Path:
+        """Training run directory of one cell and model (checkpoints live there); `start`
+        names the start in a study with several (one start keeps the plain name)."""
+        return self.runs / slug(cell_id) / with_start(model, start)
 
     @property
     def cells(self) -> Path:
         """The finished cells' result files."""
         return self.root / "cells"
 
-    def cell_result(self, cell_id: str, model: str) -> Path:
-        """The finished cell's result rows; its presence marks the cell as done."""
-        return self.cells / f"{slug(cell_id)}__{model}.json"
+    def cell_result(self, cell_id: str, model: str, start: str | None = None) -> Path:
+        """The finished cell's result rows; its presence marks the cell as done (`start` as
+        in `run`)."""
+        return self.cells / f"{slug(cell_id)}__{with_start(model, start)}.json"
 
     @property
     def results_parquet(self) -> Path:
@@ -165,3 +167,8 @@ def slug(cell_id: str) -> str:
     """A cell id as one file-name component ("fixed-budget/M16-C8/r0/random-random" ->
     "fixed-budget_M16-C8_r0_random-random")."""
     return re.sub(r"[^A-Za-z0-9.-]+", "_", cell_id).strip("_")
+
+
+def with_start(model: str, start: str | None) -> str:
+    """A model's file-name component, with its start where the study has several."""
+    return model if start is None else f"{model}-{start}"

@@ -52,6 +52,7 @@ from mlipdiv.study.cells import (
     cell_tasks,
     collect_results,
     execute,
+    label_starts,
     pool_limits,
 )
 from mlipdiv.study.config import StudyConfig, config_differences, load_config
@@ -271,6 +272,10 @@ def fit_and_advise(config: StudyConfig, results: pd.DataFrame, paths: StudyPaths
 
     molecules = (read_parquet(paths.results_molecules, "per-molecule results", RESULTS_REMEDY)
                  if paths.results_molecules.exists() else None)
+    # a study with several starts fits and advises per (model, start): "ani/pretrained"
+    starts = config.models.starts()
+    results = label_starts(results, starts)
+    molecules = None if molecules is None else label_starts(molecules, starts)
     fits, skipped = fit_results(results, config.advice.metric, seed=config.seed,
                                 molecules=molecules)
     write_fits(fits, skipped, paths.fit)

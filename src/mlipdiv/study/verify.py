@@ -32,7 +32,14 @@ from mlipdiv.files import read_json, reading
 from mlipdiv.locking import locks_output
 from mlipdiv.metrics.hierarchical import DesignComparison, compare_designs
 from mlipdiv.study.advise import Advice, DataLimits, advise
-from mlipdiv.study.cells import attach_log, cell_tasks, execute, pool_limits, read_cell_results
+from mlipdiv.study.cells import (
+    attach_log,
+    cell_tasks,
+    execute,
+    model_label,
+    pool_limits,
+    read_cell_results,
+)
 from mlipdiv.study.config import StudyConfig, load_config
 from mlipdiv.study.fit import load_fits
 from mlipdiv.study.layout import RESTART_REMEDY, StudyPaths
@@ -192,9 +199,12 @@ def run_verify(study_dir: str | Path, budget: int, *, replicates: int = 3,
     weights = weights or dict(config.advice.weights)
     fitted = {f.split for f in fits}
     weights = {s: w for s, w in weights.items() if s in fitted and w > 0}
-    model = model or config.models.architectures[0]
-    if model not in config.models.architectures:
-        raise FieldError("model", model, f"the study trained {config.models.architectures}")
+    starts = config.models.starts()  # with several, a model is "ani/pretrained"
+    labels = [model_label(a, s, starts) for a in config.models.architectures for s in starts]
+    model = model or labels[0]
+    if model not in labels:
+        raise FieldError("model", model, f"the study trained {labels}")
+    backend, _, start = model.partition("/")
     selection = (config.design.molecule_selection[0], config.design.conformer_selection[0])
     selection_name = "-".join(selection)
     limits = pool_limits(config, study)
@@ -212,7 +222,7 @@ def run_verify(study_dir: str | Path, budget: int, *, replicates: int = 3,
     try:
         design_path = _design(drawn, root)
         single = config.model_copy(update={"models": config.models.model_copy(
-            update={"architectures": [model]})})
+            update={"architectures": [backend], "start": [start or starts[0]]})})
         tasks = cell_tasks(single, paths, [design_path], seed_offset=VERIFY_SEED_OFFSET,
                            splits=study.splits)
         log.info("verify N=%d: %s", budget, ", ".join(f"{k} M={m}" for k, m in targets.items()))
