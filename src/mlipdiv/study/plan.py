@@ -323,9 +323,10 @@ def _layouts(config: StudyConfig, paths: StudyPaths, measured: Calibration, left
     # experiment, model and selection (on the pool and the test sets)
     domain_runs = (len(config.experiments()) * len(config.design.molecule_selection)
                    * len(config.design.conformer_selection))
-    after = sum(domain_runs * ((measured.domain_seconds or 0.0)
-                               + t.evaluate_seconds_per_conformer * int(counts.sum()))
-                for t in throughput.values()) if left else 0.0
+    after = (sum(domain_runs * ((measured.domain_seconds or 0.0)
+                                + t.evaluate_seconds_per_conformer * int(counts.sum()))
+                 for t in throughput.values()) + (measured.domain_start_seconds or 0.0)
+             ) if left else 0.0
 
     def wall(step_seconds: dict[str, float], parallel: int) -> float:
         phases = [[], []]  # cells that train, then cells reusing an identical cell's run
