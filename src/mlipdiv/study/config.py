@@ -377,6 +377,11 @@ class StudyBase(_Strict):
         kind, section = next(iter(self.experiment_sections().items()))
         return kind.advice_cell(section)
 
+    def selection_pairs(self) -> list[tuple[str, str]]:
+        """Every (molecule selection, conformer selection) pair the study compares."""
+        return [(m, c) for m in self.design.molecule_selection
+                for c in self.design.conformer_selection]
+
     def design_common(self, selection: tuple[str, str]) -> dict:
         """The options every experiment's design shares (`DesignOptions.common()`), for one
         (molecule selection, conformer selection) pair."""

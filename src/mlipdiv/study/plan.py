@@ -164,12 +164,6 @@ def _test_conformers(config: StudyConfig) -> int:
     return int(counts[-held:].sum() if held else 0) + cf_molecules * config.split.cf_conformers
 
 
-def _selections(config: StudyConfig) -> list[tuple[str, str]]:
-    """The (molecule, conformer) selection pairs, as the study's design step pairs them."""
-    design = config.design
-    return [(m, c) for m in design.molecule_selection for c in design.conformer_selection]
-
-
 def _config_cells(config: StudyConfig, notes: list[str]) -> tuple[dict, dict, list]:
     """(grids, cells per experiment, cell keys in design order) from the config alone."""
     counts, held = data_sizes(config)
@@ -177,7 +171,7 @@ def _config_cells(config: StudyConfig, notes: list[str]) -> tuple[dict, dict, li
     grids, cells, keys = {}, {}, []
     for kind in config.experiment_sections():
         cells[kind.name] = 0
-        for selection in _selections(config):
+        for selection in config.selection_pairs():
             options = config.design_options(kind, selection)
             grid = options.grid
             if grid is None:
@@ -200,7 +194,7 @@ def _design_tasks(config: StudyConfig, paths: StudyPaths):
     from mlipdiv.study.cells import cell_tasks
 
     designs = [paths.design(kind.name, f"{m}-{c}") for kind in config.experiment_sections()
-               for m, c in _selections(config)]
+               for m, c in config.selection_pairs()]
     if not paths.settings.exists() or not all(p.exists() for p in designs):
         return None
     recorded = read_json(paths.settings, "study settings", RESTART_REMEDY)

@@ -164,19 +164,13 @@ def _design_options(config: StudyConfig, experiment: str, molecule_selection: st
     return replace(options, grid=grid) if grid else options
 
 
-def selections(config: StudyConfig) -> list[tuple[str, str]]:
-    """Every (molecule selection, conformer selection) pair the study compares."""
-    return [(m, c) for m in config.design.molecule_selection
-            for c in config.design.conformer_selection]
-
-
 def design_step(config: StudyConfig, paths: StudyPaths) -> list[Path]:
     """One design file per experiment and selection pair. When the pool cannot fill the grid,
     every cell that cannot be filled is named before any training starts."""
 
     designs, problems = [], []
     for experiment in config.experiments():
-        for molecule_selection, conformer_selection in selections(config):
+        for molecule_selection, conformer_selection in config.selection_pairs():
             path = paths.design(experiment, f"{molecule_selection}-{conformer_selection}")
             designs.append(path)
             if path.exists():
@@ -310,14 +304,14 @@ def adaptive_designs(state: AdaptiveState | None, config: StudyConfig,
     if state is None:
         return []
     found = [paths.adaptive_design(r.index, m, c, f"{ms}-{cs}") for r in state.rounds
-             for m, c in r.cells for ms, cs in selections(config)]
+             for m, c in r.cells for ms, cs in config.selection_pairs()]
     return [path for path in found if path.exists()]
 
 
 def _draw_round(config: StudyConfig, paths: StudyPaths, current: Round) -> None:
     """Write the designs of a round's cells (a cell the pool cannot supply is logged)."""
     for m, c in current.cells:
-        for molecule_selection, conformer_selection in selections(config):
+        for molecule_selection, conformer_selection in config.selection_pairs():
             common = config.design_common((molecule_selection, conformer_selection))
             path = paths.adaptive_design(current.index, m, c,
                                          f"{molecule_selection}-{conformer_selection}")
