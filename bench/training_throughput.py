@@ -1,6 +1,7 @@
 """Training and inference throughput: mlipdiv's shared loop vs each library's own trainer.
 
-For every backend of `--models` (default: mace, schnet, painn, nequip, tensornet), on the same
+For every backend of `--models` (default: all six: mace, schnet, painn, nequip,
+tensornet, ani), on the same
 GFN2-xTB conformers (>= 1,000; `--quick`: >= 300), the same model (mlipdiv's `fast` size),
 the same E0s, number of epochs, batch size and threads (`OMP_NUM_THREADS` = `--threads` for
 every command), both sides run end to end as commands in this run:
@@ -9,7 +10,11 @@ every command), both sides run end to end as commands in this run:
   schnet/painn/nequip/       `mlipdiv train` vs graph-pes's trainer (`train_with_lightning`,
   tensornet                  `graph_pes_reference.py train`), then `mlipdiv predict` vs
                              graph-pes's batched ASE calculator (`graph_pes_reference.py
-                             predict`).
+                             predict`);
+  ani                        `mlipdiv train` vs TorchANI's documented training loop over its
+                             own batched dataset (`torchani_reference.py train`), then
+                             `mlipdiv predict` vs TorchANI's padded batched call
+                             (`torchani_reference.py predict`).
 Prints conformers/s of both and the ratio mlipdiv/reference (goal >= 1.0) for training and
 inference per backend; the last line is JSON with all of them. `--repeats N` runs the four
 commands N times in turn (fresh directories) and keeps each one's fastest wall time, which is
@@ -40,9 +45,13 @@ from mlipdiv.models.train_run import training_statistics
 
 BIN = Path(sys.executable).parent
 GRAPH_PES = Path(__file__).with_name("graph_pes_reference.py")
+# the reference command of every backend but MACE: train / predict subcommands on the config
+SCRIPTS = {**dict.fromkeys(("schnet", "painn", "nequip", "tensornet"), GRAPH_PES),
+           "ani": Path(__file__).with_name("torchani_reference.py")}
 REFERENCES = {"mace": "mace_run_train / mace_eval_configs",
               **{backend: "graph-pes train_with_lightning / GraphPESCalculator.calculate_all"
-                 for backend in ("schnet", "painn", "nequip", "tensornet")}}
+                 for backend in ("schnet", "painn", "nequip", "tensornet")},
+              "ani": "TorchANI batch_all_in_ram + training loop / pad_atomic_properties call"}
 
 
 def to_mace_xyz(records, path: Path) -> None:
@@ -115,24 +124,25 @@ def commands(backend: str, work: Path, out: Path, data: dict, epochs: int
                 "--device", "cpu", "--default_dtype", "float32",
                 "--batch_size", str(PREDICT_BATCH)]}
     else:
-        # the config mlipdiv's train builds: the same graph-pes module on both sides
+        # the config mlipdiv's train builds: the same module on both sides
         model = run_size(backend, "fast").model
         e0s = data["e0s"]
         config = {"elements": sorted(e0s), "e0": [e0s[z] for z in sorted(e0s)],
                   "model": model, "dtype": "float32",
                   "stats": training_statistics(data["train"],
                                                potential_class(backend).cutoff(model))}
-        spec = out / "graph-pes.json"
+        spec = out / "reference.json"
         spec.write_text(json.dumps({"backend": backend, "config": config}))
+        script = str(SCRIPTS[backend])
         theirs = {
             "reference_train": [
-                sys.executable, str(GRAPH_PES), "train", "--config", str(spec),
+                sys.executable, script, "train", "--config", str(spec),
                 "--train", str(work / "train.xyz"), "--valid", str(work / "valid.xyz"),
-                "--epochs", str(epochs), "--out", str(out / "graph-pes")],
+                "--epochs", str(epochs), "--out", str(out / "reference")],
             "reference_predict": [
-                sys.executable, str(GRAPH_PES), "predict", "--config", str(spec),
-                "--model", str(out / "graph-pes" / "model.pt"), "--configs",
-                str(work / "all.xyz"), "--output", str(out / "graph-pes-pred.xyz")]}
+                sys.executable, script, "predict", "--config", str(spec),
+                "--model", str(out / "reference" / "model.pt"), "--configs",
+                str(work / "all.xyz"), "--output", str(out / "reference-pred.xyz")]}
     return {name: {**ours, **theirs}[name] for name in
             ("mlipdiv_train", "reference_train", "mlipdiv_predict", "reference_predict")}
 
@@ -165,7 +175,7 @@ def compare(backend: str, work: Path, data: dict, epochs: int, repeats: int,
         "infer_ratio": wall["reference_predict"] / wall["mlipdiv_predict"],
         "wall_s": wall, "wall_s_all": walls,
     }
-    threads = work / f"{backend}-0" / "graph-pes" / "threads.json"
+    threads = work / f"{backend}-0" / "reference" / "threads.json"
     if threads.exists():
         result["reference_torch_threads"] = json.loads(threads.read_text())["torch_threads"]
     return result

@@ -61,7 +61,6 @@ def train(
     """Train a model of any backend (or an ensemble) on a design cell or on two files."""
     from mlipdiv.models import TrainingSpec, read_records
     from mlipdiv.models import train as train_run
-    from mlipdiv.study.cells import train_cell
 
     spec = TrainingSpec(model=model, size=size, ensemble=ensemble, seed=seed,
                         dtype="float64" if float64 else "float32", device=device,
@@ -69,6 +68,8 @@ def train(
                         mask_missing_forces=mask_missing_forces, init_from=init_from, e0=e0,
                         finetune_lr=finetune_lr, freeze=tuple(freeze) if freeze else None)
     if design is not None and cell is not None and train_file is None and valid_file is None:
+        from mlipdiv.study.cells import train_cell  # the study's imports for a cell only
+
         path = train_cell(design, cell, spec, out)
     elif train_file is not None and valid_file is not None and design is None and cell is None:
         skipped_train, skipped_valid = Counter(), Counter()

@@ -26,7 +26,7 @@ import torch
 
 from mlipdiv.atomic import atomic_path
 from mlipdiv.errors import MlipdivError
-from mlipdiv.models.base import Batch, Potential, read_checkpoint
+from mlipdiv.models.base import Batch, Potential, frozen_parameters, read_checkpoint
 from mlipdiv.models.sizes import TrainingSettings
 
 GRADIENT_CLIP = 10.0  # as mace_run_train's default
@@ -116,7 +116,8 @@ def validate(potential: Potential, items: Sequence[Any],
     loss_sum = energy_abs = forces_abs = 0.0
     n_graphs = n_components = 0
     for batch in potential.batches(items, settings.valid_batch_size):
-        energy, forces = potential.energy_forces(batch, training=False)
+        with frozen_parameters(potential.module):  # no weight gradients in validation
+            energy, forces = potential.energy_forces(batch, training=False)
         energy, forces = energy.detach(), forces.detach()
         loss_sum += float(weighted_loss(energy, forces, batch, settings)) * len(batch.n_atoms)
         energy_abs += float(((energy - batch.energy).abs() / batch.n_atoms).sum())
