@@ -320,7 +320,12 @@ class ConformerStore:
         have NaN energy and forces)."""
         name = self._label_set_name(labels)
         group = self._group(inchikey)
-        n_conf = self.n_conformers(inchikey)
+        with self._in_molecule(inchikey):
+            # every dataset looked up once: an h5py lookup costs as much as a small read
+            datasets = {key: group[key] for key in group if key != LABELS_GROUP}
+            attrs = {k: _plain(v) for k, v in group.attrs.items()}
+        with self._in_molecule(inchikey, "positions"):
+            n_conf = int(datasets["positions"].shape[0])
         if conformers is None:
             sel: slice | np.ndarray = slice(None)
             order = None
@@ -334,15 +339,15 @@ class ConformerStore:
             # h5py fancy indexing needs increasing unique indices; reorder afterwards.
             sel, order = np.unique(idx, return_inverse=True)
 
-        def read(name, where=group, prefix=""):
+        def read(name, where=None, prefix=""):
             with self._in_molecule(inchikey, prefix + name):
-                data = where[name][sel] if len(where[name].shape) else where[name][()]
+                dataset = datasets[name] if where is None else where[name]
+                data = dataset[sel] if len(dataset.shape) else dataset[()]
             return data if order is None else data[order]
 
-        with self._in_molecule(inchikey):
-            labelled = "energy" in group
-            with_forces = "forces" in group
-            attrs = {k: _plain(v) for k, v in group.attrs.items()}
+        labelled, with_forces = "energy" in datasets, "forces" in datasets
+        with self._in_molecule(inchikey, "atomic_numbers"):
+            numbers = datasets["atomic_numbers"][()]
         mask = None
         if name is not None:
             prefix = f"{LABELS_GROUP}/{name}/"
@@ -358,7 +363,7 @@ class ConformerStore:
             inchikey=inchikey,
             smiles=str(attrs.get("smiles", "")),
             formula=str(attrs.get("formula", "")),
-            atomic_numbers=self.atomic_numbers(inchikey),
+            atomic_numbers=numbers,
             positions=read("positions"),
             energy=(energy if mask is not None else read("energy")) if labelled else None,
             forces=(forces if mask is not None else read("forces")) if with_forces else None,
