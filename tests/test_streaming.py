@@ -169,3 +169,21 @@ def test_stream_options_are_checked():
         TrainingSpec("ani", "dev", loader_workers=2).run_size()
     with pytest.raises(FieldError, match="0 or more"):
         TrainingSpec("ani", "dev", stream=True, loader_workers=-1).run_size()
+
+
+def test_train_command_streams_a_store(monkeypatch, capsys, tmp_path, stores):
+    from mlipdiv.cli import main
+
+    folder, _, valid_set = stores
+    write_store(tmp_path / "valid.h5", valid_set, "GFN2-xTB (tblite)")
+    monkeypatch.setattr(sys, "argv", [
+        "mlipdiv", "train", "--train", str(folder / "train.h5"), "--valid",
+        str(tmp_path / "valid.h5"), "--model", "ani", "--size", "dev", "--steps", "2",
+        "--steps-per-round", "1", "--stream", "--loader-workers", "0", "--out",
+        str(tmp_path / "run")])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code in (0, None), capsys.readouterr().err
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["status"] == "complete" and record["n_train"] == 24
+    assert "streamed from" in (tmp_path / "run" / "train.log").read_text()
