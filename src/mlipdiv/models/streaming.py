@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,7 +179,8 @@ class StoreTrainingSet(Sequence[Conformer]):
             for items in batches:
                 if isinstance(items, _Failure):
                     raise MlipdivError(items.message)
-                yield potential.collate(items)
+                yield potential.collate(pickle.loads(items) if isinstance(items, bytes)
+                                        else items)
         finally:
             del batches  # ends the workers
 
@@ -242,18 +244,24 @@ def streamed_training_set(path: str | os.PathLike, spec: TrainingSpec) -> StoreT
 
 class _PreparedBatches(torch.utils.data.Dataset):
     """Map-style dataset whose item is one batch: its conformers read and prepared (in a
-    loader worker); a store error comes back as a `_Failure` to be raised in one line."""
+    loader worker); a store error comes back as a `_Failure` to be raised in one line.
+    A worker sends the batch as one pickled bytes object: torch's own transfer puts every
+    tensor in its own shared-memory file, and a batch of graphs holds hundreds of small
+    tensors (a MACE batch of 10 came at 3.6 batches/s that way, against 46 in process)."""
 
     def __init__(self, conformers: StoreTrainingSet, potential: Potential):
         self.conformers, self.potential = conformers, potential
 
-    def __getitem__(self, order: np.ndarray) -> list | _Failure:  # type: ignore[override]
+    def __getitem__(self, order: np.ndarray) -> list | bytes | _Failure:  # type: ignore[override]
         try:
             batch = self.conformers.conformers(order)
         except MlipdivError as exc:
             return _Failure(str(exc))
         with default_dtype(self.potential.dtype):
-            return [self.potential.prepare(c) for c in batch]
+            items = [self.potential.prepare(c) for c in batch]
+        if torch.utils.data.get_worker_info() is None:
+            return items
+        return pickle.dumps(items, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 class _Orders(torch.utils.data.Sampler):
