@@ -57,23 +57,33 @@ def train(
     freeze: list[str] | None = typer.Option(
         None, "--freeze", help="With init_from, parameter-name prefixes kept fixed, e.g. "
         "node_embedding."),
+    stream: bool = typer.Option(
+        False, "--stream", help="Read the training store in batches, their graphs built by "
+        "loader processes, instead of holding every graph in memory (for a training set "
+        "larger than memory; a store file only)."),
+    loader_workers: int | None = typer.Option(
+        None, "--loader-workers", help="With stream, the processes preparing batches (0: the "
+        "training process itself; default: half the CPUs, 1 to 4)."),
 ) -> None:
     """Train a model of any backend (or an ensemble) on a design cell or on two files."""
-    from mlipdiv.models import TrainingSpec, read_records
+    from mlipdiv.models import TrainingSpec, read_records, streamed_training_set
     from mlipdiv.models import train as train_run
 
     spec = TrainingSpec(model=model, size=size, ensemble=ensemble, seed=seed,
                         dtype="float64" if float64 else "float32", device=device,
                         epochs=epochs, steps=steps, steps_per_round=steps_per_round,
                         mask_missing_forces=mask_missing_forces, init_from=init_from, e0=e0,
-                        finetune_lr=finetune_lr, freeze=tuple(freeze) if freeze else None)
+                        finetune_lr=finetune_lr, freeze=tuple(freeze) if freeze else None,
+                        stream=stream, loader_workers=loader_workers)
     if design is not None and cell is not None and train_file is None and valid_file is None:
         from mlipdiv.study.cells import train_cell  # the study's imports for a cell only
 
         path = train_cell(design, cell, spec, out)
     elif train_file is not None and valid_file is not None and design is None and cell is None:
         skipped_train, skipped_valid = Counter(), Counter()
-        path = train_run(read_records(train_file, skipped_train),
+        training = (streamed_training_set(train_file, spec) if stream
+                    else read_records(train_file, skipped_train))
+        path = train_run(training,
                          read_records(valid_file, skipped_valid), spec, out,
                          source={"train": str(train_file.resolve()),
                                  "valid": str(valid_file.resolve()),

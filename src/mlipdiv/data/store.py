@@ -374,6 +374,35 @@ class ConformerStore:
             label_mask=mask,
         )
 
+    def label_kind(self, inchikey: str) -> str:
+        """A molecule's default labels without reading them, as `MoleculeRecord.label_kind`:
+        "energy+forces", "energy" (energies only) or "none" (positions only)."""
+        group = self._group(inchikey)
+        with self._in_molecule(inchikey):
+            labelled, forces = "energy" in group, "forces" in group
+        return "energy+forces" if labelled and forces else "energy" if labelled else "none"
+
+    def read_arrays(self, inchikey: str, names: Iterable[str],
+                    selection: slice | np.ndarray) -> dict[str, np.ndarray | None]:
+        """Datasets `names` (e.g. positions, energy, forces) of a molecule at the conformers
+        `selection` (a slice, or indices in any order), float64 as a record holds them; None
+        for a dataset the molecule lacks. Nothing else is read: what a training stream needs
+        per batch (`models.streaming`)."""
+        group = self._group(inchikey)
+        order = None
+        if not isinstance(selection, slice):
+            selection, order = np.unique(np.asarray(selection, dtype=np.int64),
+                                         return_inverse=True)
+        out: dict[str, np.ndarray | None] = {}
+        for name in names:
+            with self._in_molecule(inchikey, name):
+                if name not in group:
+                    out[name] = None
+                    continue
+                data = np.asarray(group[name][selection], dtype=np.float64)
+            out[name] = data if order is None else data[order]
+        return out
+
     def molecules(self, inchikeys: Iterable[str] | None = None,
                   labels: str | None = None) -> Iterator[MoleculeRecord]:
         """Iterate molecules lazily, one group in memory at a time (at label set `labels`)."""

@@ -9,6 +9,7 @@ from mlipdiv.models.frames import read_frames, read_records
 from mlipdiv.models.registry import backend_names, potential_class, run_size, study_schedule
 from mlipdiv.models.sizes import SIZES, RunSize, TrainingSettings
 from mlipdiv.models.spec import TrainingSpec, resolve_device
+from mlipdiv.models.streaming import StoreTrainingSet, streamed_training_set
 from mlipdiv.models.train_run import train
 from mlipdiv.models.trained import Prediction, TrainedRun, load_run, predict_frames
 from mlipdiv.models.training import Schedule
@@ -21,6 +22,7 @@ __all__ = [
     "Prediction",
     "RunSize",
     "Schedule",
+    "StoreTrainingSet",
     "TrainedRun",
     "TrainingSettings",
     "TrainingSpec",
@@ -33,6 +35,7 @@ __all__ = [
     "read_records",
     "resolve_device",
     "run_size",
+    "streamed_training_set",
     "study_schedule",
     "train",
 ]

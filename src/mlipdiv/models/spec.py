@@ -56,6 +56,12 @@ class TrainingSpec:
                                        "the size's).")
     freeze: tuple[str, ...] | None = option(None, "With init_from, parameter-name prefixes "
                                             "kept fixed, e.g. node_embedding.")
+    stream: bool = option(False, "Read the training store in batches, their graphs built "
+                          "by loader processes, instead of holding every graph in memory "
+                          "(for a training set larger than memory; a store file only).")
+    loader_workers: int | None = option(None, "With stream, the processes preparing batches "
+                                        "(0: the training process itself; default: half the "
+                                        "CPUs, 1 to 4).")
 
     def run_size(self) -> RunSize:
         """The backend's hyperparameters at `size`, with the `epochs` cap when given; a
@@ -72,6 +78,13 @@ class TrainingSpec:
             raise FieldError("ensemble", self.ensemble, "must be at least 1")
         check_seed(self.seed)
         check_seed(self.seed + self.ensemble - 1, "seed")  # the last member's
+        if self.loader_workers is not None and not self.stream:
+            raise FieldError("loader_workers", self.loader_workers, "only with stream")
+        if self.loader_workers is not None and self.loader_workers < 0:
+            raise FieldError("loader_workers", self.loader_workers, "must be 0 or more")
+        if self.stream and self.init_from is not None:
+            raise FieldError("stream", True, "cannot be combined with init_from (a pretrained "
+                             "start reads its training set in memory)")
         return self._check_start(chosen)
 
     def _check_start(self, chosen: RunSize) -> RunSize:

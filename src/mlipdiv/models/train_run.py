@@ -38,6 +38,7 @@ from mlipdiv.models.record import (
 from mlipdiv.models.registry import potential_class
 from mlipdiv.models.sizes import RunSize
 from mlipdiv.models.spec import TrainingSpec, resolve_device
+from mlipdiv.models.streaming import MoleculeSummary, StoreTrainingSet
 from mlipdiv.models.training import EpochStats, FitState, Schedule, fit
 
 LOG_FILE = "train.log"
@@ -82,7 +83,8 @@ class RunLog:
             handle.write(f"{stamp} {message}\n")
 
 
-def _check_training_data(train: Sequence[MoleculeRecord], valid: Sequence[MoleculeRecord],
+def _check_training_data(train: Sequence[MoleculeRecord | MoleculeSummary],
+                         valid: Sequence[MoleculeRecord],
                          mask_missing_forces: bool = False) -> None:
     n_train = sum(r.n_conformers for r in train)
     if n_train < 2:
@@ -134,7 +136,7 @@ def _open_run(out: Path, recorded: dict) -> RunRecord | None:
 
 @locks_output("out")
 def train(
-    train: list[MoleculeRecord],
+    train: list[MoleculeRecord] | StoreTrainingSet,
     valid: list[MoleculeRecord],
     spec: TrainingSpec,
     out: str | os.PathLike,
@@ -152,20 +154,32 @@ def train(
     Conformers without forces are refused unless `spec.mask_missing_forces`, which trains them
     on their energy alone (their force term masked); conformers without labels are refused.
     With `spec.init_from` every member starts from the pretrained model, its E0s reconciled
-    by `spec.e0` (`models.pretrained`)."""
+    by `spec.e0` (`models.pretrained`).
+    `train` is records (held in memory, every graph prepared once) or a `StoreTrainingSet`
+    (read from its store in batches, graphs prepared by loader workers; its statistics,
+    E0s and fingerprint from one pass over the store: `models.streaming`); both give the
+    same run. The validation set is held in memory."""
     started = time.perf_counter()
     chosen = spec.run_size()
     device = resolve_device(spec.device)  # before the run directory is made
-    _check_training_data(train, valid, spec.mask_missing_forces)
-    n_train = sum(r.n_conformers for r in train)
+    streamed = isinstance(train, StoreTrainingSet)
+    molecules = train.summaries if isinstance(train, StoreTrainingSet) else train
+    _check_training_data(molecules, valid, spec.mask_missing_forces)
+    n_train = sum(r.n_conformers for r in molecules)
     schedule, policy = spec.schedule(chosen, n_train)
     out = Path(out)
     start = None
     if spec.init_from is not None:
+        if streamed:
+            raise FieldError("init_from", spec.init_from, "not with a training set streamed "
+                             "from its store (a pretrained start reads it in memory)")
         start = load_start(spec.init_from, spec.model, spec.dtype, spec.freeze)
         start.check_elements([*train, *valid])
         chosen = replace(chosen, model=start.config["model"])  # the start's architecture
-    recorded = _recorded_spec(spec, chosen, schedule, train, valid)
+    cutoff = potential_class(spec.model).cutoff(chosen.model)
+    scan = train.scan(cutoff) if isinstance(train, StoreTrainingSet) else None
+    recorded = _recorded_spec(spec, chosen, schedule, molecules, valid,
+                              scan.fingerprint if scan is not None else None)
     if start is not None:
         recorded["init_from"] = start.record(spec.e0, spec.finetune_lr, spec.freeze)
     existing = _open_run(out, recorded)
@@ -182,15 +196,20 @@ def train(
     if start is not None:
         log(f"pretrained start {spec.init_from} (sha256 {start.checksum[:12]}), E0s: {spec.e0}"
             f", frozen: {', '.join(spec.freeze or ()) or 'none'}")
-    e0 = fit_e0(train) if start is None else start.e0(spec.e0, train, spec.dtype, device)
+    if isinstance(train, StoreTrainingSet) and scan is not None:
+        log(f"training set streamed from {train.path}: {n_train} conformers, "
+            f"{train.workers} loader worker(s), {train.prefetch} batches ahead each")
+        e0 = train.fit_e0(scan)
+    else:
+        e0 = fit_e0(train) if start is None else start.e0(spec.e0, train, spec.dtype, device)
     log(f"E0 fit: {e0.note}: " + json.dumps(e0.as_dict()["energies_ev"]))
     if e0.regularised:
         _warn(f"warning: {e0.note}")
     elements = sorted(e0.energies)
     config = {"elements": elements, "e0": [e0.energies[z] for z in elements],
               "model": chosen.model, "dtype": spec.dtype,
-              "stats": start.config["stats"] if start is not None else training_statistics(
-                  train, potential_class(spec.model).cutoff(chosen.model))}
+              "stats": start.config["stats"] if start is not None else scan.stats
+              if scan is not None else training_statistics(train, cutoff)}
     members = _train_members(train, valid, config, chosen, schedule, out, recorded, device,
                              progress, log, on_epoch, start, spec.freeze)
     RunRecord(
@@ -200,8 +219,8 @@ def train(
         seed=spec.seed, member_seeds=members["seeds"],
         ensemble=spec.ensemble, dtype=spec.dtype, device=device,
         device_name=_device_name(device), elements=elements,
-        e0=e0.as_dict(), n_train=n_train, n_train_molecules=len(train),
-        train_molecules=sorted({r.inchikey for r in train}),
+        e0=e0.as_dict(), n_train=n_train, n_train_molecules=len(molecules),
+        train_molecules=sorted({r.inchikey for r in molecules}),
         n_valid=sum(r.n_conformers for r in valid), members=members["summaries"],
         wall_time_s=members["seconds"] + (time.perf_counter() - started
                                           - members["session_seconds"]),
@@ -219,15 +238,19 @@ def _source(source: dict | None, start: Start | None) -> dict:
 
 
 def _recorded_spec(spec: TrainingSpec, chosen: RunSize, schedule: Schedule,
-                   train: Sequence[MoleculeRecord], valid: Sequence[MoleculeRecord]) -> dict:
+                   train: Sequence[MoleculeRecord | MoleculeSummary],
+                   valid: Sequence[MoleculeRecord], train_fingerprint: str | None = None
+                   ) -> dict:
     """The spec as `run.json` records it (a rerun into the same directory must come to the
     same, or it is refused; its checkpoints are keyed on it): model, size, ensemble, seed,
     dtype, the hyperparameters and schedule they came to, a data checksum, and the number of
-    force-masked conformers when there are any. The device is not part of it."""
+    force-masked conformers when there are any. The device is not part of it, nor whether
+    the training set was streamed (`train_fingerprint`: a streamed set's, from its scan)."""
     recorded = {"model": spec.model, "size": spec.size, "ensemble": spec.ensemble,
                 "seed": spec.seed, "dtype": spec.dtype, "hyperparameters": chosen.as_dict(),
                 "schedule": schedule.as_dict(),
-                "data": data_fingerprint(train) + data_fingerprint(valid)}
+                "data": (train_fingerprint or data_fingerprint(train))  # type: ignore[arg-type]
+                + data_fingerprint(valid)}
     if spec.mask_missing_forces and not all(r.has_forces for r in (*train, *valid)):
         recorded["masked_force_conformers"] = sum(r.n_conformers for r in (*train, *valid)
                                                   if not r.has_forces)
@@ -260,7 +283,9 @@ def _train_members(train, valid, config, chosen: RunSize, schedule: Schedule, ou
                 potential = start.potential(spec["dtype"], device, e0, member)
                 freeze_parameters(potential.module, freeze)
             if prepared is None:  # graphs / neighbour lists once per run, shared by members
-                prepared = (potential.prepare_all(training_conformers(train)),
+                # (a streamed training set prepares each batch's when it is drawn)
+                prepared = (train if isinstance(train, StoreTrainingSet)
+                            else potential.prepare_all(training_conformers(train)),
                             potential.prepare_all(training_conformers(valid)))
             task = bar.add_task(f"member {member}", total=schedule.max_rounds)
 

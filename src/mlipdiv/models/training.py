@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -132,7 +132,7 @@ def validate(potential: Potential, items: Sequence[Any],
 
 def fit(
     potential: Potential,
-    train_items: Sequence[Any],
+    train_items: Sequence[Any] | StreamedItems,
     valid_items: Sequence[Any],
     settings: TrainingSettings,
     schedule: Schedule,
@@ -152,6 +152,27 @@ def fit(
     state = _resume(checkpoint, fingerprint, potential, optimizer, scheduler)
     # one stream for the whole call; a resumed call re-enters it from steps_done alone
     stream = batch_stream(potential, train_items, settings.batch_size, seed, state.steps_done)
+    try:
+        _fit_rounds(potential, stream, valid_items, settings, schedule, checkpoint,
+                    fingerprint, report, state, optimizer, scheduler)
+    finally:
+        close = getattr(stream, "close", None)
+        if close is not None:  # a streamed set's loader workers end here
+            close()
+    early = state.epochs_since_best >= settings.early_stopping_patience
+    state.stopped_by = "early-stopping" if early else "step-budget"
+    state.converged = is_converged(state.stopped_by, state.best_step, state.steps_done)
+    if state.best_weights is not None:
+        module.load_state_dict(state.best_weights)
+    return state
+
+
+def _fit_rounds(potential: Potential, stream: Iterator[Batch], valid_items: Sequence[Any],
+                settings: TrainingSettings, schedule: Schedule, checkpoint: Path,
+                fingerprint: str, report: Callable[[EpochStats], None], state: FitState,
+                optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
+    """The rounds of `fit` until the step budget or early stopping ends them."""
+    module = potential.module
     while (state.steps_done < schedule.max_steps
            and state.epochs_since_best < settings.early_stopping_patience):
         started = time.perf_counter()
@@ -174,12 +195,6 @@ def fit(
         state.history.append(asdict(stats))
         _save(checkpoint, fingerprint, state, module, optimizer, scheduler)
         report(stats)
-    early = state.epochs_since_best >= settings.early_stopping_patience
-    state.stopped_by = "early-stopping" if early else "step-budget"
-    state.converged = is_converged(state.stopped_by, state.best_step, state.steps_done)
-    if state.best_weights is not None:
-        module.load_state_dict(state.best_weights)
-    return state
 
 
 def is_converged(stopped_by: str, best_step: int, steps_done: int) -> bool:
@@ -190,16 +205,41 @@ def is_converged(stopped_by: str, best_step: int, steps_done: int) -> bool:
     return not (stopped_by == "step-budget" and still_falling)
 
 
-def batch_stream(potential: Potential, items: Sequence[Any], batch_size: int, seed: int,
-                 steps_done: int) -> Iterator[Batch]:
-    """The endless training batch stream, from batch `steps_done` on: pass p (1, 2, ...)
-    is `items` in the order default_rng([seed, p]).permutation, cut into batches."""
-    per_pass = math.ceil(len(items) / batch_size)
+@runtime_checkable
+class StreamedItems(Protocol):
+    """Training items that are not held in memory: they build each batch themselves, from
+    the index arrays of `batch_orders` (`models.streaming.StoreTrainingSet`)."""
+
+    def __len__(self) -> int: ...
+
+    def stream(self, potential: Potential, orders: Iterator[np.ndarray]) -> Iterator[Batch]:
+        """The batches of `orders` (one array of item indices each), in that order."""
+        ...
+
+
+def batch_orders(n_items: int, batch_size: int, seed: int,
+                 steps_done: int) -> Iterator[np.ndarray]:
+    """The endless sequence of training batches as item indices, from batch `steps_done`
+    on: pass p (1, 2, ...) is the items in the order default_rng([seed, p]).permutation,
+    cut into batches (the last of a pass may be short)."""
+    per_pass = math.ceil(n_items / batch_size)
     pass_number, offset = steps_done // per_pass + 1, steps_done % per_pass
     while True:
-        order = np.random.default_rng([seed, pass_number]).permutation(len(items))
-        yield from potential.batches(items, batch_size, order[offset * batch_size:])
+        order = np.random.default_rng([seed, pass_number]).permutation(n_items)
+        for start in range(offset * batch_size, n_items, batch_size):
+            yield order[start:start + batch_size]
         pass_number, offset = pass_number + 1, 0
+
+
+def batch_stream(potential: Potential, items: Sequence[Any] | StreamedItems, batch_size: int,
+                 seed: int, steps_done: int) -> Iterator[Batch]:
+    """The endless training batch stream, from batch `steps_done` on, in the order of
+    `batch_orders`: of prepared `items` held in memory, or built by `StreamedItems`."""
+    orders = batch_orders(len(items), batch_size, seed, steps_done)
+    if isinstance(items, StreamedItems):
+        return items.stream(potential, orders)
+    return (batch for order in orders  # one batch per order
+            for batch in potential.batches(items, batch_size, order))
 
 
 def _train_round(potential: Potential, batches: Iterable[Batch], settings: TrainingSettings,
