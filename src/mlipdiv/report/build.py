@@ -86,15 +86,16 @@ class StudyView:
         if not self.paths.results_parquet.exists():
             raise MlipdivError(f"{root}: no results.parquet; run `mlipdiv study` first")
         self.config: StudyConfig = load_config(self.paths.config, this_machine=False)
-        # per (model, start) where the study has several starts ("ani/pretrained")
-        starts = self.config.models.starts()
+        # per (model, start, label set) where the study has several ("ani/pretrained/dft")
+        starts, label_sets = self.config.models.starts(), self.config.data.label_sets()
         self.results = label_starts(with_placement_columns(read_parquet(
-            self.paths.results_parquet, "study results", RESULTS_REMEDY)), starts)
+            self.paths.results_parquet, "study results", RESULTS_REMEDY)), starts, label_sets)
         if not self.paths.results_molecules.exists():
             raise MlipdivError(f"{self.paths.results_molecules}: missing; rerun `mlipdiv study` "
                                "(with --force if it was made by an older version)")
         self.molecules = label_starts(read_parquet(
-            self.paths.results_molecules, "per-molecule results", RESULTS_REMEDY), starts)
+            self.paths.results_molecules, "per-molecule results", RESULTS_REMEDY), starts,
+            label_sets)
         self.metric = self.config.advice.metric
         self.fits, self.skipped = (load_fits(self.paths.fit) if self.paths.fit.exists()
                                    else ([], ["the study has no fit step output"]))
@@ -250,8 +251,9 @@ def _parity_data(view: StudyView, cell: str, model: str):
 def parity_section(view: StudyView) -> Section:
     """Parity plots for the best and worst cells (weighted error of the first model)."""
     weights = view.config.advice.weights
-    starts = view.config.models.starts()
-    model = model_label(view.config.models.architectures[0], starts[0], starts)
+    starts, label_sets = view.config.models.starts(), view.config.data.label_sets()
+    model = model_label(view.config.models.architectures[0], starts[0], starts, label_sets[0],
+                        label_sets)
     rows = view.results[(view.results.model == model) & view.results.split.isin(list(weights))]
     if rows.empty:
         return Section("Parity: best and worst cells", "<p>No scored cells to show.</p>")

@@ -266,10 +266,11 @@ def fit_and_advise(config: StudyConfig, results: pd.DataFrame, paths: StudyPaths
 
     molecules = (read_parquet(paths.results_molecules, "per-molecule results", RESULTS_REMEDY)
                  if paths.results_molecules.exists() else None)
-    # a study with several starts fits and advises per (model, start): "ani/pretrained"
-    starts = config.models.starts()
-    results = label_starts(results, starts)
-    molecules = None if molecules is None else label_starts(molecules, starts)
+    # a study with several starts or label sets fits and advises per (model, start, label
+    # set): "ani/pretrained", "ani/dft"
+    starts, label_sets = config.models.starts(), config.data.label_sets()
+    results = label_starts(results, starts, label_sets)
+    molecules = None if molecules is None else label_starts(molecules, starts, label_sets)
     fits, skipped = fit_results(results, config.advice.metric, seed=config.seed,
                                 molecules=molecules)
     write_fits(fits, skipped, paths.fit)
