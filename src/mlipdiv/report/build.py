@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+from functools import cached_property
 from itertools import islice
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from mlipdiv.atomic import (
     write_bytes_atomic,
     write_text_atomic,
 )
+from mlipdiv.data.store import ConformerStore
 from mlipdiv.design import load_splits
 from mlipdiv.design.experiments import experiment as design_experiment
 from mlipdiv.design.experiments import experiment_names
@@ -29,7 +31,7 @@ from mlipdiv.metrics.stats import is_root_metric, metric_label
 from mlipdiv.models import load_run
 from mlipdiv.report import figures
 from mlipdiv.report.adaptive_section import adaptive_section
-from mlipdiv.report.architectures import architectures_section, starts_section
+from mlipdiv.report.architectures import architectures_section, levels_section, starts_section
 from mlipdiv.report.findings import (
     advice_findings,
     selection_findings,
@@ -109,6 +111,18 @@ class StudyView:
         self._cells: dict[str, pd.DataFrame] = {}
         self.settings = read_json(self.paths.settings, "study settings", RESTART_REMEDY)
 
+    @cached_property
+    def levels(self) -> dict[str, str]:
+        """{label set: its level of theory} of the store the study's cells drew from (empty
+        when that store cannot be read any more)."""
+        try:
+            splits = load_splits(self.paths.splits, verify=False)
+            with ConformerStore(splits.store_path) as store:
+                return {name: str(p.get("level_of_theory", "?"))
+                        for name, p in store.label_sets().items()}
+        except MlipdivError:
+            return {}
+
     @property
     def cells(self) -> pd.DataFrame:
         """Per-cell summary of the advice metric."""
@@ -177,6 +191,15 @@ def setup_sentences(view: StudyView) -> list[str]:
     if len(config.models.starts()) > 1:
         models += (f", each trained from scratch and from the pretrained start "
                    f"{config.models.init_from} (e0 {config.models.e0}) on the same cells")
+    elif config.models.init_from is not None:
+        models += (f", fine-tuned from the pretrained start {config.models.init_from} "
+                   f"(e0 {config.models.e0})")
+    if len(config.data.label_sets()) > 1:
+        models += (", each trained and scored on the label sets "
+                   f"{', '.join(config.data.label_sets())} (levels of theory) on the same "
+                   "cells")
+    elif config.data.label_sets() != ["default"]:
+        models += f", trained and scored on the label set {config.data.label_sets()[0]}"
     runs = results.drop_duplicates("run")  # cells sharing an identical training count once
     n_runs = len(runs)
     schedule = "; ".join(
@@ -487,6 +510,7 @@ SECTIONS = [
     ("The experiments", _experiment_section),
     ("Architectures compared", architectures_section),
     ("Does pretraining move the optimum?", starts_section),
+    ("Does the cheap pilot's advice transfer?", levels_section),
     ("Error surface and budget advice", _surface_section),
     ("Adaptive pilot", adaptive_section),
     ("Does the advice hold?", verify_section),
