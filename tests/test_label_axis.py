@@ -113,7 +113,9 @@ def test_a_study_on_two_levels_of_theory(two_level_store, tmp_path):
 
     text = (_config(two_level_store, 'labels = ["default", "gfn1"]')
             .replace('size = "dev"', 'size = "dev"\nsteps = 12')
-            .replace("conformers = [1, 2, 4]", "conformers = [1, 4]"))
+            .replace("conformers = [1, 2, 4]", "conformers = [1, 4]")
+            # 5 labelled pool conformers a molecule: budget 12 needs M >= 3
+            .replace("molecules = [2, 4, 6]", "molecules = [3, 4, 6]"))
     out = tmp_path / "levels"
     report = write_report(run_study(parse_config(text), text, out, progress=False))
     with ConformerStore(out / "data.h5") as used:  # the conformers labelled at both levels
