@@ -151,3 +151,22 @@ def test_a_study_on_two_levels_of_theory(two_level_store, tmp_path):
     assert verdicts and set(verdicts) <= {"transfers", "differs", "not determined"}
     print("\n".join(line.split("</li>")[0] for line in html.split("<li>")
                     if "Levels at" in line or "Fitted exponents" in line))
+
+
+def test_the_example_pretrains_on_one_level_and_fine_tunes_on_both():
+    """examples/levels_of_theory.toml: GFN2-xTB and DFT label sets, every cell from one
+    pretrained start (read back: its store and start are made by the commands it lists)."""
+    from mlipdiv.study.config import load_config
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "levels_of_theory.toml"
+    config = load_config(example, this_machine=False)
+    assert config.data.label_sets() == ["default", "dft"]
+    assert config.models.starts() == ["pretrained"] and config.models.e0 == "refit"
+    text = example.read_text()
+    assert "ethanol 6.3 s" in text and "toluene 22 s" in text
+    from mlipdiv.study.cells import model_label
+
+    assert model_label("ani", "pretrained", config.models.starts(), "dft",
+                       config.data.label_sets()) == "ani/dft"
+    assert model_label("ani", "pretrained", ["scratch", "pretrained"], "dft",
+                       ["default", "dft"]) == "ani/pretrained/dft"
