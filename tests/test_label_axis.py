@@ -170,3 +170,49 @@ def test_the_example_pretrains_on_one_level_and_fine_tunes_on_both():
                        config.data.label_sets()) == "ani/dft"
     assert model_label("ani", "pretrained", ["scratch", "pretrained"], "dft",
                        ["default", "dft"]) == "ani/pretrained/dft"
+
+
+def _fit(model: str, alpha: tuple[float, float, float], accepted: bool = True):
+    from mlipdiv.study.fit import SurfaceFit
+
+    return SurfaceFit.model_construct(
+        model=model, selection="random-random", split="st", metric="m",
+        form="molecules-only", accepted=accepted, params={"a": 1.0, "alpha": alpha[0]},
+        params_ci={"a": (0.5, 2.0), "alpha": alpha[1:]})
+
+
+def test_level_verdicts_from_the_intervals_compare_within_each_start():
+    """Optima and exponents are compared between levels of one (model, start) only: the
+    verdict words are the section's (transfers / differs / not determined)."""
+    from test_report import _advice
+
+    from mlipdiv.report.architectures import (
+        axis_group,
+        exponent_comparison,
+        optimum_comparison,
+    )
+
+    level = axis_group(-1)
+    lines = optimum_comparison([
+        _advice("ani/scratch/default", 4, (3, 5), 6, (5, 8)),
+        _advice("ani/scratch/dft", 12, (10, 16), 2, (1, 2)),
+        _advice("ani/pretrained/default", 4, (3, 8), 6, (3, 8)),
+        _advice("ani/pretrained/dft", 6, (4, 10), 4, (2, 6))], "level", "differs",
+        "transfers", level)
+    assert len(lines) == 2
+    pretrained, scratch = lines  # sorted by the rest of the label
+    assert "Levels at budget 24, random-random, ani/pretrained" in pretrained
+    assert "Verdict: transfers" in pretrained and "ani/scratch" not in pretrained
+    assert "Verdict: differs" in scratch and "ani/scratch/default vs ani/scratch/dft" in scratch
+    apart = exponent_comparison([_fit("ani/default", (0.3, 0.2, 0.4)),
+                                 _fit("ani/dft", (0.9, 0.7, 1.1))], "level", "differs",
+                                "transfers", level)
+    assert "alpha = 0.30 [0.20, 0.40]" in apart[0] and "Verdict: differs" in apart[0]
+    same = exponent_comparison([_fit("ani/default", (0.3, 0.2, 0.6)),
+                                _fit("ani/dft", (0.5, 0.4, 1.1))], "level", "differs",
+                               "transfers", level)
+    assert "Verdict: transfers" in same[0]
+    rejected = exponent_comparison([_fit("ani/default", (0.3, 0.2, 0.6)),
+                                    _fit("ani/dft", (0.5, 0.4, 1.1), accepted=False)],
+                                   "level", "differs", "transfers", level)
+    assert "Verdict: not determined" in rejected[0] and "ani/dft: no accepted fit" in rejected[0]
