@@ -64,7 +64,7 @@ def architecture_curves(cells: pd.DataFrame, split: str, metric: str) -> Figure 
     return fig
 
 
-def _disjoint(a: tuple[int, int], b: tuple[int, int]) -> bool:
+def _disjoint(a: tuple[float, float], b: tuple[float, float]) -> bool:
     return a[1] < b[0] or b[1] < a[0]
 
 
