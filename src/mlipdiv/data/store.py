@@ -259,6 +259,18 @@ class ConformerStore:
                 "n_molecules": len(masks),
                 "unlabelled_molecules": [k for k, m in masks.items() if not m.any()]}
 
+    def common_mask(self, inchikey: str, label_sets: Iterable[str]) -> np.ndarray:
+        """Which conformers of a molecule carry every one of the given label sets."""
+        return np.logical_and.reduce([self.label_mask(inchikey, name) for name in label_sets]
+                                     + [np.ones(self.n_conformers(inchikey), bool)])
+
+    def common_counts(self, label_sets: Iterable[str]) -> dict[str, int]:
+        """Conformers of each molecule labelled at every given label set (molecules with
+        none left out)."""
+        label_sets = list(label_sets)
+        counts = {key: int(self.common_mask(key, label_sets).sum()) for key in self._keys}
+        return {key: count for key, count in counts.items() if count}
+
     @property
     def inchikeys(self) -> list[str]:
         return list(self._keys)

@@ -146,6 +146,14 @@ class StoreWriter:
             self._handle.close()
             self.tmp_path.unlink(missing_ok=True)
 
+    def add_label_set(self, inchikey: str, name: str,
+                      labels: tuple[np.ndarray, np.ndarray, np.ndarray] | None) -> None:
+        """Give a molecule already written the group of named label set `name` (unlabelled
+        but for the given (conformer indices, energies, forces)); the caller records the
+        set's provenance in the root attribute (`set_attr`)."""
+        _write_label_group(self._file[inchikey], name, labels)
+        self._handle.raise_failure(self.path)
+
     def _create(self, record: MoleculeRecord) -> None:
         group = self._file.create_group(record.inchikey)
         group.attrs["smiles"] = record.smiles
@@ -212,8 +220,25 @@ def write_store(
 def write_subset(
     store: ConformerStore, pairs: Iterable[tuple[str, int]], path: str | os.PathLike
 ) -> int:
-    """Copy the selected (inchikey, conformer) pairs of a store into a new store."""
-    return write_store(path, store.select(pairs), store.level_of_theory)
+    """Copy the selected (inchikey, conformer) pairs of a store into a new store, with every
+    named label set of those conformers (a conformer unlabelled at a set stays so)."""
+    grouped: dict[str, list[int]] = {}
+    for key, index in pairs:
+        grouped.setdefault(key, []).append(int(index))
+    named = store._named_sets()
+    with StoreWriter(path, store.level_of_theory) as writer:
+        for record in store.select((key, i) for key, indices in grouped.items()
+                                   for i in indices):
+            writer.add(record)
+        for name in named:
+            for key, indices in grouped.items():
+                record = store.molecule(key, indices, labels=name)
+                kept = np.flatnonzero(record.label_mask)
+                writer.add_label_set(key, name, (kept, record.energy[kept],
+                                                 record.forces[kept]))
+        if named:
+            writer.set_attr(LABEL_SETS_ATTR, json.dumps(named))
+    return writer.n_conformers
 
 
 def check_label_set_name(name: str) -> None:

@@ -45,11 +45,12 @@ class SplitSet:
     def n_conformers(self) -> int:
         return int(sum(len(v) for v in self.by_molecule.values()))
 
-    def records(self) -> Iterator[MoleculeRecord]:
-        """The set's conformers, one molecule record at a time."""
+    def records(self, labels: str | None = None) -> Iterator[MoleculeRecord]:
+        """The set's conformers, one molecule record at a time, with the energies and forces
+        of the store's label set `labels` (None: its default labels)."""
         with ConformerStore(self.store_path) as store:
             for key, indices in self.by_molecule.items():
-                yield store.molecule(key, indices)
+                yield store.molecule(key, indices, labels=labels)
 
     def restricted(self, molecules: Iterable[str]) -> SplitSet:
         """The same set holding only the given molecules (e.g. a cell's training molecules)."""
@@ -80,11 +81,12 @@ class Splits:
     def test_sets(self) -> dict[str, SplitSet]:
         return {name: s for name, s in self.sets.items() if name != "pool"}
 
-    def records(self, name: str) -> Iterator[MoleculeRecord]:
-        """Records of "pool" or a test set, read from the store that set comes from."""
+    def records(self, name: str, labels: str | None = None) -> Iterator[MoleculeRecord]:
+        """Records of "pool" or a test set, read from the store that set comes from (at label
+        set `labels`; None: the default labels)."""
         if name not in self.sets:
             raise MlipdivError(f"{self.path}: no set '{name}' (has {', '.join(self.sets)})")
-        return self.sets[name].records()
+        return self.sets[name].records(labels)
 
 
 # ---------------------------------------------------------------- options

@@ -26,6 +26,7 @@ from mlipdiv.domain.model import (
     conformer_errors,
     domain_directory,
     load_domain,
+    run_labels,
     sigma_and_errors,
 )
 from mlipdiv.domain.reference import RecordScores
@@ -209,8 +210,9 @@ def evaluate_run(run_path: str | os.PathLike, splits_path: str | os.PathLike,
     data = {}
     trained_on = training_molecules(run)
     # in distribution = unseen conformers of the run's own training molecules
+    labels = run_labels(run)  # scored against the level of theory the run trained on
     for name, split_set, _ in scored_sets(splits, trained_on):
-        records = list(split_set.records())
+        records = list(split_set.records(labels))
         if not records:
             continue
         data[name] = SplitData(name, records, domain.score(run, records), domain)

@@ -237,12 +237,19 @@ def training_data(run, train_path: str | os.PathLike | None = None,
 
         design = load_design(source.design)
         cell = design.cell(source.cell)
+        labels = run_labels(run)
         with ConformerStore(load_splits(design.splits_path).store_path) as store:
-            return list(store.select(cell.train)), list(store.select(cell.valid))
+            return (list(store.select(cell.train, labels)),
+                    list(store.select(cell.valid, labels)))
     if source.train and source.valid:
         return read_records(source.train), read_records(source.valid)
     raise MlipdivError(f"{run.path}: the run does not record its training data; give its "
                        "training and validation files")
+
+
+def run_labels(run) -> str | None:
+    """The store's label set a study cell's run trained on (None: the default labels)."""
+    return getattr(run.record.source, "labels", None)
 
 
 def domain_directory(run_path: str | os.PathLike) -> Path:

@@ -84,6 +84,11 @@ def score_split(run, records: Iterable[MoleculeRecord], split: str, *,
     unlabelled = [r.inchikey for r in records if not r.labelled]
     if unlabelled:
         raise MlipdivError(f"split {split}: molecule {unlabelled[0]} has no labels to score")
+    partial = [r for r in records if r.n_labelled < r.n_conformers]
+    if partial:  # read at a label set covering a subset of the conformers
+        raise MlipdivError(f"split {split}: {partial[0].n_conformers - partial[0].n_labelled} "
+                           f"conformer(s) of molecule {partial[0].inchikey} are not labelled "
+                           "at the label set scored")
     no_forces = [r.inchikey for r in records if not r.has_forces]
     if no_forces:
         raise MlipdivError(f"split {split}: molecule {no_forces[0]} has energies but no forces; "
@@ -140,18 +145,19 @@ def training_molecules(run: TrainedRun) -> set[str] | None:
 
 
 def evaluate_run(run_path: str | os.PathLike, splits_path: str | os.PathLike,
-                 device: str | None = None) -> list[ResultRecord]:
+                 device: str | None = None, labels: str | None = None) -> list[ResultRecord]:
     """One ResultRecord per test split of a SPLITS directory (cf, st, sf, ood: those made).
     CF is scored on the withheld conformers of the run's own training molecules."""
-    return [record for record, _ in score_run(run_path, splits_path, device)]
+    return [record for record, _ in score_run(run_path, splits_path, device, labels)]
 
 
 def score_run(run_path: str | os.PathLike, splits_path: str | os.PathLike,
-              device: str | None = None) -> list[tuple[ResultRecord, list[dict]]]:
-    """(record, per-molecule terms) per test split. CF means "unseen conformers of the
-    molecules this run trained on", so the CF set is restricted to the run's training
-    molecules; a run that does not say which they were is scored on the whole CF set and its
-    record's `scope` says so."""
+              device: str | None = None, labels: str | None = None,
+              ) -> list[tuple[ResultRecord, list[dict]]]:
+    """(record, per-molecule terms) per test split, against the store's label set `labels`
+    (None: its default labels). CF means "unseen conformers of the molecules this run
+    trained on", so the CF set is restricted to the run's training molecules; a run that does
+    not say which they were is scored on the whole CF set and its record's `scope` says so."""
 
     run = load_run(run_path, device)
     splits = load_splits(splits_path)
@@ -159,7 +165,7 @@ def score_run(run_path: str | os.PathLike, splits_path: str | os.PathLike,
     scored = []
     for name, split_set, restricted in scored_sets(splits, trained_on):
         scope = SCOPE_TRAINING if restricted else SCOPE_ALL
-        metrics, terms = score_split(run, split_set.records(), name, scope=scope)
+        metrics, terms = score_split(run, split_set.records(labels), name, scope=scope)
         scored.append((result_record(run, metrics), terms))
     return scored
 

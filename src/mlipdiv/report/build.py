@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+from functools import cached_property
 from itertools import islice
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from mlipdiv.atomic import (
     write_bytes_atomic,
     write_text_atomic,
 )
+from mlipdiv.data.store import ConformerStore
 from mlipdiv.design import load_splits
 from mlipdiv.design.experiments import experiment as design_experiment
 from mlipdiv.design.experiments import experiment_names
@@ -29,7 +31,7 @@ from mlipdiv.metrics.stats import is_root_metric, metric_label
 from mlipdiv.models import load_run
 from mlipdiv.report import figures
 from mlipdiv.report.adaptive_section import adaptive_section
-from mlipdiv.report.architectures import architectures_section, starts_section
+from mlipdiv.report.architectures import architectures_section, levels_section, starts_section
 from mlipdiv.report.findings import (
     advice_findings,
     selection_findings,
@@ -86,15 +88,16 @@ class StudyView:
         if not self.paths.results_parquet.exists():
             raise MlipdivError(f"{root}: no results.parquet; run `mlipdiv study` first")
         self.config: StudyConfig = load_config(self.paths.config, this_machine=False)
-        # per (model, start) where the study has several starts ("ani/pretrained")
-        starts = self.config.models.starts()
+        # per (model, start, label set) where the study has several ("ani/pretrained/dft")
+        starts, label_sets = self.config.models.starts(), self.config.data.label_sets()
         self.results = label_starts(with_placement_columns(read_parquet(
-            self.paths.results_parquet, "study results", RESULTS_REMEDY)), starts)
+            self.paths.results_parquet, "study results", RESULTS_REMEDY)), starts, label_sets)
         if not self.paths.results_molecules.exists():
             raise MlipdivError(f"{self.paths.results_molecules}: missing; rerun `mlipdiv study` "
                                "(with --force if it was made by an older version)")
         self.molecules = label_starts(read_parquet(
-            self.paths.results_molecules, "per-molecule results", RESULTS_REMEDY), starts)
+            self.paths.results_molecules, "per-molecule results", RESULTS_REMEDY), starts,
+            label_sets)
         self.metric = self.config.advice.metric
         self.fits, self.skipped = (load_fits(self.paths.fit) if self.paths.fit.exists()
                                    else ([], ["the study has no fit step output"]))
@@ -107,6 +110,18 @@ class StudyView:
                         if self.paths.profile.exists() else None)
         self._cells: dict[str, pd.DataFrame] = {}
         self.settings = read_json(self.paths.settings, "study settings", RESTART_REMEDY)
+
+    @cached_property
+    def levels(self) -> dict[str, str]:
+        """{label set: its level of theory} of the store the study's cells drew from (empty
+        when that store cannot be read any more)."""
+        try:
+            splits = load_splits(self.paths.splits, verify=False)
+            with ConformerStore(splits.store_path) as store:
+                return {name: str(p.get("level_of_theory", "?"))
+                        for name, p in store.label_sets().items()}
+        except MlipdivError:
+            return {}
 
     @property
     def cells(self) -> pd.DataFrame:
@@ -176,6 +191,15 @@ def setup_sentences(view: StudyView) -> list[str]:
     if len(config.models.starts()) > 1:
         models += (f", each trained from scratch and from the pretrained start "
                    f"{config.models.init_from} (e0 {config.models.e0}) on the same cells")
+    elif config.models.init_from is not None:
+        models += (f", fine-tuned from the pretrained start {config.models.init_from} "
+                   f"(e0 {config.models.e0})")
+    if len(config.data.label_sets()) > 1:
+        models += (", each trained and scored on the label sets "
+                   f"{', '.join(config.data.label_sets())} (levels of theory) on the same "
+                   "cells")
+    elif config.data.label_sets() != ["default"]:
+        models += f", trained and scored on the label set {config.data.label_sets()[0]}"
     runs = results.drop_duplicates("run")  # cells sharing an identical training count once
     n_runs = len(runs)
     schedule = "; ".join(
@@ -250,8 +274,9 @@ def _parity_data(view: StudyView, cell: str, model: str):
 def parity_section(view: StudyView) -> Section:
     """Parity plots for the best and worst cells (weighted error of the first model)."""
     weights = view.config.advice.weights
-    starts = view.config.models.starts()
-    model = model_label(view.config.models.architectures[0], starts[0], starts)
+    starts, label_sets = view.config.models.starts(), view.config.data.label_sets()
+    model = model_label(view.config.models.architectures[0], starts[0], starts, label_sets[0],
+                        label_sets)
     rows = view.results[(view.results.model == model) & view.results.split.isin(list(weights))]
     if rows.empty:
         return Section("Parity: best and worst cells", "<p>No scored cells to show.</p>")
@@ -485,6 +510,7 @@ SECTIONS = [
     ("The experiments", _experiment_section),
     ("Architectures compared", architectures_section),
     ("Does pretraining move the optimum?", starts_section),
+    ("Does the cheap pilot's advice transfer?", levels_section),
     ("Error surface and budget advice", _surface_section),
     ("Adaptive pilot", adaptive_section),
     ("Does the advice hold?", verify_section),

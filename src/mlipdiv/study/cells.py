@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 
 from mlipdiv.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
-from mlipdiv.data.store import ConformerStore
+from mlipdiv.data.store import DEFAULT_LABELS, ConformerStore
 from mlipdiv.design import load_design, load_splits
 from mlipdiv.errors import MlipdivError
 from mlipdiv.metrics.evaluate import score_run
@@ -61,51 +61,73 @@ class CellTask:
     shares_run_of: str | None = None  # the cell whose identical training set this reuses
     run_design: str = ""  # design file of the cell the run is trained for (this or shared)
     start: str = "scratch"  # the start trained from (config.models.start)
+    labels: str = DEFAULT_LABELS  # the store's label set trained and scored on (data.labels)
     label: str = ""  # the model in results, fits and advice (model_label); "" = spec.model
     # GPUs the local executor reserves per cell (a Ray task's are its placement's)
     gpus: float = 0.0
 
 
 def train_cell(design_path: str | os.PathLike, cell_id: str, spec: TrainingSpec,
-               out: str | os.PathLike, *, progress: bool = True) -> Path:
-    """Train `spec` on a design cell's training/validation pairs (as `models.train`); the
+               out: str | os.PathLike, *, progress: bool = True,
+               labels: str | None = None) -> Path:
+    """Train `spec` on a design cell's training/validation pairs (as `models.train`) with the
+    energies and forces of the store's label set `labels` (None: its default labels); the
     cell's figures go into the run record's source."""
 
     design = load_design(design_path)
     cell = design.cell(cell_id)
     splits = load_splits(design.splits_path)
     with ConformerStore(splits.store_path) as store:
-        train_records = list(store.select(cell.train))
-        valid_records = list(store.select(cell.valid))
+        train_records = list(store.select(cell.train, labels))
+        valid_records = list(store.select(cell.valid, labels))
     # absolute paths: the run is read later from other working directories (domain fit)
     source = {"cell": cell.id, "design": str(Path(design_path).resolve()),
               "splits": str(Path(design.splits_path).resolve()),
-              **cell.model_dump(exclude={"id", "train", "valid"})}
+              **cell.model_dump(exclude={"id", "train", "valid"}),
+              # the label set, read back by the domain fit (absent: the default labels)
+              **({"labels": labels} if labels not in (None, DEFAULT_LABELS) else {})}
     return train(train_records, valid_records, spec, out, source=source, progress=progress)
 
 
-def training_set_key(cell, model: str, seed: int, start: str = "scratch") -> str:
+def training_set_key(cell, model: str, seed: int, start: str = "scratch",
+                     labels: str = DEFAULT_LABELS) -> str:
     """What makes two trainings the same: conformers, validation conformers, model, seed,
-    start."""
+    start, label set."""
     content = json.dumps([sorted(map(list, cell.train)), sorted(map(list, cell.valid)), model,
-                          seed, start])
+                          seed, start, labels])
     return hashlib.sha256(content.encode()).hexdigest()
 
 
-def model_label(model: str, start: str, starts: list[str]) -> str:
-    """The model as results, fits and advice name it: "ani" in a study with one start,
-    "ani/pretrained" where it has several (so every per-model grouping is per start)."""
-    return f"{model}/{start}" if len(starts) > 1 else model
+def axis_values(start: str, starts: list[str], labels: str = DEFAULT_LABELS,
+                label_sets: list[str] | None = None) -> list[str]:
+    """The study axes that name a (model, start, label set) beyond its model: the start
+    where the study has several, the label set where it has several."""
+    return ([start] * (len(starts) > 1)
+            + [labels] * (len(label_sets or [DEFAULT_LABELS]) > 1))
 
 
-def label_starts(table: pd.DataFrame, starts: list[str]) -> pd.DataFrame:
-    """Result rows (or per-molecule terms) with a `start` column (rows written before it
-    read as the study's single start) and their model labelled by start (model_label)."""
+def model_label(model: str, start: str, starts: list[str], labels: str = DEFAULT_LABELS,
+                label_sets: list[str] | None = None) -> str:
+    """The model as results, fits and advice name it: "ani" in a study with one start and one
+    label set, "ani/pretrained" where it has several starts, "ani/dft" where it has several
+    label sets, "ani/pretrained/dft" with both (so every per-model grouping is per start and
+    per level of theory)."""
+    return "/".join([model, *axis_values(start, starts, labels, label_sets)])
+
+
+def label_starts(table: pd.DataFrame, starts: list[str],
+                 label_sets: list[str] | None = None) -> pd.DataFrame:
+    """Result rows (or per-molecule terms) with a `start` and a `labels` column (rows written
+    before them read as the study's single start and label set) and their model labelled by
+    start and label set (model_label)."""
     table = table.copy()
-    table["start"] = table["start"].fillna(starts[0]) if "start" in table else starts[0]
-    if len(starts) > 1 and "model" in table:
-        table["model"] = [model_label(m.split("/")[0], s, starts)
-                          for m, s in zip(table.model, table.start, strict=True)]
+    label_sets = label_sets or [DEFAULT_LABELS]
+    for column, first in (("start", starts[0]), ("labels", label_sets[0])):
+        table[column] = table[column].fillna(first) if column in table else first
+    if (len(starts) > 1 or len(label_sets) > 1) and "model" in table:
+        table["model"] = [model_label(m.split("/")[0], s, starts, labels, label_sets)
+                          for m, s, labels in zip(table.model, table.start, table["labels"],
+                                                  strict=True)]
     return table
 
 
@@ -118,13 +140,14 @@ def cell_tasks(config: StudyConfig, paths: StudyPaths, designs: list[Path],
     the study's own) what they are scored on."""
 
     schedule = config.training_schedule()
-    starts = config.models.starts()
+    starts, label_sets = config.models.starts(), config.data.label_sets()
     tasks, first_run = [], {}
     for design_path in designs:
         for cell in load_design(design_path).cells:
-            for model, start in product(config.models.architectures, starts):
+            for model, start, labels in product(config.models.architectures, starts,
+                                                label_sets):
                 seed = config.seed + seed_offset + cell.replicate
-                key = training_set_key(cell, model, seed, start)
+                key = training_set_key(cell, model, seed, start, labels)
                 shared, run_design = first_run.setdefault(key, (cell.id, design_path))
                 spec = TrainingSpec(
                     model=model, size=config.models.size, ensemble=config.models.ensemble,
@@ -132,16 +155,17 @@ def cell_tasks(config: StudyConfig, paths: StudyPaths, designs: list[Path],
                     steps=schedule[model]["steps"],
                     steps_per_round=schedule[model]["steps_per_round"],
                     **config.models.start_options(start))
-                # one start keeps the plain paths (studies made before `start` resume)
-                named = start if len(starts) > 1 else None
+                # one start and one label set keep the plain paths (studies made before
+                # `start` and `data.labels` resume)
+                named = "-".join(axis_values(start, starts, labels, label_sets)) or None
                 tasks.append(CellTask(
                     design=str(design_path.resolve()), cell_id=cell.id,
                     run_dir=str(paths.run(shared, model, named).resolve()),
                     result_path=str(paths.cell_result(cell.id, model, named).resolve()),
                     splits=str((splits or paths.splits).resolve()), spec=spec,
                     shares_run_of=None if shared == cell.id else shared,
-                    run_design=str(run_design.resolve()), start=start,
-                    label=model_label(model, start, starts)))
+                    run_design=str(run_design.resolve()), start=start, labels=labels,
+                    label=model_label(model, start, starts, labels, label_sets)))
     return tasks
 
 
@@ -155,15 +179,17 @@ def run_cell(task: CellTask) -> dict:
     device, device_label = task_device(task.spec.device, task.gpus)
     # a cell sharing an identical earlier cell's training set finds that run complete
     run_dir = train_cell(task.run_design, task.shares_run_of or task.cell_id,
-                         replace(task.spec, device=device), task.run_dir, progress=False)
+                         replace(task.spec, device=device), task.run_dir, progress=False,
+                         labels=task.labels)
     columns = {**cell_columns(cell), **training_columns(run_dir), "shares_run_of":
                task.shares_run_of or "", "node": current_placement().node,
-               "task_device": device_label, "start": task.start}
+               "task_device": device_label, "start": task.start, "labels": task.labels}
     rows, molecules = [], []
-    for record, terms in score_run(run_dir, task.splits, device):
+    for record, terms in score_run(run_dir, task.splits, device, task.labels):
         rows.append({**record.model_dump(), **columns})
         molecules += [{"cell": cell.id, "model": task.spec.model, "start": task.start,
-                       "replicate": cell.replicate, "split": record.split, **term}
+                       "labels": task.labels, "replicate": cell.replicate,
+                       "split": record.split, **term}
                       for term in terms]
     write_json_atomic(Path(task.result_path), {"rows": rows, "molecules": molecules})
     return {"seconds": time.perf_counter() - started,
@@ -286,9 +312,10 @@ def read_cell_results(tasks: list[CellTask]) -> tuple[pd.DataFrame, pd.DataFrame
         payload = cell_result(task)
         if payload is None:
             continue
-        # rows written before `start` carry the task's start (a study's single one)
-        rows += [{"start": task.start, **row} for row in payload["rows"]]
-        molecules += [{"start": task.start, **term} for term in payload["molecules"]]
+        # rows written before `start` / `labels` carry the task's (a study's single one)
+        given = {"start": task.start, "labels": task.labels}
+        rows += [{**given, **row} for row in payload["rows"]]
+        molecules += [{**given, **term} for term in payload["molecules"]]
     return with_placement_columns(pd.DataFrame(rows)), pd.DataFrame(molecules)
 
 

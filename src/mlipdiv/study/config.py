@@ -34,6 +34,7 @@ from mlipdiv.data.generate import GenerateOptions
 from mlipdiv.data.qm import QMMethod
 from mlipdiv.data.sampling import SAMPLERS
 from mlipdiv.data.sources import parse_elements
+from mlipdiv.data.store import DEFAULT_LABELS, ConformerStore
 from mlipdiv.declare import declared_default, declared_help
 from mlipdiv.design.experiments import experiments
 from mlipdiv.design.kinds import default_advice_weights, test_set_names
@@ -132,6 +133,16 @@ class DataConfig(_Strict):
     min_heavy_atoms: int | None = Field(None, ge=1)
     max_heavy_atoms: int | None = Field(None, ge=1)
     store: PathValue | None = None  # source = "store": an existing conformer store
+    # the label sets (levels of theory) every cell trains and is scored on, each a study axis
+    # like models.start: "default" is the store's own labels (its level_of_theory), another
+    # name a label set of the store (`mlipdiv label STORE --method dft --as dft`); with a set
+    # that covers a subset of the conformers, every level's cells draw from the conformers
+    # labelled at all the listed sets (the same cells on every level)
+    labels: list[str] = [DEFAULT_LABELS]
+
+    def label_sets(self) -> list[str]:
+        """The label sets the cells run on, in config order."""
+        return list(self.labels)
 
     def generate_options(self, seed: int) -> GenerateOptions:
         """The GenerateOptions of this section (sampler and temperature left out take the
@@ -153,6 +164,29 @@ class DataConfig(_Strict):
         if (self.min_heavy_atoms and self.max_heavy_atoms
                 and self.min_heavy_atoms > self.max_heavy_atoms):
             raise ValueError("min_heavy_atoms is larger than max_heavy_atoms")
+        return self
+
+    @model_validator(mode="after")
+    def _labels(self, info: ValidationInfo) -> DataConfig:
+        if not self.labels or len(set(self.labels)) != len(self.labels):
+            raise ConfigKeyError("labels", "list distinct label sets (\"default\": the "
+                                 "store's own labels)")
+        if self.labels == [DEFAULT_LABELS]:
+            return self
+        if self.source == "generate":
+            raise ConfigKeyError("labels", "a generated store holds its own labels only "
+                                 "(\"default\"); add a level with `mlipdiv label STORE --as "
+                                 "NAME` and use source = 'store'")
+        # a finished study read back needs no store; a missing store is the data step's error
+        if not (info.context or {}).get("this_machine", True) or not self.store.is_file():
+            return self
+        with ConformerStore(self.store) as store:
+            known = store.label_sets()
+        for name in self.labels:
+            if name not in known:
+                raise ConfigKeyError("labels", f"{self.store} has no label set '{name}' (it "
+                                     f"has {', '.join(known)}); add it with `mlipdiv label "
+                                     f"{self.store} --method METHOD --as {name}`")
         return self
 
 
@@ -419,6 +453,8 @@ class StudyBase(_Strict):
                 settings["models"].pop(key)
         if self.models.starts() == self.models.default_starts():  # nor those before `start`
             settings["models"].pop("start")
+        if self.data.labels == [DEFAULT_LABELS]:  # nor those before `data.labels`
+            settings["data"].pop("labels")
         for kind in experiments():  # nor do studies made before an experiment was added
             if settings.get(kind.config_key, 0) is None:
                 settings.pop(kind.config_key)

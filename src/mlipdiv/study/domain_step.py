@@ -21,7 +21,7 @@ from mlipdiv.atomic import write_text_atomic
 from mlipdiv.domain.evaluate import EVALUATION_FILE, DomainEvaluation, evaluate_run
 from mlipdiv.domain.model import DOMAIN_FILE, domain_directory, fit_run
 from mlipdiv.files import read_parquet
-from mlipdiv.study.cells import label_starts
+from mlipdiv.study.cells import axis_values, label_starts
 from mlipdiv.study.layout import RESULTS_REMEDY, StudyPaths, slug
 
 AUROC_CSV = "auroc.csv"
@@ -57,11 +57,12 @@ def study_runs(study_dir: str | os.PathLike) -> list[EvaluatedRun]:
     if not paths.results_parquet.exists():
         return []
     table = read_parquet(paths.results_parquet, "study results", RESULTS_REMEDY)
-    # with several starts, a run per (model, start), labelled "ani/pretrained" (model_label)
+    # with several starts or label sets, a run per (model, start, label set), labelled
+    # "ani/pretrained/dft" (model_label)
     starts = list(dict.fromkeys(table.start)) if "start" in table else ["scratch"]
-    named = len(starts) > 1
-    cells = (label_starts(table[[*RUN_COLUMNS, "replicate", "run", *(["start"] * named)]],
-                          starts)
+    label_sets = list(dict.fromkeys(table["labels"])) if "labels" in table else None
+    axes = [column for column in ("start", "labels") if column in table]
+    cells = (label_starts(table[[*RUN_COLUMNS, "replicate", "run", *axes]], starts, label_sets)
              .drop_duplicates(["cell", "model"])
              .sort_values(["N", "M", "replicate"], ascending=[False, False, True]))
     runs = []
@@ -69,15 +70,16 @@ def study_runs(study_dir: str | os.PathLike) -> list[EvaluatedRun]:
         runs.append(EvaluatedRun(
             row.experiment, row.model, row.selection, row.cell, int(row.M), int(row.N),
             # the run as recorded: a cell identical to another shares that cell's run
-            Path(row.run), paths.cell_result(row.cell, row.model.split("/")[0],
-                                             row.start if named else None),
+            Path(row.run), paths.cell_result(
+                row.cell, row.model.split("/")[0],
+                "-".join(axis_values(row.start, starts, row["labels"], label_sets)) or None),
             evaluation_path(paths.root, row.cell, row.model)))
     return sorted(runs, key=lambda r: (r.model, r.selection, r.experiment))
 
 
 def evaluation_path(study_dir: str | os.PathLike, cell: str, model: str) -> Path:
     """Where the domain step writes the evaluation of one cell's run."""
-    name = model.replace("/", "-")  # a (model, start) label "ani/pretrained"
+    name = model.replace("/", "-")  # a (model, start, labels) label "ani/pretrained"
     return StudyPaths(Path(study_dir)).domain / f"{slug(cell)}__{name}" / EVALUATION_FILE
 
 

@@ -44,6 +44,8 @@ class StudyPaths:
 
     @property
     def data(self) -> Path:
+        """The generated store, or (`data.labels` with a set covering a subset) the
+        conformers of the configured store labelled at every listed set."""
         return self.root / "data.h5"
 
     @property
@@ -102,7 +104,8 @@ class StudyPaths:
 
     def run(self, cell_id: str, model: str, start: str | None = None) -> Path:
         """Training run directory of one cell and model (checkpoints live there); `start`
-        names the start in a study with several (one start keeps the plain name)."""
+        names the start and/or label set in a study with several ("pretrained", "dft",
+        "pretrained-dft"; one start and one label set keep the plain name)."""
         return self.runs / slug(cell_id) / with_start(model, start)
 
     @property

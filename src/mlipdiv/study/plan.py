@@ -151,7 +151,9 @@ def data_sizes(config: StudyConfig) -> tuple[np.ndarray, int]:
         if not config.data.store.exists():  # as the study's data step says it
             raise MlipdivError(f"data.store {config.data.store.resolve()}: no such store")
         with ConformerStore(config.data.store) as store:
-            counts = np.array(sorted(store.conformer_counts().values(), reverse=True))
+            # the conformers labelled at every label set of the study (data.labels)
+            by_molecule = store.common_counts(config.data.label_sets())
+            counts = np.array(sorted(by_molecule.values(), reverse=True))
     held = _count(config.split.st, len(counts)) + _count(config.split.sf, len(counts))
     return counts, held
 
@@ -251,10 +253,12 @@ def plan_study(config: StudyConfig, out: str | Path | None = None, *,
         counted_from = "config"
         grids, cells, keys = _config_cells(config, notes)
         seen, jobs = set(), []
+        variants = [(s, ls) for s in config.models.starts() for ls in config.data.label_sets()]
         for key in keys:
             for model in models:
-                jobs.append((model, (key, model) not in seen, False))
-                seen.add((key, model))
+                for variant in variants:  # every start and label set trains on the cell
+                    jobs.append((model, (key, model, variant) not in seen, False))
+                    seen.add((key, model, variant))
         notes.append("identical cells are predicted from equal (M, N, replicate, selection): "
                      "the designs drawn from the data decide")
     left = [(model, trains) for model, trains, done in jobs if not done]

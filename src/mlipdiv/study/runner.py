@@ -19,12 +19,15 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from mlipdiv.atomic import write_json_atomic, write_text_atomic
 from mlipdiv.data.generate import generate
 from mlipdiv.data.identity import quiet_rdkit
 from mlipdiv.data.sources import MoleculeFilter, parse_elements, select_molecules
+from mlipdiv.data.store import DEFAULT_LABELS, ConformerStore
+from mlipdiv.data.store_writer import write_subset
 from mlipdiv.design import (
     make_design,
     make_splits,
@@ -59,7 +62,7 @@ from mlipdiv.study.config import StudyConfig, config_differences, load_config
 from mlipdiv.study.curves import fit_results
 from mlipdiv.study.executors import plan_parallelism
 from mlipdiv.study.fit import write_fits
-from mlipdiv.study.layout import RESULTS_REMEDY, StudyPaths
+from mlipdiv.study.layout import RESTART_REMEDY, RESULTS_REMEDY, StudyPaths
 from mlipdiv.study.steps import Step, StudyRun, remove_outputs, stale_steps
 
 MIN_FREE_BYTES = 50 * 1024**2
@@ -108,12 +111,15 @@ def prepare_directory(config: StudyConfig, config_text: str, paths: StudyPaths,
 
 # ---------------------------------------------------------------- data, profile, split, design
 def data_step(config: StudyConfig, paths: StudyPaths, workers: int, progress: bool) -> Path:
-    """The conformer store: generated into the study (resumable), or the configured store."""
+    """The conformer store: generated into the study (resumable), or the configured store
+    (restricted to the conformers labelled at every set of `data.labels`)."""
     if config.data.source == "store":
         store = config.data.store.resolve()
         if not store.exists():
             raise MlipdivError(f"data.store {store}: no such store")
-        return store
+        if config.data.label_sets() == [DEFAULT_LABELS]:
+            return store
+        return labelled_store(store, config.data.label_sets(), paths)
     if paths.data.exists():
         return paths.data
 
@@ -124,6 +130,56 @@ def data_step(config: StudyConfig, paths: StudyPaths, workers: int, progress: bo
     write_json_atomic(paths.data_summary, summary.as_dict())
     log.info("data: %s", summary.text().replace("\n", "; "))
     return paths.data
+
+
+def labelled_store(store: Path, label_sets: list[str], paths: StudyPaths) -> Path:
+    """The conformers the study's levels of theory can all train and be scored on: the store
+    itself when every set of `label_sets` labels every conformer, else a copy in the study
+    (`paths.data`, with every label set) of the conformers labelled at all of them, so the
+    split, the designs and every level's cells draw from the same labelled conformers. A
+    label set covering too few conformers for the grid is named by the design step."""
+    if paths.data.exists():
+        return paths.data
+    with ConformerStore(store) as opened:
+        pairs = [(key, int(i)) for key in opened.inchikeys
+                 for i in np.flatnonzero(opened.common_mask(key, label_sets))]
+        total = opened.total_conformers()
+        if len(pairs) == total:
+            return store
+        coverage = {name: opened.label_counts(name) for name in label_sets}
+        if not pairs:
+            raise MlipdivError(f"data.labels: no conformer of {store} is labelled at every "
+                               f"label set ({coverage_text(coverage)})")
+        write_subset(opened, pairs, paths.data)
+    molecules = len({key for key, _ in pairs})
+    summary = {"store": str(store), "labels": label_sets, "conformers": len(pairs),
+               "molecules": molecules, "coverage": {
+                   name: {k: v for k, v in counts.items() if k != "unlabelled_molecules"}
+                   for name, counts in coverage.items()}}
+    write_json_atomic(paths.data_summary, summary)
+    log.info("data: the study uses the %d conformers of %d molecules labelled at every label "
+             "set of data.labels (%s), copied to %s", len(pairs), molecules,
+             coverage_text(coverage), paths.data)
+    return paths.data
+
+
+def coverage_text(coverage: dict[str, dict]) -> str:
+    """How much of the store each label set covers, in words."""
+    return "; ".join(f"'{name}' labels {c['labelled_conformers']}/{c['n_conformers']} "
+                     f"conformers of {c['labelled_molecules']}/{c['n_molecules']} molecules"
+                     for name, c in coverage.items())
+
+
+def label_note(paths: StudyPaths) -> str:
+    """What the study's data were restricted to (a label set covering a subset), or ""."""
+    if not paths.data_summary.exists():
+        return ""
+    summary = read_json(paths.data_summary, "data summary", RESTART_REMEDY)
+    if "coverage" not in summary:
+        return ""
+    return (f" (data.labels {summary['labels']}: the study uses the {summary['conformers']} "
+            f"conformers of {summary['molecules']} molecules labelled at every set; "
+            f"{coverage_text(summary['coverage'])})")
 
 
 def molecule_filter(config: StudyConfig) -> MoleculeFilter:
@@ -185,7 +241,8 @@ def design_step(config: StudyConfig, paths: StudyPaths) -> list[Path]:
             except MlipdivError as exc:
                 problems += _unfillable_cells(config, paths, experiment, options, exc)
     if problems:
-        raise MlipdivError("the data cannot fill the requested grid: " + "; ".join(problems))
+        raise MlipdivError("the data cannot fill the requested grid: " + "; ".join(problems)
+                           + label_note(paths))
     return designs
 
 
@@ -266,10 +323,11 @@ def fit_and_advise(config: StudyConfig, results: pd.DataFrame, paths: StudyPaths
 
     molecules = (read_parquet(paths.results_molecules, "per-molecule results", RESULTS_REMEDY)
                  if paths.results_molecules.exists() else None)
-    # a study with several starts fits and advises per (model, start): "ani/pretrained"
-    starts = config.models.starts()
-    results = label_starts(results, starts)
-    molecules = None if molecules is None else label_starts(molecules, starts)
+    # a study with several starts or label sets fits and advises per (model, start, label
+    # set): "ani/pretrained", "ani/dft"
+    starts, label_sets = config.models.starts(), config.data.label_sets()
+    results = label_starts(results, starts, label_sets)
+    molecules = None if molecules is None else label_starts(molecules, starts, label_sets)
     fits, skipped = fit_results(results, config.advice.metric, seed=config.seed,
                                 molecules=molecules)
     write_fits(fits, skipped, paths.fit)

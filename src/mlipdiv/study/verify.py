@@ -199,12 +199,15 @@ def run_verify(study_dir: str | Path, budget: int, *, replicates: int = 3,
     weights = weights or dict(config.advice.weights)
     fitted = {f.split for f in fits}
     weights = {s: w for s, w in weights.items() if s in fitted and w > 0}
-    starts = config.models.starts()  # with several, a model is "ani/pretrained"
-    labels = [model_label(a, s, starts) for a in config.models.architectures for s in starts]
+    # with several starts or label sets, a model is "ani/pretrained", "ani/dft", ...
+    starts, label_sets = config.models.starts(), config.data.label_sets()
+    trained = {model_label(a, s, starts, ls, label_sets): (a, s, ls)
+               for a in config.models.architectures for s in starts for ls in label_sets}
+    labels = list(trained)
     model = model or labels[0]
     if model not in labels:
         raise FieldError("model", model, f"the study trained {labels}")
-    backend, _, start = model.partition("/")
+    backend, start, label_set = trained[model]
     selection = (config.design.molecule_selection[0], config.design.conformer_selection[0])
     selection_name = "-".join(selection)
     limits = pool_limits(config, study)
@@ -221,8 +224,10 @@ def run_verify(study_dir: str | Path, budget: int, *, replicates: int = 3,
     handler = attach_log(paths)
     try:
         design_path = _design(drawn, root)
-        single = config.model_copy(update={"models": config.models.model_copy(
-            update={"architectures": [backend], "start": [start or starts[0]]})})
+        single = config.model_copy(update={
+            "models": config.models.model_copy(update={"architectures": [backend],
+                                                       "start": [start]}),
+            "data": config.data.model_copy(update={"labels": [label_set]})})
         tasks = cell_tasks(single, paths, [design_path], seed_offset=VERIFY_SEED_OFFSET,
                            splits=study.splits)
         log.info("verify N=%d: %s", budget, ", ".join(f"{k} M={m}" for k, m in targets.items()))
