@@ -153,7 +153,7 @@ def predict(
     from mlipdiv.models import load_run, predict_frames, read_frames
 
     check_writable(out)  # before the model runs
-    frames = predict_frames(load_run(run, device), read_frames(input_file))
+    frames = predict_frames(load_run(run, device), read_frames(input_file), copy=False)
     write_extxyz_atomic(out, frames)
     flagged = sum(bool(f.info["out_of_domain"]) for f in frames)
     invalid = sum(bool(f.info["invalid_positions"]) for f in frames)
