@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -187,3 +188,37 @@ def test_train_command_streams_a_store(monkeypatch, capsys, tmp_path, stores):
     record = json.loads((tmp_path / "run" / "run.json").read_text())
     assert record["status"] == "complete" and record["n_train"] == 24
     assert "streamed from" in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_a_study_cell_streams_to_the_same_run(diverse_store, tmp_path):
+    """`[models] stream = true`: every cell's spec streams, a streamed cell trains to the
+    weights of the in-memory cell, and the key is not part of what makes a study (a config
+    with it compares equal to one without)."""
+    from conftest import STUDY_TOML
+
+    from mlipdiv.study import parse_config
+    from mlipdiv.study.cells import cell_tasks, train_cell
+    from mlipdiv.study.layout import StudyPaths
+    from mlipdiv.study.runner import design_step, split_step
+
+    plain = STUDY_TOML.format(store=diverse_store)
+    text = plain.replace('size = "dev"', 'size = "dev"\nstream = true\nloader_workers = 0')
+    config = parse_config(text)
+    assert config.comparable() == parse_config(plain).comparable()
+    paths = StudyPaths(tmp_path / "study")
+    paths.root.mkdir()
+    split_step(config, diverse_store, paths)
+    tasks = cell_tasks(config, paths, design_step(config, paths))
+    assert {(t.spec.stream, t.spec.loader_workers) for t in tasks} == {(True, 0)}
+    task = tasks[0]
+    short = replace(task.spec, steps=4, steps_per_round=2, dtype="float64")
+    streamed = train_cell(task.design, task.cell_id, short, tmp_path / "streamed",
+                          progress=False)
+    memory = train_cell(task.design, task.cell_id,
+                        replace(short, stream=False, loader_workers=None),
+                        tmp_path / "memory", progress=False)
+    a, b = _weights(memory), _weights(streamed)
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], rtol=0, atol=1e-10, err_msg=name)
+    with pytest.raises(MlipdivError, match="models.loader_workers: only with stream"):
+        parse_config(plain.replace('size = "dev"', 'size = "dev"\nloader_workers = 1'))

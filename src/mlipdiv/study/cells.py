@@ -25,7 +25,7 @@ from mlipdiv.data.store import DEFAULT_LABELS, ConformerStore
 from mlipdiv.design import load_design, load_splits
 from mlipdiv.errors import MlipdivError
 from mlipdiv.metrics.evaluate import score_run
-from mlipdiv.models import TrainingSpec, train
+from mlipdiv.models import StoreTrainingSet, TrainingSpec, train
 from mlipdiv.models.record import RunRecord
 from mlipdiv.study.advise import DataLimits
 from mlipdiv.study.config import StudyConfig
@@ -78,7 +78,9 @@ def train_cell(design_path: str | os.PathLike, cell_id: str, spec: TrainingSpec,
     cell = design.cell(cell_id)
     splits = load_splits(design.splits_path)
     with ConformerStore(splits.store_path) as store:
-        train_records = list(store.select(cell.train, labels))
+        # streamed: the cell's conformers are read in batches as training draws them
+        train_set = (StoreTrainingSet(splits.store_path, cell.train, spec.loader_workers)
+                     if spec.stream else list(store.select(cell.train, labels)))
         valid_records = list(store.select(cell.valid, labels))
     # absolute paths: the run is read later from other working directories (domain fit)
     source = {"cell": cell.id, "design": str(Path(design_path).resolve()),
@@ -86,7 +88,7 @@ def train_cell(design_path: str | os.PathLike, cell_id: str, spec: TrainingSpec,
               **cell.model_dump(exclude={"id", "train", "valid"}),
               # the label set, read back by the domain fit (absent: the default labels)
               **({"labels": labels} if labels not in (None, DEFAULT_LABELS) else {})}
-    return train(train_records, valid_records, spec, out, source=source, progress=progress)
+    return train(train_set, valid_records, spec, out, source=source, progress=progress)
 
 
 def training_set_key(cell, model: str, seed: int, start: str = "scratch",
@@ -154,6 +156,7 @@ def cell_tasks(config: StudyConfig, paths: StudyPaths, designs: list[Path],
                     seed=seed, dtype=config.models.dtype, device=config.models.device,
                     steps=schedule[model]["steps"],
                     steps_per_round=schedule[model]["steps_per_round"],
+                    stream=config.models.stream, loader_workers=config.models.loader_workers,
                     **config.models.start_options(start))
                 # one start and one label set keep the plain paths (studies made before
                 # `start` and `data.labels` resume)

@@ -254,6 +254,10 @@ class ModelsConfig(_Strict):
     e0: Literal["refit", "keep", "shift"] = _declared(TrainingSpec, "e0")
     finetune_lr: float | None = _declared(TrainingSpec, "finetune_lr", gt=0)
     freeze: list[str] | None = _declared(TrainingSpec, "freeze")
+    # how cells read their training sets (not what they learn: streamed training equals
+    # in-memory training, so neither key is part of comparable())
+    stream: bool = _declared(TrainingSpec, "stream")
+    loader_workers: int | None = _declared(TrainingSpec, "loader_workers", ge=0)
     # the starts every cell trains from, on the same cells with the same steps ("scratch"
     # ignores init_from); None = ["pretrained"] with init_from, else ["scratch"]
     start: list[Literal["scratch", "pretrained"]] | None = None
@@ -277,8 +281,13 @@ class ModelsConfig(_Strict):
             if "pretrained" in self.start and self.init_from is None:
                 raise ConfigKeyError("start", "\"pretrained\" needs init_from (the pretrained "
                                      "model)")
+        if self.loader_workers is not None and not self.stream:
+            raise ConfigKeyError("loader_workers", "only with stream")
         if self.init_from is None:
             return self
+        if self.stream:
+            raise ConfigKeyError("stream", "cannot be combined with init_from (a pretrained "
+                                 "start trains in memory)")
         if len(self.architectures) > 1:
             raise ConfigKeyError("init_from", "a model of one backend: list one architecture")
         elif (info.context or {}).get("this_machine", True) and not self.init_from.exists():
@@ -378,6 +387,9 @@ class StudyBase(_Strict):
         if self.executor.gpus_per_cell is not None and self.models.device == "cpu":
             raise ConfigKeyError("executor.gpus_per_cell", f"{self.executor.gpus_per_cell:g} "
                                  "asks for GPUs but models.device is 'cpu'")
+        if self.models.stream and self.data.labels != [DEFAULT_LABELS]:
+            raise ConfigKeyError("models.stream", "streams the store's default labels only; "
+                                 f"data.labels lists {self.data.labels}")
         if self.data.source == "generate":
             for kind, section in self.experiment_sections().items():
                 kind.check_generated(section, self.data.n_molecules, self.data.conformers)
@@ -455,6 +467,8 @@ class StudyBase(_Strict):
             settings["models"].pop("start")
         if self.data.labels == [DEFAULT_LABELS]:  # nor those before `data.labels`
             settings["data"].pop("labels")
+        for key in ("stream", "loader_workers"):  # how cells read data, not what they learn
+            settings["models"].pop(key)
         for kind in experiments():  # nor do studies made before an experiment was added
             if settings.get(kind.config_key, 0) is None:
                 settings.pop(kind.config_key)
