@@ -405,13 +405,18 @@ class ConformerStore:
         if not isinstance(selection, slice):
             selection, order = np.unique(np.asarray(selection, dtype=np.int64),
                                          return_inverse=True)
+            if selection[-1] - selection[0] == len(selection) - 1:
+                # a contiguous run (one conformer, in a shuffled batch) as a slice: h5py's
+                # fast path, several times quicker than a point selection
+                selection = slice(int(selection[0]), int(selection[-1]) + 1)
         out: dict[str, np.ndarray | None] = {}
         for name in names:
             with self._in_molecule(inchikey, name):
-                if name not in group:
+                dataset = group.get(name)
+                if dataset is None:
                     out[name] = None
                     continue
-                data = np.asarray(group[name][selection], dtype=np.float64)
+                data = np.asarray(dataset[selection], dtype=np.float64)
             out[name] = data if order is None else data[order]
         return out
 
