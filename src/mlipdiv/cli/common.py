@@ -11,7 +11,7 @@ import sys
 import typer
 from rich.console import Console
 
-from mlipdiv.data.generate import GenerateOptions
+from mlipdiv.data.options import GenerateOptions
 from mlipdiv.declare import declared_help
 from mlipdiv.design.options import DesignOptions, SplitOptions
 from mlipdiv.errors import FieldError, MlipdivError

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mlipdiv.cli.common import GENERATE_HELP, app, console, print_damaged, print_json
-from mlipdiv.data.generate import GenerateOptions
+from mlipdiv.data.options import GenerateOptions
 from mlipdiv.errors import MlipdivError
 
 

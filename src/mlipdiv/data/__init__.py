@@ -2,30 +2,17 @@
 
 # `generate` itself is imported from mlipdiv.data.generate: exporting it here would hide the
 # submodule of the same name.
-from mlipdiv.data.generate import GenerateOptions, RunSummary, label_store
-from mlipdiv.data.identity import Identity, PerceptionError, perceive
-from mlipdiv.data.importer import ImportSummary, import_dataset
-from mlipdiv.data.qm import LabelError, QMMethod
-from mlipdiv.data.sources import MoleculeFilter
-from mlipdiv.data.store import ConformerStore, MoleculeRecord, export_extxyz
-from mlipdiv.data.store_writer import StoreWriter, write_store, write_subset
+from mlipdiv.lazy import lazy_exports
 
-__all__ = [
-    "ConformerStore",
-    "GenerateOptions",
-    "Identity",
-    "ImportSummary",
-    "LabelError",
-    "MoleculeFilter",
-    "MoleculeRecord",
-    "PerceptionError",
-    "QMMethod",
-    "RunSummary",
-    "StoreWriter",
-    "export_extxyz",
-    "import_dataset",
-    "label_store",
-    "perceive",
-    "write_store",
-    "write_subset",
-]
+# imported when first used (`mlipdiv.lazy`)
+__getattr__, __all__ = lazy_exports(__name__, {
+    "generate": ("RunSummary", "label_store",),
+    "options": ("GenerateOptions",),
+    "identity": ("Identity", "PerceptionError", "perceive",),
+    "importer": ("ImportSummary", "import_dataset",),
+    "qm": ("LabelError", "QMMethod",),
+    "sources": ("MoleculeFilter",),
+    "store": ("ConformerStore", "MoleculeRecord", "export_extxyz",),
+    "store_writer": ("StoreWriter", "write_store", "write_subset",),
+})
+

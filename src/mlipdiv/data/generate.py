@@ -36,12 +36,12 @@ from rdkit import Chem
 from mlipdiv.atomic import atomic_path, write_json_atomic
 from mlipdiv.data.identity import PerceptionError, adjacency, identity_of
 from mlipdiv.data.importer import MISMATCH_FLAG
+from mlipdiv.data.options import GenerateOptions
 from mlipdiv.data.qm import LabelError, QMMethod
 from mlipdiv.data.sampling import SAMPLERS, SamplingError, prepare_molecule, sample_conformers
 from mlipdiv.data.sources import MoleculeEntry, MoleculeFilter, describe_source, select_molecules
 from mlipdiv.data.store import ConformerStore, DamagedStoreError, MoleculeRecord
 from mlipdiv.data.store_writer import StoreWriter
-from mlipdiv.declare import option
 from mlipdiv.errors import FieldError, MlipdivError, check_seed, first_line
 from mlipdiv.files import read_json, reading
 from mlipdiv.locking import input_size, locks_output
@@ -90,18 +90,6 @@ class RunSummary:
             lines.append(f"source entries filtered out: {sum(self.filtered.values())}")
             lines += [f"  {reason}: {n}" for reason, n in sorted(self.filtered.items())]
         return "\n".join(lines)
-
-
-@dataclass(frozen=True)
-class GenerateOptions:
-    """How each molecule is turned into labelled conformers (declared once: the study
-    config's `[data]` section builds it, the `generate` flags show its help)."""
-
-    conformers: int = option(help_text="Conformers per molecule.")
-    method: QMMethod = option(QMMethod(), "The QM method labelling them.")
-    sampler: str = option("etkdg+md", "etkdg, md, nms or etkdg+md.")
-    temperature: float = option(500.0, "Sampling temperature in K, for md and nms.")
-    seed: int = option(0, "Molecule choice and sampling seed.")
 
 
 @dataclass(frozen=True)

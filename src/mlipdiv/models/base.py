@@ -262,16 +262,20 @@ class Potential(ABC):
         for numbers in {c.numbers.tobytes(): c.numbers for c in items}.values():
             self.check_elements(numbers)
         prepared = self.prepare_all(items)
+        # batches of conformers of like size: a padded model (ANI) computes on padding atoms
+        # too, and a batch of the input order mixes small and large molecules
+        order = np.argsort([len(c.numbers) for c in items], kind="stable")
         energies, forces = [], []
         self.module.eval()
         with frozen_parameters(self.module):
-            for batch in self.batches(prepared, PREDICT_BATCH):
+            for batch in self.batches(prepared, PREDICT_BATCH, order):
                 energy, force = self.energy_forces(batch, training=False)
                 energies.append(energy.detach().cpu().double().numpy())
                 sizes = batch.n_atoms.cpu().tolist()
                 forces += np.split(force.detach().cpu().double().numpy(),
                                    np.cumsum(sizes)[:-1])
-        return np.concatenate(energies), forces
+        back = np.argsort(order)  # the input order again
+        return np.concatenate(energies)[back], [forces[k] for k in back]
 
     def predict_arrays(self, numbers: np.ndarray,
                        positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

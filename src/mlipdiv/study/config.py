@@ -30,7 +30,7 @@ from pydantic import (
     model_validator,
 )
 
-from mlipdiv.data.generate import GenerateOptions
+from mlipdiv.data.options import GenerateOptions
 from mlipdiv.data.qm import QMMethod
 from mlipdiv.data.sampling import SAMPLERS
 from mlipdiv.data.sources import parse_elements

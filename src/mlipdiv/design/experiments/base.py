@@ -14,14 +14,16 @@ TypeError at import) and registers itself; nothing else in mlipdiv names an expe
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
-import pandas as pd
 
 from mlipdiv.design.options import DesignOptions, StrictSection
 from mlipdiv.design.registry import register
 from mlipdiv.errors import FieldError
+
+if TYPE_CHECKING:  # a type only: the CLI's experiment choices do not wait for pandas
+    import pandas as pd
 
 EXPERIMENTS: dict[str, type[Experiment]] = {}
 AXIS_FIELDS = {"M": "molecules", "C": "conformers"}  # the DesignOptions field of each axis
