@@ -386,3 +386,22 @@ def test_a_crafted_plain_pickle_is_refused_without_a_torch_warning(tmp_path):
         with pytest.raises(MlipdivError, match="refused: it holds objects other than weights"):
             read_checkpoint(path)
     assert not marker.exists()
+
+
+def test_errors_with_arguments_cross_process_boundaries():
+    """An error raised in a worker process is pickled back to the parent: one whose
+    constructor takes several arguments must come back as itself (a FieldError that did not
+    broke the study's process pool: every pending cell failed as BrokenProcessPool)."""
+    import pickle
+
+    from mlipdiv.data.store import DamagedStoreError
+    from mlipdiv.errors import FieldError
+    from mlipdiv.study.config import ConfigKeyError
+
+    for error in (FieldError("init_from", "/runs/start", "knows no B"),
+                  ConfigKeyError("models.stream", "default labels only"),
+                  DamagedStoreError("store.h5", "molecule X", "truncated", "X")):
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is type(error) and str(copy) == str(error)
+    copy = pickle.loads(pickle.dumps(FieldError("size", "huge", "choose dev, fast")))
+    assert (copy.field, copy.value, copy.reason) == ("size", "huge", "choose dev, fast")

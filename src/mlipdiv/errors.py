@@ -31,6 +31,11 @@ class FieldError(MlipdivError):
         self.field, self.value, self.reason = field, value, reason
         super().__init__(self.render(field))
 
+    def __reduce__(self):
+        # crosses process boundaries intact: a cell's error raised in a pool worker must come
+        # back as this error, not break the pool while the parent unpickles it
+        return type(self), (self.field, self.value, self.reason)
+
     def render(self, name: str) -> str:
         """The message with the parameter called `name`."""
         value = "" if self.value is None else f" {self.value}"

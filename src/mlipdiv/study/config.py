@@ -59,6 +59,9 @@ class ConfigKeyError(ValueError):
         self.key, self.reason = key, reason
         super().__init__(f"{key}: {reason}")
 
+    def __reduce__(self):  # pickles as itself (an error crossing a process boundary)
+        return type(self), (self.key, self.reason)
+
 
 def _declared(options_class: type, name: str, **constraints: Any) -> Any:
     """A config field whose default and description are the declaration's: the field `name`

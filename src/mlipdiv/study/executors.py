@@ -18,6 +18,7 @@ import os
 import socket
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
 import torch
@@ -133,7 +134,13 @@ def run_local(function: Callable, phases: Phases, workers: int, threads: int,
                              initargs=(threads, os.getpid(), pinned if len(visible) > 1
                                        else None)) as pool:
         for phase in phases:
-            futures = {pool.submit(function, *args): key for key, args in phase}
+            try:
+                futures = {pool.submit(function, *args): key for key, args in phase}
+            except BrokenProcessPool:  # a worker died in an earlier phase (killed, crashed)
+                for key, _ in phase:
+                    yield Completion(key, error="BrokenProcessPool: a worker process died "
+                                     "in an earlier phase; rerun the study to resume")
+                continue
             for future in as_completed(futures):
                 try:
                     yield Completion(futures[future], future.result())
