@@ -40,7 +40,9 @@ def build_store(path: Path, n_molecules: int, n_conformers: int) -> int:
     records = []
     for entry in selection.entries:
         mol = prepare_molecule(entry.smiles)
-        AllChem.EmbedMultipleConfs(mol, n_conformers, randomSeed=0)
+        params = AllChem.ETKDGv3()
+        params.randomSeed = 1  # RDKit's randomSeed 0 embeds every conformer identically
+        AllChem.EmbedMultipleConfs(mol, n_conformers, params)
         if mol.GetNumConformers() < n_conformers:
             continue
         identity = identity_of(Chem.Mol(mol))
