@@ -145,3 +145,29 @@ def test_a_run_refused_while_its_workers_start_ends_at_once(tmp_path):
     with pytest.raises(MlipdivError, match="no such store"):
         label_store(tmp_path / "missing.h5", tmp_path / "out.h5", QMMethod("gfn2-xtb"),
                     workers=2, progress=False)
+
+
+def test_checkpoint_temporaries_of_dead_runs_are_removed_once_per_run(diverse_store, tmp_path,
+                                                                      monkeypatch):
+    import os
+
+    import mlipdiv.atomic as atomic
+
+    dead = 2 ** 22 + 12345  # beyond pid_max: no such process
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    for name in (f".000001.tmp-{dead}.npz", f".000002.tmp-{os.getpid()}.npz", "000003.npz"):
+        (folder / name).write_text("x")
+    assert atomic.remove_stale_temporaries_in(folder) == [folder / f".000001.tmp-{dead}.npz"]
+    assert sorted(p.name for p in folder.iterdir()) == [f".000002.tmp-{os.getpid()}.npz",
+                                                        "000003.npz"]
+
+    listings = []
+    original = atomic._remove_stale
+    monkeypatch.setattr(atomic, "_remove_stale",
+                        lambda folder, pattern: listings.append(folder)
+                        or original(folder, pattern))
+    summary = label_store(diverse_store, tmp_path / "out.h5", QMMethod("gfn2-xtb"),
+                          progress=False)
+    # the parts folder is listed when the run starts, not once per checkpoint written
+    assert listings.count(tmp_path / "out.h5.parts") <= 2 < summary.n_molecules

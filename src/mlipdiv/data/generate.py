@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 from rdkit import Chem
 
-from mlipdiv.atomic import atomic_path, write_json_atomic
+from mlipdiv.atomic import atomic_path, remove_stale_temporaries_in, write_json_atomic
 from mlipdiv.data.identity import PerceptionError, adjacency, identity_of
 from mlipdiv.data.importer import MISMATCH_FLAG
 from mlipdiv.data.qm import LabelError, QMMethod
@@ -403,8 +403,8 @@ class _Checkpoints:
                 )
         else:
             write_json_atomic(settings_path, settings)
-        for stale in self.directory.glob("*.tmp"):
-            stale.unlink()
+        # once here, not per checkpoint: listing a folder of n parts n times is quadratic
+        remove_stale_temporaries_in(self.directory)
 
     def finished(self) -> set[int]:
         """Indices of molecules with a record or a skip note."""
@@ -454,7 +454,7 @@ def _save_part(path: Path, record: MoleculeRecord) -> None:
         value = getattr(record, item.name)
         if value is not None:
             arrays[item.name] = np.asarray(value, dtype=str if _is_text(value) else None)
-    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+    with atomic_path(path, clean=False) as tmp, open(tmp, "wb") as handle:
         np.savez(handle, **arrays)
 
 

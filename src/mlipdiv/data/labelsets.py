@@ -128,7 +128,7 @@ def _label_set_job(job: _Job):
 
 def _save_labels(path: Path, result) -> None:
     indices, energy, forces = result
-    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+    with atomic_path(path, clean=False) as tmp, open(tmp, "wb") as handle:
         np.savez(handle, indices=indices, energy=energy, forces=forces)
 
 
