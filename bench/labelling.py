@@ -15,11 +15,12 @@ conformers:
 Ratios printed: `pool_2_vs_1` (issue 23's figure: 2 workers against one, goal >= 1.9),
 `bare_2_vs_1`, `pool_2_vs_bare_1` (the pool against a plain single-process loop) and the
 pool's overheads over the bare loops with as many processes (`pool_1_overhead`,
-`pool_2_overhead`). With `--repeats N` the four timings alternate N times and the fastest of
-each counts (other jobs on the shared cores only ever slow a run down); the load average is
-printed before and after. The SCF restart of `XtbSeries` (off in the library) is measured in
-one process too: its CPU-time gain and its largest energy and force differences from the
-fresh starts. Human-readable lines go to stderr, the figures as one JSON line last.
+`pool_2_overhead`; `pool_1_cpu_overhead` in CPU time, which other jobs disturb far less).
+With `--repeats N` the four timings alternate N times and the fastest of each counts (other
+jobs on the shared cores only ever slow a run down); the load average is printed before and
+after. The SCF restart of `XtbSeries` (off in the library) is measured in one process too:
+its CPU-time gain and its largest energy and force differences from the fresh starts.
+Human-readable lines go to stderr, the figures as one JSON line last.
 
     .venv/bin/python bench/labelling.py [--quick] [--molecules 167] [--repeats 2]
 """
@@ -93,7 +94,7 @@ def bare_labels(numbers: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray,
 
 def _bare_process(path: str, keys: list[str], counter, barrier, results) -> None:
     """One bare process: load, wait for the start, label the molecules the shared counter
-    hands out, and send back {key: labels} with this process's finishing time."""
+    hands out, and send back its finishing time, CPU seconds and {key: labels}."""
     import tblite.interface  # noqa: F401  (loaded first, so the thread limit reaches its OpenMP)
     from threadpoolctl import threadpool_limits
 
@@ -103,6 +104,7 @@ def _bare_process(path: str, keys: list[str], counter, barrier, results) -> None
         bare_labels(records[keys[-1]].atomic_numbers, records[keys[-1]].positions[:1])
         labels: Labels = {}
         barrier.wait()
+        cpu = time.process_time()
         while True:
             with counter.get_lock():
                 index = counter.value
@@ -111,11 +113,11 @@ def _bare_process(path: str, keys: list[str], counter, barrier, results) -> None
                 break
             record = records[keys[index]]
             labels[keys[index]] = bare_labels(record.atomic_numbers, record.positions)
-    results.put((time.perf_counter(), labels))
+    results.put((time.perf_counter(), time.process_time() - cpu, labels))
 
 
-def bare_run(path: Path, processes: int) -> tuple[float, Labels]:
-    """Wall seconds of `processes` bare processes labelling the whole store (largest
+def bare_run(path: Path, processes: int) -> tuple[float, float, Labels]:
+    """Wall and CPU seconds of `processes` bare processes labelling the whole store (largest
     molecules first, as the pool orders them), and the labels."""
     with ConformerStore(path) as store:
         keys = sorted(store.inchikeys, key=lambda key: -store.n_conformers(key)
@@ -134,8 +136,9 @@ def bare_run(path: Path, processes: int) -> tuple[float, Labels]:
     finished = [results.get() for _ in workers]
     for worker in workers:
         worker.join()
-    labels = {key: value for _, part in finished for key, value in part.items()}
-    return max(end for end, _ in finished) - started, labels
+    labels = {key: value for _, _, part in finished for key, value in part.items()}
+    return (max(end for end, _, _ in finished) - started, sum(cpu for _, cpu, _ in finished),
+            labels)
 
 
 def restart_check(path: Path) -> dict:
@@ -166,14 +169,14 @@ def restart_check(path: Path) -> dict:
     }
 
 
-def pool_run(store: Path, out: Path, workers: int) -> float:
-    """Wall seconds of `label_store` with `workers` workers, output (and checkpoints) removed
-    first so every run does all the work."""
+def pool_run(store: Path, out: Path, workers: int) -> tuple[float, float]:
+    """Wall seconds of `label_store` with `workers` workers (the output removed first, so
+    every run does all the work), and this process's CPU seconds (all of them at 1 worker)."""
     out.unlink(missing_ok=True)
     method = QMMethod("gfn2-xtb")
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     label_store(store, out, method, workers, False)
-    return time.perf_counter() - started
+    return time.perf_counter() - started, time.process_time() - cpu
 
 
 def main() -> None:
@@ -193,15 +196,17 @@ def main() -> None:
             QMMethod("gfn2-xtb").label(opened.atomic_numbers(opened.inchikeys[0]),
                                        opened.molecule(opened.inchikeys[0]).positions[0])
         times: dict[str, list[float]] = {"bare_1": [], "bare_2": [], "pool_1": [], "pool_2": []}
+        cpu_times: dict[str, list[float]] = {name: [] for name in times}
         for repeat in range(args.repeats):
             order = list(times) if repeat % 2 == 0 else list(reversed(times))
             for name in order:
                 kind, n = name.split("_")
                 if kind == "bare":
-                    seconds, bare = bare_run(store, int(n))
+                    seconds, cpu, bare = bare_run(store, int(n))
                 else:
-                    seconds = pool_run(store, out, int(n))
+                    seconds, cpu = pool_run(store, out, int(n))
                 times[name].append(seconds)
+                cpu_times[name].append(cpu)
                 print(f"repeat {repeat + 1}: {name} {seconds:.2f} s "
                       f"(load {os.getloadavg()[0]:.2f})", file=sys.stderr)
         with ConformerStore(out) as labelled:
@@ -219,6 +224,7 @@ def main() -> None:
         "pool_2_vs_bare_1": round(best["bare_1"] / best["pool_2"], 3),
         "pool_1_overhead": round(best["pool_1"] / best["bare_1"] - 1, 3),
         "pool_2_overhead": round(best["pool_2"] / best["bare_2"] - 1, 3),
+        "pool_1_cpu_overhead": round(min(cpu_times["pool_1"]) / min(cpu_times["bare_1"]) - 1, 3),
         "max_energy_difference_ev": max(float(np.abs(pool_labels[k][0] - bare[k][0]).max())
                                         for k in pool_labels),
         "max_force_difference_ev_per_a": max(float(np.abs(pool_labels[k][1] - bare[k][1]).max())
