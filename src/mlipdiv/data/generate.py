@@ -4,11 +4,13 @@ Pipeline per molecule: SMILES -> stereo fixed, hydrogens added -> conformers sam
 (`mlipdiv.data.sampling`) -> atoms put in canonical order (`identity_of`, as imports do) ->
 energies and forces from the QM method -> one checkpoint file.
 
-Molecules run in parallel worker processes (one tblite/BLAS thread each). Every finished molecule
-is written atomically as its own small `.npz` file in `<out>.parts/` (a skipped one as a small
-JSON note with the reason), so a run killed at any point and started again with the same command
-does only the molecules that have no checkpoint yet. While workers run, the parent adds finished
-parts to `<out>.tmp` in a fixed order; when all are done it is renamed to `<out>` and the parts
+Molecules run in parallel worker processes (one tblite/BLAS thread each), started as the run
+begins so that their start-up overlaps the input check; one task is one molecule, its
+conformers labelled on one tblite calculator. Every finished molecule is written atomically as
+its own small `.npz` file in `<out>.parts/` (a skipped one as a small JSON note with the
+reason), so a run killed at any point and started again with the same command does only the
+molecules that have no checkpoint yet. While workers run, the parent adds finished parts to
+`<out>.tmp` in a fixed order; when all are done it is renamed to `<out>` and the parts
 directory removed. A molecule that fails (embedding, SCF, non-finite energy, ...) is skipped with
 a logged reason and counted; it never stops the run. Worker processes are started with
 forkserver, so a script that calls `generate` or `label_store` with workers > 1 must do so under
