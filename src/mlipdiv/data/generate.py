@@ -369,8 +369,11 @@ class WorkerPool:
 
     def _start(self) -> None:
         # a submit starts a process while none is idle: one no-op per worker starts them all
-        for _ in range(self.workers):
-            self._executor.submit(os.getpid)
+        try:
+            for _ in range(self.workers):
+                self._executor.submit(os.getpid)
+        except Exception:  # noqa: BLE001 - the first job's submit meets it again, in the caller
+            pass
 
     def executor(self) -> ProcessPoolExecutor | None:
         """The started pool (None for one worker)."""
