@@ -179,9 +179,10 @@ class XtbSeries:
             else:
                 self._calculator.update(bohr)
             return self._kept(self._calculator.singlepoint())
-        except LabelError:
-            raise
-        except RuntimeError as exc:
+        except RuntimeError as exc:  # the next conformer gets a new calculator
+            self._calculator = None
+            if isinstance(exc, LabelError):
+                raise
             raise LabelError(f"{self.method} failed: {first_line(exc)}") from None
 
     def _kept(self, result) -> tuple[float, np.ndarray]:
