@@ -40,14 +40,27 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     kill -9, a power cut); returns what was removed. A live process's are kept."""
     path = Path(path)
     stem = path.name[: -len(path.suffix)] if path.suffix else path.name
-    pattern = re.compile(rf"\.{re.escape(stem)}\.tmp-(\d+)({re.escape(path.suffix)}|\.old)?")
+    pattern = rf"\.{re.escape(stem)}\.tmp-(\d+)({re.escape(path.suffix)}|\.old)?"
+    return _remove_stale(path.parent, pattern)
+
+
+def remove_stale_temporaries_in(folder: str | os.PathLike) -> list[Path]:
+    """`remove_stale_temporaries` for every target in `folder` at once: one listing, where a
+    writer of many files there (checkpoints) would list the folder once per file."""
+    return _remove_stale(Path(folder), r"\..+\.tmp-(\d+)(\.[^.]*|\.old)?")
+
+
+def _remove_stale(folder: Path, pattern: str) -> list[Path]:
+    """Remove the entries of `folder` whose names match `pattern` (group 1: the writer's
+    process id) and whose writer no longer runs."""
+    matcher = re.compile(pattern)
     removed = []
     try:
-        siblings = list(path.parent.iterdir())
+        siblings = list(folder.iterdir())
     except OSError:  # no folder yet, or not readable: nothing of ours there
         return removed
     for sibling in siblings:
-        match = pattern.fullmatch(sibling.name)
+        match = matcher.fullmatch(sibling.name)
         if match is None or _alive(int(match.group(1))):
             continue
         if sibling.is_dir() and not sibling.is_symlink():
@@ -95,14 +108,16 @@ def check_writable(path: str | os.PathLike) -> None:
 
 
 @contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, clean: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside `path`; it replaces `path` when the block succeeds and is
     removed when it fails. A full disk, a read-only place or a directory at `path` end in one
-    line naming `path`. Temporaries of `path` left by dead processes are removed first."""
+    line naming `path`. Temporaries of `path` left by dead processes are removed first, unless
+    `clean` is False (the caller ran `remove_stale_temporaries_in` on the folder)."""
     path = Path(path)
     with disk_full_is_an_error(path):
         check_writable(path)
-    remove_stale_temporaries(path)
+    if clean:
+        remove_stale_temporaries(path)
     tmp = temporary_sibling(path)
     try:
         with disk_full_is_an_error(path):

@@ -4,11 +4,13 @@ Pipeline per molecule: SMILES -> stereo fixed, hydrogens added -> conformers sam
 (`mlipdiv.data.sampling`) -> atoms put in canonical order (`identity_of`, as imports do) ->
 energies and forces from the QM method -> one checkpoint file.
 
-Molecules run in parallel worker processes (one tblite/BLAS thread each). Every finished molecule
-is written atomically as its own small `.npz` file in `<out>.parts/` (a skipped one as a small
-JSON note with the reason), so a run killed at any point and started again with the same command
-does only the molecules that have no checkpoint yet. While workers run, the parent adds finished
-parts to `<out>.tmp` in a fixed order; when all are done it is renamed to `<out>` and the parts
+Molecules run in parallel worker processes (one tblite/BLAS thread each), started as the run
+begins so that their start-up overlaps the input check; one task is one molecule, its
+conformers labelled on one tblite calculator. Every finished molecule is written atomically as
+its own small `.npz` file in `<out>.parts/` (a skipped one as a small JSON note with the
+reason), so a run killed at any point and started again with the same command does only the
+molecules that have no checkpoint yet. While workers run, the parent adds finished parts to
+`<out>.tmp` in a fixed order; when all are done it is renamed to `<out>` and the parts
 directory removed. A molecule that fails (embedding, SCF, non-finite energy, ...) is skipped with
 a logged reason and counted; it never stops the run. Worker processes are started with
 forkserver, so a script that calls `generate` or `label_store` with workers > 1 must do so under
@@ -22,6 +24,7 @@ import logging
 import multiprocessing
 import os
 import shutil
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
@@ -33,7 +36,7 @@ from pathlib import Path
 import numpy as np
 from rdkit import Chem
 
-from mlipdiv.atomic import atomic_path, write_json_atomic
+from mlipdiv.atomic import atomic_path, remove_stale_temporaries_in, write_json_atomic
 from mlipdiv.data.identity import PerceptionError, adjacency, identity_of
 from mlipdiv.data.importer import MISMATCH_FLAG
 from mlipdiv.data.options import GenerateOptions
@@ -153,29 +156,30 @@ def generate(
         raise FieldError("data.sampler", options.sampler, f"choose from {', '.join(SAMPLERS)}")
     if not options.temperature > 0:
         raise FieldError("data.temperature", options.temperature, "must be above 0 K")
-    selection = select_molecules(source, n_molecules, molecule_filter, options.seed)
-    for name, reason in selection.skipped_names:
-        log.warning("skipped %s: %s", name, reason)
-    settings = {
-        "command": "generate", "source": describe_source(source), "sampler": options.sampler,
-        "temperature": options.temperature, "conformers": options.conformers,
-        "seed": options.seed, "method": asdict(options.method), **molecule_filter.describe(),
-    }
-    if not selection.entries:  # nothing to generate: say why, and write nothing
-        reasons = {**selection.filtered, **selection.skipped}
-        raise MlipdivError(f"generate {describe_source(source)}: no molecule passes the "
-                           f"filters ({_reasons(reasons) or 'the source is empty'})")
-    checkpoints = _Checkpoints(out, settings)
-    jobs = [
-        _Job(i, entry.name, str(checkpoints.directory),
-             (entry, options, _molecule_seed(options.seed, i)), float(entry.n_atoms) ** 2)
-        for i, entry in enumerate(selection.entries)
-    ]
-    summary = RunSummary("generate", str(out), options.method.level_of_theory)
-    summary.filtered.update(selection.filtered)
-    attrs = {"sampler": options.sampler, "temperature": options.temperature,
-             "source": str(source), "seed": options.seed}
-    _run(_generate_job, jobs, workers, checkpoints, summary, attrs, progress)
+    with WorkerPool(workers) as pool:  # workers start while molecules are chosen
+        selection = select_molecules(source, n_molecules, molecule_filter, options.seed)
+        for name, reason in selection.skipped_names:
+            log.warning("skipped %s: %s", name, reason)
+        settings = {
+            "command": "generate", "source": describe_source(source), "sampler": options.sampler,
+            "temperature": options.temperature, "conformers": options.conformers,
+            "seed": options.seed, "method": asdict(options.method), **molecule_filter.describe(),
+        }
+        if not selection.entries:  # nothing to generate: say why, and write nothing
+            reasons = {**selection.filtered, **selection.skipped}
+            raise MlipdivError(f"generate {describe_source(source)}: no molecule passes the "
+                               f"filters ({_reasons(reasons) or 'the source is empty'})")
+        checkpoints = _Checkpoints(out, settings)
+        jobs = [
+            _Job(i, entry.name, str(checkpoints.directory),
+                 (entry, options, _molecule_seed(options.seed, i)), float(entry.n_atoms) ** 2)
+            for i, entry in enumerate(selection.entries)
+        ]
+        summary = RunSummary("generate", str(out), options.method.level_of_theory)
+        summary.filtered.update(selection.filtered)
+        attrs = {"sampler": options.sampler, "temperature": options.temperature,
+                 "source": str(source), "seed": options.seed}
+        _run(_generate_job, jobs, pool, checkpoints, summary, attrs, progress)
     summary.skipped.update(selection.skipped)
     summary.seconds = time.perf_counter() - started
     if summary.n_molecules == 0:  # every molecule failed: an empty store is no result
@@ -206,26 +210,27 @@ def label_store(
     started = time.perf_counter()
     _check_counts(workers=workers)
     method.check()
-    # the whole input is checked first (one read, cheap beside QM), so damage stops the run
-    # before any work, and a rerun with --skip-damaged resumes the same checkpoints
-    with ConformerStore(store_in, skip_damaged=True) as store:
-        damaged = list(store.damaged)
-        if not skip_damaged:
-            store.refuse_damaged()
-        checksum = store.checksum()
-        costs = {key: n_conf * len(store.atomic_numbers(key)) ** 2
-                 for key, n_conf in store.conformer_counts().items()}
-    if damaged and not costs:
-        raise MlipdivError(f"{store_in}: every molecule of the store is damaged")
-    settings = {"command": "label", "store": os.path.abspath(store_in), "checksum": checksum,
-                "method": asdict(method)}
-    checkpoints = _Checkpoints(out, settings)
-    jobs = [_Job(i, key, str(checkpoints.directory), (str(store_in), key, method), cost)
-            for i, (key, cost) in enumerate(costs.items())]
-    summary = RunSummary("label", str(out), method.level_of_theory)
-    summary.skipped.update({f"damaged in {store_in} ({key})": 1 for key in damaged})
-    _run(_label_job, jobs, workers, checkpoints, summary, {"labelled_from": str(store_in)},
-         progress)
+    with WorkerPool(workers) as pool:  # workers start while the input is checked
+        # the whole input is checked first (one read, cheap beside QM), so damage stops the run
+        # before any work, and a rerun with --skip-damaged resumes the same checkpoints
+        with ConformerStore(store_in, skip_damaged=True) as store:
+            damaged = list(store.damaged)
+            if not skip_damaged:
+                store.refuse_damaged()
+            checksum = store.checksum()
+            costs = {key: n_conf * len(store.atomic_numbers(key)) ** 2
+                     for key, n_conf in store.conformer_counts().items()}
+        if damaged and not costs:
+            raise MlipdivError(f"{store_in}: every molecule of the store is damaged")
+        settings = {"command": "label", "store": os.path.abspath(store_in), "checksum": checksum,
+                    "method": asdict(method)}
+        checkpoints = _Checkpoints(out, settings)
+        jobs = [_Job(i, key, str(checkpoints.directory), (str(store_in), key, method), cost)
+                for i, (key, cost) in enumerate(costs.items())]
+        summary = RunSummary("label", str(out), method.level_of_theory)
+        summary.skipped.update({f"damaged in {store_in} ({key})": 1 for key in damaged})
+        _run(_label_job, jobs, pool, checkpoints, summary, {"labelled_from": str(store_in)},
+             progress)
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -275,7 +280,7 @@ def _checkpointed(job: _Job, make: Callable[[], MoleculeRecord],
     return reason
 
 
-def _run(worker: Callable[[_Job], MoleculeRecord | str], jobs: Sequence[_Job], workers: int,
+def _run(worker: Callable[[_Job], MoleculeRecord | str], jobs: Sequence[_Job], pool: WorkerPool,
          checkpoints: _Checkpoints, summary: RunSummary, attrs: dict, progress: bool) -> None:
     """Run the jobs that have no checkpoint while the store is assembled from the finished
     ones, then move the store into place and remove the parts."""
@@ -287,7 +292,7 @@ def _run(worker: Callable[[_Job], MoleculeRecord | str], jobs: Sequence[_Job], w
     todo = [job for job in ordered if job.index not in finished]
     with StoreWriter(checkpoints.out, summary.level_of_theory, extra_attrs=attrs) as writer:
         checkpoints.add_ready(writer, pending, finished, summary)
-        for job, outcome in _execute(worker, todo, workers, progress):
+        for job, outcome in _execute(worker, todo, pool, progress):
             if isinstance(outcome, str):
                 log.warning("skipped %s: %s", job.name, outcome)
             finished[job.index] = outcome
@@ -295,9 +300,9 @@ def _run(worker: Callable[[_Job], MoleculeRecord | str], jobs: Sequence[_Job], w
     checkpoints.remove()
 
 
-def _execute(worker: Callable[[_Job], MoleculeRecord | str], jobs: Sequence[_Job], workers: int,
-             progress: bool):
-    """Yield (job, outcome) as jobs finish, in worker processes when `workers` > 1."""
+def _execute(worker: Callable[[_Job], MoleculeRecord | str], jobs: Sequence[_Job],
+             pool: WorkerPool, progress: bool):
+    """Yield (job, outcome) as jobs finish, in `pool`'s processes when it has any."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
@@ -305,20 +310,14 @@ def _execute(worker: Callable[[_Job], MoleculeRecord | str], jobs: Sequence[_Job
                TimeRemainingColumn())
     with Progress(*columns, console=Console(stderr=True), disable=not progress) as bar:
         task = bar.add_task("molecules", total=len(jobs))
-        if workers == 1 or len(jobs) <= 1:
+        executor = pool.executor()
+        if executor is None or len(jobs) <= 1:
             for job in jobs:
                 yield job, worker(job)
                 bar.advance(task)
             return
-        # forkserver, not fork: a parent that already ran OpenMP code cannot fork safely.
-        # Importing tblite loads OpenMP without starting threads, so preloading it is safe.
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload([__name__, "tblite.interface"])
-        # one thread per worker (parallelism comes from processes); workers die with us
-        pool = ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context,
-                                   initializer=init_worker, initargs=(1, os.getpid()))
         try:
-            futures = {pool.submit(worker, job): job for job in jobs}
+            futures = {executor.submit(worker, job): job for job in jobs}
             for future in as_completed(futures):
                 yield futures[future], future.result()
                 bar.advance(task)
@@ -327,9 +326,53 @@ def _execute(worker: Callable[[_Job], MoleculeRecord | str], jobs: Sequence[_Job
                 f"{Path(jobs[0].parts)}: a worker process died (out of memory or killed); "
                 "finished molecules are checkpointed there, rerun the same command to resume"
             ) from None
-        finally:
-            # On an interrupt, drop the queued molecules instead of computing them all first.
-            pool.shutdown(wait=True, cancel_futures=True)
+
+
+class WorkerPool:
+    """The worker processes of one run (none for one worker: jobs then run in the caller),
+    started in a background thread as soon as the run begins, so their start-up (forkserver,
+    imports, ~0.3 s) overlaps the parent's own preparation (input check, molecule selection)
+    instead of adding to it. One tblite/BLAS thread per worker: parallelism comes from the
+    processes. Workers die with the command; leaving the block drops queued jobs (an
+    interrupt does not compute them all first) and waits for the running ones."""
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self._executor: ProcessPoolExecutor | None = None
+        self._starting: threading.Thread | None = None
+
+    def __enter__(self) -> WorkerPool:
+        if self.workers > 1:
+            # forkserver, not fork: a parent that already ran OpenMP code cannot fork safely.
+            # Importing tblite loads OpenMP without starting threads, so preloading it is safe.
+            context = multiprocessing.get_context("forkserver")
+            context.set_forkserver_preload([__name__, "tblite.interface"])
+            self._executor = ProcessPoolExecutor(
+                self.workers, mp_context=context, initializer=init_worker,
+                initargs=(1, os.getpid()))
+            self._starting = threading.Thread(target=self._start, daemon=True,
+                                              name="mlipdiv-start-workers")
+            self._starting.start()
+        return self
+
+    def _start(self) -> None:
+        # a submit starts a process while none is idle: one no-op per worker starts them all
+        try:
+            for _ in range(self.workers):
+                self._executor.submit(os.getpid)
+        except Exception:  # noqa: BLE001 - the first job's submit meets it again, in the caller
+            pass
+
+    def executor(self) -> ProcessPoolExecutor | None:
+        """The started pool (None for one worker)."""
+        if self._starting is not None:
+            self._starting.join()
+        return self._executor
+
+    def __exit__(self, *exc) -> None:
+        executor = self.executor()
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
 
 
 class _Checkpoints:
@@ -353,8 +396,8 @@ class _Checkpoints:
                 )
         else:
             write_json_atomic(settings_path, settings)
-        for stale in self.directory.glob("*.tmp"):
-            stale.unlink()
+        # once here, not per checkpoint: listing a folder of n parts n times is quadratic
+        remove_stale_temporaries_in(self.directory)
 
     def finished(self) -> set[int]:
         """Indices of molecules with a record or a skip note."""
@@ -404,7 +447,7 @@ def _save_part(path: Path, record: MoleculeRecord) -> None:
         value = getattr(record, item.name)
         if value is not None:
             arrays[item.name] = np.asarray(value, dtype=str if _is_text(value) else None)
-    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+    with atomic_path(path, clean=False) as tmp, open(tmp, "wb") as handle:
         np.savez(handle, **arrays)
 
 

@@ -24,6 +24,7 @@ import numpy as np
 from mlipdiv.atomic import atomic_path
 from mlipdiv.data.generate import (
     RunSummary,
+    WorkerPool,
     _check_counts,
     _checkpointed,
     _Checkpoints,
@@ -65,38 +66,39 @@ def add_label_set(
         ("molecules", n_molecules), ("conformers_per_molecule", conformers_per_molecule))
         if v is not None})
     method.check()
-    with ConformerStore(store, skip_damaged=True) as opened:
-        damaged = list(opened.damaged)
-        if not skip_damaged:
-            opened.refuse_damaged()
-        keys = [opened.inchikeys[i] for i in spread(len(opened), n_molecules)]
-        has_set = name in opened.label_sets()
-        known = opened.label_sets().get(name, {}).get("level_of_theory")
-        if has_set and known != method.level_of_theory:
-            raise MlipdivError(f"{store}: label set '{name}' holds {known}, not "
-                               f"{method.level_of_theory}; choose another --as name")
-        todo = {}
-        for key in keys:
-            chosen = spread(opened.n_conformers(key), conformers_per_molecule)
-            done = opened.label_mask(key, name) if has_set else np.zeros(0, bool)
-            todo[key] = chosen[~done[chosen]] if has_set else chosen
-        costs = {key: len(todo[key]) * len(opened.atomic_numbers(key)) ** 2 for key in keys}
-        checksum = opened.checksum()
-    settings = {"command": "label --as", "store": os.path.abspath(store), "checksum": checksum,
-                "name": name, "method": asdict(method), "molecules": n_molecules,
-                "conformers_per_molecule": conformers_per_molecule}
-    base = Path(store).with_name(f"{Path(store).name}.labels-{name}")
-    checkpoints = _Checkpoints(base, settings)
-    jobs = [_Job(i, key, str(checkpoints.directory), (str(store), key, todo[key], method),
-                 costs[key]) for i, key in enumerate(keys) if len(todo[key])]
-    summary = RunSummary(f"label --as {name}", str(store), method.level_of_theory)
-    summary.skipped.update({f"damaged in {store} ({key})": 1 for key in damaged})
-    finished = checkpoints.finished()
-    summary.n_resumed = sum(1 for job in jobs if job.index in finished)
-    todo_jobs = sorted((job for job in jobs if job.index not in finished),
-                       key=lambda job: -job.cost)
-    for _ in _execute(_label_set_job, todo_jobs, workers, progress):
-        pass
+    with WorkerPool(workers) as pool:  # workers start while the store is read
+        with ConformerStore(store, skip_damaged=True) as opened:
+            damaged = list(opened.damaged)
+            if not skip_damaged:
+                opened.refuse_damaged()
+            keys = [opened.inchikeys[i] for i in spread(len(opened), n_molecules)]
+            has_set = name in opened.label_sets()
+            known = opened.label_sets().get(name, {}).get("level_of_theory")
+            if has_set and known != method.level_of_theory:
+                raise MlipdivError(f"{store}: label set '{name}' holds {known}, not "
+                                   f"{method.level_of_theory}; choose another --as name")
+            todo = {}
+            for key in keys:
+                chosen = spread(opened.n_conformers(key), conformers_per_molecule)
+                done = opened.label_mask(key, name) if has_set else np.zeros(0, bool)
+                todo[key] = chosen[~done[chosen]] if has_set else chosen
+            costs = {key: len(todo[key]) * len(opened.atomic_numbers(key)) ** 2 for key in keys}
+            checksum = opened.checksum()
+        settings = {"command": "label --as", "store": os.path.abspath(store), "checksum": checksum,
+                    "name": name, "method": asdict(method), "molecules": n_molecules,
+                    "conformers_per_molecule": conformers_per_molecule}
+        base = Path(store).with_name(f"{Path(store).name}.labels-{name}")
+        checkpoints = _Checkpoints(base, settings)
+        jobs = [_Job(i, key, str(checkpoints.directory), (str(store), key, todo[key], method),
+                     costs[key]) for i, key in enumerate(keys) if len(todo[key])]
+        summary = RunSummary(f"label --as {name}", str(store), method.level_of_theory)
+        summary.skipped.update({f"damaged in {store} ({key})": 1 for key in damaged})
+        finished = checkpoints.finished()
+        summary.n_resumed = sum(1 for job in jobs if job.index in finished)
+        todo_jobs = sorted((job for job in jobs if job.index not in finished),
+                           key=lambda job: -job.cost)
+        for _ in _execute(_label_set_job, todo_jobs, pool, progress):
+            pass
     labels = {}
     for job in jobs:
         outcome = _load_labels(checkpoints.directory, job.index)
@@ -126,7 +128,7 @@ def _label_set_job(job: _Job):
 
 def _save_labels(path: Path, result) -> None:
     indices, energy, forces = result
-    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+    with atomic_path(path, clean=False) as tmp, open(tmp, "wb") as handle:
         np.savez(handle, indices=indices, energy=energy, forces=forces)
 
 

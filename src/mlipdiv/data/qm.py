@@ -79,9 +79,15 @@ class QMMethod:
     def label_many(
         self, atomic_numbers: np.ndarray, positions: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Label a (n_conf, n_atoms, 3) block; returns energies (n_conf,) and forces."""
+        """Label a (n_conf, n_atoms, 3) block of one molecule's conformers; returns energies
+        (n_conf,) and forces. xTB runs them as one `XtbSeries` (one calculator); the labels
+        equal those of single `label` calls."""
         with _one_thread(self._backend):
-            results = [self._label(atomic_numbers, xyz) for xyz in positions]
+            if self.name in XTB_METHODS:
+                series = XtbSeries(XTB_METHODS[self.name], atomic_numbers, self.charge)
+                results = [self._converted(*series.singlepoint(xyz)) for xyz in positions]
+            else:
+                results = [self._label(atomic_numbers, xyz) for xyz in positions]
         return np.array([e for e, _ in results]), np.stack([f for _, f in results])
 
     @property
@@ -90,11 +96,17 @@ class QMMethod:
 
     def _label(self, atomic_numbers: np.ndarray, positions: np.ndarray) -> tuple[float, np.ndarray]:
         if self.name in XTB_METHODS:
-            energy, gradient = _xtb(XTB_METHODS[self.name], atomic_numbers, positions, self.charge)
+            energy, gradient = XtbSeries(XTB_METHODS[self.name], atomic_numbers,
+                                         self.charge).singlepoint(positions)
         elif self.name == "dft":
             energy, gradient = _dft(self.functional_basis, atomic_numbers, positions, self.charge)
         else:
             raise LabelError(f"unknown method '{self.name}' (choose from {', '.join(METHODS)})")
+        return self._converted(energy, gradient)
+
+    @staticmethod
+    def _converted(energy: float, gradient: np.ndarray) -> tuple[float, np.ndarray]:
+        """Energy (eV) and forces (eV/Angstrom) from Hartree and a gradient in Hartree/Bohr."""
         energy_ev = energy * HARTREE_TO_EV
         forces = -np.asarray(gradient) * HARTREE_PER_BOHR_TO_EV_PER_ANGSTROM
         if not (np.isfinite(energy_ev) and np.isfinite(forces).all()):
@@ -121,18 +133,66 @@ class QMCalculator(Calculator):
         self.results = {"energy": energy, "forces": forces}
 
 
-def _xtb(method: str, numbers: np.ndarray, positions: np.ndarray, charge: int):
-    from tblite.interface import Calculator
+class XtbSeries:
+    """GFN-xTB single points of conformers of one molecule (same atoms and charge), one after
+    another with one tblite calculator whose positions are updated (results identical to a new
+    calculator per conformer, ~1.5 % faster).
 
-    try:
-        calc = Calculator(
-            method, np.asarray(numbers), np.asarray(positions) / BOHR_TO_ANGSTROM, charge=charge
-        )
-        calc.set("verbosity", 0)
-        result = calc.singlepoint()
-    except RuntimeError as exc:
-        raise LabelError(f"{method} failed: {first_line(exc)}") from None
-    return result.get("energy"), result.get("gradient")
+    With `restart`, each SCF starts from the previous conformer's converged charges instead
+    of atomic densities: ~8 % less CPU on ETKDG conformers, energies within ~1e-7 eV of a
+    fresh start, but forces differ by up to ~3e-3 eV/Angstrom. That is the SCF's own
+    tolerance (a fresh start's forces are up to ~1.5e-3 eV/Angstrom off a tightly converged
+    SCF, a restart's ~1.1e-3), yet it makes a label depend on the conformer labelled before,
+    so it is off by default. A restart that fails (no convergence, non-finite result) is run
+    again from a fresh start: it never fails a conformer that a fresh start labels."""
+
+    def __init__(self, method: str, numbers: np.ndarray, charge: int = 0,
+                 restart: bool = False):
+        self.method = method
+        self.numbers = np.asarray(numbers)
+        self.charge = charge
+        self.restart = restart
+        self.n_restarts = 0  # SCFs started from the previous conformer, and of those
+        self.n_fallbacks = 0  # the ones that failed and were run again from a fresh start
+        self._calculator = None
+        self._previous = None  # with `restart`: the last converged tblite Result
+
+    def singlepoint(self, positions: np.ndarray) -> tuple[float, np.ndarray]:
+        """Energy (Hartree) and gradient (Hartree/Bohr) of one conformer given in Angstrom;
+        LabelError when the SCF fails from a fresh start."""
+        bohr = np.asarray(positions, dtype=float) / BOHR_TO_ANGSTROM
+        if self._previous is not None:
+            self.n_restarts += 1
+            try:
+                self._calculator.update(bohr)
+                return self._kept(self._calculator.singlepoint(self._previous))
+            except RuntimeError:  # a LabelError too: the start may be at fault, go afresh
+                self.n_fallbacks += 1
+                self._calculator = self._previous = None
+        try:
+            if self._calculator is None:
+                from tblite.interface import Calculator
+
+                self._calculator = Calculator(self.method, self.numbers, bohr,
+                                              charge=self.charge)
+                self._calculator.set("verbosity", 0)
+            else:
+                self._calculator.update(bohr)
+            return self._kept(self._calculator.singlepoint())
+        except RuntimeError as exc:  # the next conformer gets a new calculator
+            self._calculator = None
+            if isinstance(exc, LabelError):
+                raise
+            raise LabelError(f"{self.method} failed: {first_line(exc)}") from None
+
+    def _kept(self, result) -> tuple[float, np.ndarray]:
+        """Energy and gradient of a converged result (with `restart`, the next SCF's start)."""
+        energy, gradient = result.get("energy"), result.get("gradient")
+        if not (np.isfinite(energy) and np.isfinite(gradient).all()):
+            raise LabelError("non-finite energy or forces")
+        if self.restart:
+            self._previous = result
+        return energy, gradient
 
 
 def _dft(functional_basis: str, numbers: np.ndarray, positions: np.ndarray, charge: int):
