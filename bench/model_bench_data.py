@@ -70,3 +70,26 @@ def parse_arguments(description: str, quick_help: str, default_models: Sequence[
                      f"{', '.join(backend_names())}")
     args.workdir.mkdir(parents=True, exist_ok=True)
     return args
+
+
+def reference_command(description: str, train: Callable[[argparse.Namespace], None],
+                      predict: Callable[[argparse.Namespace], None]) -> None:
+    """The command line of a library's own side of `training_throughput.py` (the
+    `*_reference.py` scripts): `train --config --train --valid --epochs --out [--seed]` and
+    `predict --config --model --configs --output`, each handed to its function."""
+    parser = argparse.ArgumentParser(description=description)
+    commands = parser.add_subparsers(dest="command", required=True)
+    fit = commands.add_parser("train")
+    fit.add_argument("--config", type=Path, required=True)
+    fit.add_argument("--train", type=Path, required=True)
+    fit.add_argument("--valid", type=Path, required=True)
+    fit.add_argument("--epochs", type=int, required=True)
+    fit.add_argument("--out", type=Path, required=True)
+    fit.add_argument("--seed", type=int, default=0)
+    infer = commands.add_parser("predict")
+    infer.add_argument("--config", type=Path, required=True)
+    infer.add_argument("--model", type=Path, required=True)
+    infer.add_argument("--configs", type=Path, required=True)
+    infer.add_argument("--output", type=Path, required=True)
+    args = parser.parse_args()
+    train(args) if args.command == "train" else predict(args)

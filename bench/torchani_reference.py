@@ -30,6 +30,7 @@ os.environ.setdefault("TORCHANI_NO_WARN_EXTENSIONS", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from ase.data import chemical_symbols  # noqa: E402
+from model_bench_data import reference_command  # noqa: E402
 
 from mlipdiv.models import potential_class, run_size  # noqa: E402
 from mlipdiv.models.base import PREDICT_BATCH  # noqa: E402
@@ -153,22 +154,7 @@ def predict(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    fit = commands.add_parser("train")
-    fit.add_argument("--config", type=Path, required=True)
-    fit.add_argument("--train", type=Path, required=True)
-    fit.add_argument("--valid", type=Path, required=True)
-    fit.add_argument("--epochs", type=int, required=True)
-    fit.add_argument("--out", type=Path, required=True)
-    fit.add_argument("--seed", type=int, default=0)
-    infer = commands.add_parser("predict")
-    infer.add_argument("--config", type=Path, required=True)
-    infer.add_argument("--model", type=Path, required=True)
-    infer.add_argument("--configs", type=Path, required=True)
-    infer.add_argument("--output", type=Path, required=True)
-    args = parser.parse_args()
-    train(args) if args.command == "train" else predict(args)
+    reference_command(__doc__.splitlines()[0], train, predict)
 
 
 if __name__ == "__main__":
