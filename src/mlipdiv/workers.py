@@ -16,6 +16,7 @@ import signal
 import threading
 import time
 
+from mlipdiv.allocator import keep_freed_memory
 from mlipdiv.threads import limit_threads
 
 PR_SET_PDEATHSIG = 1
@@ -59,6 +60,8 @@ def _watch(command_pid: int) -> None:
 
 
 def init_worker(threads: int, command_pid: int, torch: bool = False) -> None:
-    """Pool initialiser: `threads` threads per library, and die with the command."""
+    """Pool initialiser: `threads` threads per library, freed memory kept for reuse
+    (`allocator`), and die with the command."""
     die_with_parent(command_pid)
+    keep_freed_memory()
     limit_threads(threads, torch=torch)

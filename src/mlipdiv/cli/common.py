@@ -11,6 +11,7 @@ import sys
 import typer
 from rich.console import Console
 
+from mlipdiv.allocator import keep_freed_memory
 from mlipdiv.data.options import GenerateOptions
 from mlipdiv.declare import declared_help
 from mlipdiv.design.options import DesignOptions, SplitOptions
@@ -36,6 +37,7 @@ def _root() -> None:
 
 def main() -> None:
     """Console-script entry point: turns MlipdivError into a one-line message."""
+    keep_freed_memory()  # batches reuse freed memory instead of faulting it in again
     try:
         app()
     except FieldError as exc:  # the library names a parameter; here it is a flag

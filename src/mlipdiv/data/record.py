@@ -150,9 +150,9 @@ class MoleculeRecord:
             if np.isfinite(self.temperature[i]):
                 atoms.info["temperature"] = float(self.temperature[i])
             if self.is_labelled(i):
-                atoms.calc = SinglePointCalculator(
+                atoms.calc = SinglePointCalculator(  # it copies the arrays it is given
                     atoms, energy=float(self.energy[i]),
-                    **({"forces": self.forces[i].copy()} if self.has_forces else {}))
+                    **({"forces": self.forces[i]} if self.has_forces else {}))
             frames.append(atoms)
         return frames
 

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from mlipdiv.allocator import keep_freed_memory
 from mlipdiv.data.store import ConformerStore
 from mlipdiv.errors import FieldError, MlipdivError
 from mlipdiv.models.base import Batch, Conformer, Potential, default_dtype
@@ -284,8 +285,10 @@ def _as_is(items):
 
 
 def _one_thread(worker: int) -> None:
-    """A loader worker prepares graphs on one thread (the training process has the rest)."""
+    """A loader worker prepares graphs on one thread (the training process has the rest),
+    keeping freed memory for its next batch (`allocator`)."""
     torch.set_num_threads(1)
+    keep_freed_memory()
 
 
 def _grouped(store: ConformerStore, pairs: Iterable[tuple[str, int]]) -> dict[str, np.ndarray]:

@@ -134,12 +134,13 @@ def predict_frames(run: TrainedRun, frames: Sequence, copy: bool = True) -> list
         return out
     items = [Conformer(atoms.numbers, atoms.positions) for atoms in inside]
     results = [m.predict_conformers(items) for m in run.members]
-    energies = np.stack([e for e, _ in results])
+    # reduced once for all frames (not a committee per frame): the frames' forces side by
+    # side as the atoms of one conformer, split back per frame
+    committee = Committee(np.stack([e for e, _ in results]),
+                          np.stack([np.concatenate(f) for _, f in results])[:, None])
+    energies, spreads = committee.mean_energy, committee.energy_std
+    forces = np.split(committee.mean_forces[0], np.cumsum([len(c.numbers) for c in items])[:-1])
     for k, atoms in enumerate(inside):
-        committee = Committee(energies[:, k:k + 1],
-                              np.stack([f[k] for _, f in results])[:, None])
-        predicted = committee.calculator_results()
-        atoms.info["energy_std"] = predicted["energy_std"]
-        atoms.calc = SinglePointCalculator(atoms, energy=predicted["energy"],
-                                           forces=predicted["forces"])
+        atoms.info["energy_std"] = float(spreads[k])
+        atoms.calc = SinglePointCalculator(atoms, energy=float(energies[k]), forces=forces[k])
     return out
