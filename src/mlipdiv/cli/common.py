@@ -1,9 +1,10 @@
 """The command line's shared parts: the typer `app` every command module registers on, the
 stderr `console`, the console-script entry point `main()` (errors become one line on stderr and
-exit code 2), JSON printing, and the flag help declared by the options dataclasses."""
+exit code 2; it imports only the module of the command it runs) and JSON printing."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import sys
@@ -12,9 +13,6 @@ import typer
 from rich.console import Console
 
 from mlipdiv.allocator import keep_freed_memory
-from mlipdiv.data.options import GenerateOptions
-from mlipdiv.declare import declared_help
-from mlipdiv.design.options import DesignOptions, SplitOptions
 from mlipdiv.errors import FieldError, MlipdivError
 
 app = typer.Typer(
@@ -23,11 +21,24 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 
+# the modules that register commands, in the order `mlipdiv --help` lists them (typer lists the
+# `domain` group after them all), and the module of each command
+COMMAND_MODULES = ("data", "design", "domain", "models", "study")
+MODULE_OF = {
+    **dict.fromkeys(("info", "import", "formats", "generate", "label"), "data"),
+    **dict.fromkeys(("profile", "split", "check-leaks", "design"), "design"),
+    "domain": "domain",
+    **dict.fromkeys(("train", "evaluate", "predict"), "models"),
+    **dict.fromkeys(("study", "advise", "refine", "verify", "report", "demo"), "study"),
+}
 
-# a flag's help is its option's declaration (the options dataclass's field metadata)
-SPLIT_HELP = declared_help(SplitOptions)
-DESIGN_HELP = declared_help(DesignOptions)
-GENERATE_HELP = declared_help(GenerateOptions)
+
+def register_commands(command: str | None = None) -> None:
+    """Import the command modules, each registering its commands on `app`: only the module of
+    `command` when it names one (a command's start-up pays for no other's imports), else all
+    (`mlipdiv --help`, an unknown command)."""
+    for module in [MODULE_OF[command]] if command in MODULE_OF else COMMAND_MODULES:
+        importlib.import_module(f"mlipdiv.cli.{module}")
 
 
 @app.callback()
@@ -38,6 +49,7 @@ def _root() -> None:
 def main() -> None:
     """Console-script entry point: turns MlipdivError into a one-line message."""
     keep_freed_memory()  # batches reuse freed memory instead of faulting it in again
+    register_commands(sys.argv[1] if len(sys.argv) > 1 else None)
     try:
         app()
     except FieldError as exc:  # the library names a parameter; here it is a flag

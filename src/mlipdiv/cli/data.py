@@ -8,9 +8,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mlipdiv.cli.common import GENERATE_HELP, app, console, print_damaged, print_json
+from mlipdiv.cli.common import app, console, print_damaged, print_json
 from mlipdiv.data.options import GenerateOptions
+from mlipdiv.declare import declared_help
 from mlipdiv.errors import MlipdivError
+
+# a flag's help is its option's declaration (the options dataclass's field metadata)
+GENERATE_HELP = declared_help(GenerateOptions)
 
 
 @app.command()

@@ -10,16 +10,19 @@ from rich.console import Console
 from rich.table import Table
 
 from mlipdiv.cli.common import (
-    DESIGN_HELP,
-    SPLIT_HELP,
     app,
     console,
     print_damaged,
     print_json,
 )
+from mlipdiv.declare import declared_help
 from mlipdiv.design.experiments import experiment_names
 from mlipdiv.design.options import DesignOptions, SplitOptions
 from mlipdiv.errors import MlipdivError, check_seed
+
+# a flag's help is its option's declaration (the options dataclass's field metadata)
+SPLIT_HELP = declared_help(SplitOptions)
+DESIGN_HELP = declared_help(DesignOptions)
 
 
 @app.command()
