@@ -10,7 +10,6 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-from mlipdiv.data.importer import import_dataset
 from mlipdiv.data.store import ConformerStore, MoleculeRecord
 from mlipdiv.errors import MlipdivError
 
@@ -30,6 +29,9 @@ def read_records(path: str | os.PathLike, skipped: Counter | None = None
     if path.suffix in (".h5", ".hdf5"):
         with ConformerStore(path) as store:
             return list(store.molecules())
+    # the readers (and RDKit, for molecule identity) only when a file needs importing
+    from mlipdiv.data.importer import import_dataset
+
     with tempfile.TemporaryDirectory() as tmp:
         summary = import_dataset(path, Path(tmp) / "imported.h5")
         if summary.skipped:
