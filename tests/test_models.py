@@ -447,3 +447,34 @@ def test_backends_register_themselves_and_are_checked_when_defined():
     *others, last = (repr(name) for name in backend_names())  # the choices: every backend
     with pytest.raises(ValueError, match=re.escape(f"{', '.join(others)} or {last}")):
         ModelsConfig(architectures=["incomplete"])
+
+
+def test_mace_graphs_and_batches_equal_mace_torchs_own(trained, conformer_sets):
+    """mlipdiv's MACE graphs and batching (built in a few tensor operations) give the
+    energies and forces that mace-torch's `AtomicData.from_config` and its batching give."""
+    if trained.record.model != "mace":
+        pytest.skip("MACE's own data path")
+    from mace.data import AtomicData, Configuration
+    from mace.tools import AtomicNumberTable
+    from mace.tools.torch_geometric.batch import Batch as MaceBatch
+
+    from mlipdiv.models.base import conformers, default_dtype, frozen_parameters
+
+    member = trained.members[0]
+    items = conformers(conformer_sets[1])
+    with default_dtype(torch.float64):
+        graphs = [AtomicData.from_config(
+            Configuration(atomic_numbers=c.numbers, positions=c.positions, properties={},
+                          property_weights={}, pbc=(False, False, False)),
+            AtomicNumberTable(member.elements), member.cutoff(member.config["model"]))
+            for c in items]
+    theirs = MaceBatch.from_data_list(graphs)
+    ours = member.collate(member.prepare_all(items))
+    assert int(ours.inputs["edge_index"].shape[1]) == int(theirs.edge_index.shape[1])
+    with frozen_parameters(member.module):
+        energy, forces = member.energy_forces(ours, training=False)
+        out = member.module(theirs.to_dict(), training=False, compute_force=True)
+    np.testing.assert_allclose(energy.detach().numpy(), out["energy"].detach().numpy(),
+                               rtol=1e-12)
+    np.testing.assert_allclose(forces.detach().numpy(), out["forces"].detach().numpy(),
+                               rtol=1e-9, atol=1e-12)

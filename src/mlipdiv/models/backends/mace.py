@@ -1,8 +1,10 @@
-"""MACE through mace-torch: its `ScaleShiftMACE` model, `AtomicData` graphs and batching.
+"""MACE through mace-torch: its `ScaleShiftMACE` model and neighbour list.
 
 The model is built as `mace_run_train --model MACE` builds it (residual interactions, SiLU
 gates, shift 0 and scale = RMS of the training forces, the E0s as atomic energies); the
-graphs are built once per conformer with MACE's own neighbour list and reused every epoch.
+graphs are built once per conformer with MACE's own neighbour list and reused every epoch,
+and batched into the dict its `AtomicData` batching makes for molecules (a test holds the
+two equal) in a few tensor operations: 0.8 s → 0.14 s of a 1,366-conformer prediction.
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ import functools
 import io
 from collections.abc import Iterator, Sequence
 from types import SimpleNamespace
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from mlipdiv.errors import FieldError, first_line
+from mlipdiv.lazy import without_package_init
 from mlipdiv.models.base import Batch, Conformer, Potential, quiet_warnings
 from mlipdiv.models.sizes import RunSize, TrainingSettings
 
@@ -37,15 +41,17 @@ def _mace() -> SimpleNamespace:
     must not pay for it."""
     with _quiet(), contextlib.redirect_stdout(io.StringIO()):  # mace prints a GPU notice
         import mace  # noqa: F401 - first: it lets e3nn torch.load its constants
+
+        # mace.tools' and mace.data's __init__ import mace's trainer, torchmetrics, pandas
+        # and LMDB readers (1 s of a 9 s prediction); mace.modules needs only these
+        without_package_init("mace.tools", ("torch_tools", "utils", "default_keys", "cg"))
+        without_package_init("mace.data", ("neighborhood",))
         from e3nn import o3
         from mace import modules
-        from mace.data import AtomicData, Configuration
+        from mace.data.neighborhood import get_neighborhood
         from mace.modules.utils import extract_invariant
-        from mace.tools import AtomicNumberTable
-        from mace.tools.torch_geometric.batch import Batch as GraphBatch
-    return SimpleNamespace(o3=o3, modules=modules, AtomicData=AtomicData,
-                           Configuration=Configuration, extract_invariant=extract_invariant,
-                           AtomicNumberTable=AtomicNumberTable, GraphBatch=GraphBatch)
+    return SimpleNamespace(o3=o3, modules=modules, get_neighborhood=get_neighborhood,
+                           extract_invariant=extract_invariant)
 
 
 @contextlib.contextmanager
@@ -60,6 +66,17 @@ def _e3nn_codegen_uncompiled() -> Iterator[None]:
         yield
     finally:
         e3nn.set_optimization_defaults(jit_script_fx=before)
+
+
+class MaceGraph(NamedTuple):
+    """One conformer prepared for MACE: element indices (n,), positions (n, 3) in Å, edges
+    (2, n_edges) as senders and receivers, energy (eV) and forces (n, 3) in eV/Å."""
+
+    species: torch.Tensor
+    positions: torch.Tensor
+    edges: torch.Tensor
+    energy: float
+    forces: torch.Tensor
 
 
 class MacePotential(Potential):
@@ -84,6 +101,13 @@ class MacePotential(Potential):
         ), TrainingSettings(max_epochs=400, batch_size=16, learning_rate=0.01, lr_patience=20,
                             early_stopping_patience=60)),
     }
+
+    def __init__(self, config: dict, device: str | torch.device = "cpu"):
+        super().__init__(config, device)
+        # atomic number -> row of the one-hot node attributes (MACE's AtomicNumberTable)
+        self._species_index = np.full(max(self.elements) + 1, -1, dtype=np.int64)
+        self._species_index[self.elements] = np.arange(len(self.elements))
+        self._one_hot = torch.eye(len(self.elements), dtype=self.dtype)
 
     def build_module(self) -> torch.nn.Module:
         lib, hp = _mace(), self.config["model"]
@@ -163,28 +187,55 @@ class MacePotential(Potential):
         with _e3nn_codegen_uncompiled():
             return super().load(path, device)
 
-    def prepare(self, conformer: Conformer):
-        forces = conformer.forces
-        lib = _mace()
-        config = lib.Configuration(
-            atomic_numbers=np.asarray(conformer.numbers), positions=conformer.positions,
-            properties={"energy": conformer.energy, "forces": forces},
-            property_weights={"energy": 1.0, "forces": 1.0}, pbc=(False, False, False),
-        )
-        return lib.AtomicData.from_config(config, lib.AtomicNumberTable(self.elements),
-                                          self.config["model"]["r_max"])
+    def prepare(self, conformer: Conformer) -> MaceGraph:
+        positions = np.asarray(conformer.positions, dtype=np.float64)
+        # MACE's own neighbour list (matscipy), as `AtomicData.from_config` builds it for a
+        # molecule: zero shifts, so only the edges are kept
+        edges = _mace().get_neighborhood(positions, self.cutoff(self.config["model"]))[0]
+        forces = (np.zeros_like(positions) if conformer.forces is None
+                  else conformer.forces)
+        return MaceGraph(
+            species=torch.as_tensor(self._species_index[np.asarray(conformer.numbers)]),
+            positions=torch.as_tensor(positions, dtype=self.dtype),
+            edges=torch.as_tensor(edges, dtype=torch.long),
+            energy=float(conformer.energy or 0.0),
+            forces=torch.as_tensor(forces, dtype=self.dtype))
 
-    def collate(self, items: Sequence) -> Batch:
-        graphs = _mace().GraphBatch.from_data_list(list(items)).to(self.device)
-        return Batch(graphs, graphs.energy, graphs.forces, graphs.ptr[1:] - graphs.ptr[:-1])
+    def collate(self, items: Sequence[MaceGraph]) -> Batch:
+        """The dict `ScaleShiftMACE.forward` reads, as mace-torch's `AtomicData` batching
+        builds it for molecules (zero cells and shifts, one head), concatenated in a few
+        tensor operations instead of its per-graph, per-key Python loop."""
+        n_atoms = torch.tensor([len(item.species) for item in items])
+        n_edges = torch.tensor([item.edges.shape[1] for item in items])
+        ptr = torch.zeros(len(items) + 1, dtype=torch.long)
+        torch.cumsum(n_atoms, 0, out=ptr[1:])
+        edges = torch.cat([item.edges for item in items], 1)
+        edges += torch.repeat_interleave(ptr[:-1], n_edges)
+        graphs = len(items)
+        inputs = {
+            "positions": torch.cat([item.positions for item in items]),
+            "node_attrs": self._one_hot[torch.cat([item.species for item in items])],
+            "edge_index": edges,
+            "shifts": torch.zeros(edges.shape[1], 3, dtype=self.dtype),
+            "unit_shifts": torch.zeros(edges.shape[1], 3, dtype=self.dtype),
+            "cell": torch.zeros(3 * graphs, 3, dtype=self.dtype),
+            "batch": torch.repeat_interleave(torch.arange(graphs), n_atoms),
+            "ptr": ptr,
+            "head": torch.zeros(graphs, dtype=torch.long),
+        }
+        inputs = {key: value.to(self.device) for key, value in inputs.items()}
+        energy = torch.tensor([item.energy for item in items], dtype=self.dtype)
+        forces = torch.cat([item.forces for item in items])
+        return Batch(inputs, energy.to(self.device), forces.to(self.device),
+                     n_atoms.to(self.device))
 
     def energy_forces(self, batch: Batch, training: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.module(batch.inputs.to_dict(), training=training, compute_force=True)
+        out = self.module(dict(batch.inputs), training=training, compute_force=True)
         return out["energy"], out["forces"]
 
     def invariant_features(self, batch: Batch) -> torch.Tensor:
         hp = self.config["model"]
-        out = self.module(batch.inputs.to_dict(), training=False, compute_force=False)
+        out = self.module(dict(batch.inputs), training=False, compute_force=False)
         return _mace().extract_invariant(
             out["node_feats"], num_layers=hp["num_interactions"],
             num_features=hp["num_channels"], l_max=hp["max_L"])
