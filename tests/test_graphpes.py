@@ -131,3 +131,27 @@ def test_cuda_training_matches_cpu_predictions(backend, conformer_sets,  # noqa:
 
 def run_device(run) -> str:
     return next(run.members[0].module.parameters()).device.type
+
+
+def test_graphs_equal_graph_pes_from_ase(trained, conformer_sets):  # noqa: F811
+    """mlipdiv builds each conformer's `AtomicGraph` from its arrays; it must be the graph
+    `AtomicGraph.from_ase` builds (same pairs in the same order, no cell, same labels)."""
+    from ase import Atoms
+    from graph_pes.atomic_graph import AtomicGraph
+
+    from mlipdiv.models.base import conformers, default_dtype
+
+    member = trained.members[0]
+    cutoff = member.cutoff(member.config["model"])
+    items = conformers(conformer_sets[1])
+    with default_dtype(member.dtype):
+        ours = member.prepare_all(items)
+        for conformer, graph in zip(items, ours, strict=True):
+            atoms = Atoms(conformer.numbers, conformer.positions)
+            atoms.info["energy"], atoms.arrays["forces"] = conformer.energy, conformer.forces
+            theirs = AtomicGraph.from_ase(atoms, cutoff)
+            for field in ("Z", "R", "cell", "neighbour_list", "neighbour_cell_offsets"):
+                assert torch.equal(getattr(graph, field), getattr(theirs, field)), field
+            for key in ("energy", "forces"):
+                assert torch.equal(graph.properties[key], theirs.properties[key]), key
+            assert graph.cutoff == theirs.cutoff and graph.neighbour_list.shape[1] > 0
