@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any
@@ -54,11 +55,14 @@ def without_package_init(package: str, submodules: Sequence[str]) -> ModuleType:
     if parent:
         setattr(sys.modules[parent], name, module)
 
+    completing = threading.Lock()
+
     def __getattr__(attribute: str) -> Any:
-        # the real __init__, run once in the same namespace (the submodules imported
-        # already are reused), then the name looked up as usual
-        del module.__dict__["__getattr__"]
-        spec.loader.exec_module(module)
+        # the real __init__, run once (a second thread waits for it) in the same namespace
+        # (the submodules imported already are reused), then the name looked up as usual
+        with completing:
+            if module.__dict__.pop("__getattr__", None) is not None:
+                spec.loader.exec_module(module)
         return getattr(module, attribute)
 
     module.__getattr__ = __getattr__
