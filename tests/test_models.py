@@ -241,6 +241,12 @@ def test_bad_training_input_is_one_line_error(conformer_sets, tmp_path):
     single = [conformer_sets[0][0].subset([0])]
     with pytest.raises(MlipdivError, match="at least 2"):
         train(single, conformer_sets[1], TrainingSpec("ani", "dev"), tmp_path / "r")
+    # a validation element the training set lacks: the model has no E0 or embedding for it
+    chlorine = [labelled_record("CCCl", 2, seed=7)]
+    for backend in ("mace", "ani"):
+        with pytest.raises(MlipdivError, match=r"validation molecule \S+: element\(s\) Cl "
+                                               r"absent from the training set \(H, C, N, O\)"):
+            train(conformer_sets[0], chlorine, TrainingSpec(backend, "dev"), tmp_path / "r")
     # a bad setting is a FieldError naming the spec's field (the CLI says it as its flag)
     for spec, field, message in (
             (TrainingSpec("ani", "huge"), "size", "size .huge.: choose from dev, fast, standard"),

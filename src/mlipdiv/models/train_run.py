@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from ase.data import chemical_symbols
 
 from mlipdiv.data.store import MoleculeRecord
 from mlipdiv.errors import FieldError, MlipdivError
@@ -106,6 +107,21 @@ def _check_training_data(train: Sequence[MoleculeRecord | MoleculeSummary],
                          "to train on them with their force term masked")
 
 
+def _check_validation_elements(train: Sequence[MoleculeRecord | MoleculeSummary],
+                               valid: Sequence[MoleculeRecord]) -> None:
+    """MlipdivError naming the first validation molecule with an element the training set
+    lacks: the model has no E0 and no embedding for it, so its error would be meaningless."""
+    known = {int(z) for r in train for z in r.atomic_numbers}
+    for record in valid:
+        unknown = sorted({int(z) for z in record.atomic_numbers} - known)
+        if unknown:
+            raise MlipdivError(
+                f"validation molecule {record.inchikey}: element(s) "
+                f"{', '.join(chemical_symbols[z] for z in unknown)} absent from the training "
+                f"set ({', '.join(chemical_symbols[z] for z in sorted(known))}); move it to "
+                "training or leave it out")
+
+
 def training_conformers(records: Sequence[MoleculeRecord]) -> list[Conformer]:
     """Conformers to train on: energy-only conformers carry NaN reference forces, which the
     loss masks (`training.weighted_loss`)."""
@@ -165,6 +181,8 @@ def train(
     streamed = isinstance(train, StoreTrainingSet)
     molecules = train.summaries if isinstance(train, StoreTrainingSet) else train
     _check_training_data(molecules, valid, spec.mask_missing_forces)
+    if spec.init_from is None:  # a pretrained start checks against its own elements
+        _check_validation_elements(molecules, valid)
     n_train = sum(r.n_conformers for r in molecules)
     schedule, policy = spec.schedule(chosen, n_train)
     out = Path(out)

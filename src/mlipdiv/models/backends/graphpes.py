@@ -152,7 +152,8 @@ class GraphPesPotential(Potential):
         arrays without the ASE round trip: 0.43 ms → 0.05 ms a conformer."""
         dtype = torch.get_default_dtype()
         positions = np.asarray(conformer.positions, dtype=np.float64)
-        senders, receivers = _neighbour_list(self.cutoff(self.config["model"])).compute(
+        cutoff = self.cutoff(self.config["model"])
+        senders, receivers = _neighbour_list(cutoff).compute(
             points=positions, box=np.zeros((3, 3)), periodic=False, quantities="ij")
         forces = (torch.zeros(len(positions), 3, dtype=dtype) if conformer.forces is None
                   else torch.tensor(conformer.forces, dtype=dtype))
@@ -163,7 +164,7 @@ class GraphPesPotential(Potential):
             neighbour_cell_offsets=torch.zeros(len(senders), 3, dtype=dtype),
             properties={"energy": torch.tensor(conformer.energy, dtype=dtype),
                         "forces": forces},
-            cutoff=self.cutoff(self.config["model"]))
+            cutoff=cutoff)
 
     def collate(self, items: Sequence) -> Batch:
         graph = _graph_pes().to_batch(list(items)).to(self.device)

@@ -194,8 +194,11 @@ class MacePotential(Potential):
         edges = _mace().get_neighborhood(positions, self.cutoff(self.config["model"]))[0]
         forces = (np.zeros_like(positions) if conformer.forces is None
                   else conformer.forces)
+        numbers = np.asarray(conformer.numbers)
+        if numbers.max() >= len(self._species_index) or self._species_index[numbers].min() < 0:
+            self.check_elements(numbers)  # one line naming the elements the model lacks
         return MaceGraph(
-            species=torch.as_tensor(self._species_index[np.asarray(conformer.numbers)]),
+            species=torch.as_tensor(self._species_index[numbers]),
             positions=torch.as_tensor(positions, dtype=self.dtype),
             edges=torch.as_tensor(edges, dtype=torch.long),
             energy=float(conformer.energy or 0.0),
