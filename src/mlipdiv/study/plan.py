@@ -222,12 +222,16 @@ def settings_digest(config: StudyConfig) -> str:
 def plan_study(config: StudyConfig, out: str | Path | None = None, *,
                steps_per_second: float | None = None,
                gpu_steps_per_second: float | None = None, gpus: int = DEFAULT_GPUS,
-               calibration: Calibration | None = None) -> StudyPlan:
+               calibration: Calibration | None = None,
+               process_started: bool = False) -> StudyPlan:
     """The study's plan: its cells, trainings after sharing identical cells, optimiser steps,
     conformers to label and the estimated wall time and device hours per executor layout
     (one CPU node with the configured workers; one GPU; `gpus` GPUs). Nothing is trained or
     generated; a study directory `out` (default: the config's) that already holds the designs
-    is counted from them. `calibration` reuses measurements already made."""
+    is counted from them. `calibration` reuses measurements already made.
+    `process_started`: the plan is made by the running study, whose process has already
+    started and imported its steps, so the estimate is the time from now (what the study's
+    log measures) and leaves the study's start-up out."""
     if gpus < 1:
         raise FieldError("gpus", gpus, "must be at least 1")
     if gpu_steps_per_second is not None and not gpu_steps_per_second > 0:
@@ -279,7 +283,7 @@ def plan_study(config: StudyConfig, out: str | Path | None = None, *,
     measured = calibration or calibrate(config, threads, steps_per_second,
                                         sorted({model for model, _ in left}))
     layouts = _layouts(config, paths, measured, left, schedule, conformers, workers, threads,
-                       gpu_steps_per_second, gpus)
+                       gpu_steps_per_second, gpus, process_started)
     notes.append("not estimated: splitting, designs, learning-curve fits and the report "
                  "(seconds to minutes)")
     if measured.load_average is not None and measured.load_average > measured.cores / 2:
@@ -299,15 +303,16 @@ def plan_study(config: StudyConfig, out: str | Path | None = None, *,
 
 def _layouts(config: StudyConfig, paths: StudyPaths, measured: Calibration, left: list,
              schedule: dict, conformers: int, workers: int, threads: int,
-             gpu_steps_per_second: float | None, gpus: int) -> list[Layout]:
+             gpu_steps_per_second: float | None, gpus: int,
+             process_started: bool) -> list[Layout]:
     """Wall time and device hours on one CPU node, one GPU and `gpus` GPUs."""
     throughput = {m.model: m for m in measured.models}
     test = _test_conformers(config)
     ensemble = config.models.ensemble
     counts, _ = data_sizes(config)
-    # work before the cells: the study's start, labelling (over the generator's workers)
-    # and the profile
-    before = measured.study_start_seconds or 0.0
+    # work before the cells: the study's start (unless this is that study, already started),
+    # labelling (over the generator's workers) and the profile
+    before = 0.0 if process_started else measured.study_start_seconds or 0.0
     label_workers, _ = plan_parallelism(config.data.n_molecules, config.executor.workers)
     if conformers and measured.generate_seconds_per_molecule is not None:
         before += (config.data.n_molecules * measured.generate_seconds_per_molecule

@@ -442,7 +442,7 @@ def plan_step(config: StudyConfig, paths: StudyPaths) -> None:
     if made is not None and made.settings_digest == settings_digest(config):
         return
     try:
-        plan = plan_study(config, paths.root)
+        plan = plan_study(config, paths.root, process_started=True)
     except Exception as exc:  # noqa: BLE001 - an estimate must not stop the study
         log.warning("plan: not made (%s)", first_line(exc, with_type=True))
         return
