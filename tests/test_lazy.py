@@ -47,3 +47,48 @@ def test_mace_backend_skips_mace_tools_trainer_and_keeps_it_importable():
         print(train.__name__, mace.data.LMDBDataset.__name__)
     """)
     assert out.splitlines()[-2:] == ["[]", "train LMDBDataset"]
+
+
+def test_a_deferred_module_stands_in_until_another_name_is_asked_for(tmp_path):
+    package = tmp_path / "library"
+    (package / "utils").mkdir(parents=True)
+    (package / "__init__.py").write_text("print('package init ran')\n")
+    (package / "utils" / "rank.py").write_text(
+        "print('costly rank code ran')\nRANK = 0\nSIZE = 1\n")
+    out = run_python("""
+        import sys
+        from mlipdiv.lazy import bind_to_package, deferred_module
+        rank = deferred_module("library.utils.rank", {"RANK": 0})
+        print("library" in sys.modules, rank.RANK)   # nothing of the library ran
+        import library.utils   # the package's own imports would find the stand-in
+        from library.utils.rank import RANK
+        bind_to_package("library.utils.rank")
+        print(RANK, library.utils.rank is rank)
+        from library.utils.rank import SIZE   # a name only the real code binds: it runs now
+        print(SIZE, deferred_module("library.utils.rank", {}) is rank)
+    """, cwd=tmp_path)
+    assert out.splitlines() == ["False 0", "package init ran", "0 True",
+                                "costly rank code ran", "1 True"]
+
+
+def test_graph_pes_backend_skips_lightning_with_the_rank_lightning_finds():
+    """Outside a distributed launch, importing the graph-pes backend does not import PyTorch
+    Lightning; the rank it stands in is the one Lightning's Trainer works out, and the real
+    module's other names stay importable. Under a launcher (SLURM here) the real module runs."""
+    code = """
+        import sys
+        from mlipdiv.models.backends.graphpes import _graph_pes
+        _graph_pes()
+        from graph_pes.utils import distributed
+        given = (distributed.GLOBAL_RANK, distributed.IS_RANK_0)
+        print("pytorch_lightning" in sys.modules)
+        from graph_pes.utils.distributed import WORLD_SIZE   # the real module runs
+        print(given == (distributed.GLOBAL_RANK, distributed.IS_RANK_0), WORLD_SIZE >= 1)
+    """
+    assert run_python(code).splitlines()[-2:] == ["False", "True True"]
+    import os
+    environ = {**os.environ, "SLURM_NTASKS": "1", "SLURM_PROCID": "0"}
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, timeout=300, env=environ)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-2:] == ["True", "True True"]

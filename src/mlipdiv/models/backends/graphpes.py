@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import threading
 from abc import abstractmethod
 from collections.abc import Sequence
@@ -36,6 +37,7 @@ import torch
 from ase.data import chemical_symbols
 
 from mlipdiv.errors import FieldError
+from mlipdiv.lazy import bind_to_package, deferred_module
 from mlipdiv.models.base import Batch, Conformer, Potential, default_dtype, quiet_warnings
 from mlipdiv.models.sizes import RunSize, TrainingSettings
 
@@ -47,13 +49,28 @@ def _quiet() -> contextlib.AbstractContextManager:
     return quiet_warnings(*THIRD_PARTY_NOTICES)
 
 
+# what PyTorch Lightning reads to learn a process's rank under a distributed launcher
+# (torchrun, SLURM, LSF, MPI, Kubeflow); none set: the process is rank 0
+LAUNCHER_VARIABLES = ("RANK", "LOCAL_RANK", "GROUP_RANK", "NODE_RANK", "WORLD_SIZE",
+                      "SLURM_NTASKS", "SLURM_PROCID", "LSB_JOBID", "JSM_NAMESPACE_RANK",
+                      "OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMI_SIZE", "MASTER_ADDR")
+DISTRIBUTED = "graph_pes.utils.distributed"
+
+
 @functools.cache
 def _graph_pes() -> SimpleNamespace:
-    """graph-pes, imported on first use (seconds): listing the backends must not pay for it."""
+    """graph-pes, imported on first use (seconds): listing the backends must not pay for it.
+    Importing graph-pes builds a PyTorch Lightning `Trainer` (`utils.distributed`: importing
+    Lightning, torchmetrics and torch._dynamo, ~2 s) only to learn the process's rank for its
+    logger; outside a distributed launch that rank is 0, given instead (the real module still
+    runs when any other of its names is asked for)."""
+    if not any(variable in os.environ for variable in LAUNCHER_VARIABLES):
+        deferred_module(DISTRIBUTED, {"GLOBAL_RANK": 0, "IS_RANK_0": True})
     with _quiet():
         from graph_pes import models
         from graph_pes.atomic_graph import AtomicGraph, to_batch
         from graph_pes.models.offsets import EnergyOffset
+    bind_to_package(DISTRIBUTED)
     return SimpleNamespace(models=models, AtomicGraph=AtomicGraph, to_batch=to_batch,
                            EnergyOffset=EnergyOffset)
 
