@@ -446,6 +446,7 @@ def test_backends_register_themselves_and_are_checked_when_defined():
         class Incomplete(Potential):  # every abstract method, no declarations
             backend = "incomplete"
             build_module = prepare = collate = energy_forces = invariant_features = None
+            import_library = None
     with pytest.raises(TypeError, match="defined twice"):
         class Again(potential_class("ani")):
             pass

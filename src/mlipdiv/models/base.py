@@ -209,6 +209,13 @@ class Potential(ABC):
                          f"{cls.backend} start is a mlipdiv run or its member-K/model.pt")
 
     # ---- what a backend provides
+    @classmethod
+    @abstractmethod
+    def import_library(cls) -> None:
+        """Import what this backend's models need from its library, as a fresh worker's
+        first model does (the study's plan times it; backends import their library inside
+        functions, so that listing the backends stays cheap)."""
+
     @abstractmethod
     def build_module(self) -> torch.nn.Module:
         """The library's model, untrained, from `self.config`."""

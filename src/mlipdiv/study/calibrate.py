@@ -196,8 +196,6 @@ def _calibration_records(per_molecule: int) -> tuple[list, float]:
     return _labelled_molecules(per_molecule)
 
 
-# top-level modules some distributions ship beside their library (mace-torch: scripts, tests)
-NOT_LIBRARY_MODULES = ("tests", "test", "scripts", "docs", "examples")
 # what the study's own process imports beyond a worker's (its steps, figures, the domain)
 STUDY_MODULES = ("mlipdiv.study.runner", "mlipdiv.study.domain_step", "mlipdiv.report",
                  "mlipdiv.diversity")
@@ -206,19 +204,14 @@ STUDY_MODULES = ("mlipdiv.study.runner", "mlipdiv.study.domain_step", "mlipdiv.r
 @lru_cache(maxsize=8)
 def _start_seconds(models: tuple[str, ...]) -> tuple[float, float]:
     """(seconds a fresh worker process takes to start and import what a cell runs: the
-    cells and the models' libraries; seconds the study's process takes for that and its
-    steps' modules), timed in a fresh Python process."""
-    from importlib.metadata import packages_distributions
-
-    from mlipdiv.models.registry import potential_class
-
-    libraries = {potential_class(m).library for m in models}
-    worker = ["torch", "mlipdiv.study.cells",
-              *sorted(module for module, names in packages_distributions().items()
-                      if libraries & set(names) and module not in NOT_LIBRARY_MODULES)]
+    cells and what each model needs from its library, imported as the backend imports it;
+    seconds the study's process takes for that and its steps' modules), timed in a fresh
+    Python process."""
     script = "\n".join(["import importlib, time", "t = time.perf_counter()",
-                         f"for name in {worker!r}:",
-                         "    try: importlib.import_module(name)",
+                         "import torch, mlipdiv.study.cells",
+                         "from mlipdiv.models.registry import potential_class",
+                         f"for model in {list(models)!r}:",
+                         "    try: potential_class(model).import_library()",
                          "    except Exception: pass",
                          "print(time.perf_counter() - t)",
                          f"for name in {list(STUDY_MODULES)!r}:",

@@ -57,6 +57,11 @@ class AniPotential(Potential):
     library = "torchani"
     cutoff_key = "radial_cutoff"
     e0_key = "e0"
+
+    @classmethod
+    def import_library(cls) -> None:
+        import torchani.aev
+        import torchani.nn  # noqa: F401 - what AniModule builds from
     sizes = {
         "dev": RunSize("ani", "dev", dict(
             radial_cutoff=5.2, angular_cutoff=3.5, radial_shifts=8, angular_shifts=4,

@@ -101,6 +101,10 @@ class GraphPesPotential(Potential):
     readout: ClassVar[str] = "read_out"
     model_class: ClassVar[str]  # the graph-pes model's class name (a file's model is one)
 
+    @classmethod
+    def import_library(cls) -> None:
+        _graph_pes()
+
     @abstractmethod
     def build_model(self, hp: dict, symbols: list[str]) -> torch.nn.Module:
         """The untrained graph-pes model of hyperparameters `hp` for these elements."""

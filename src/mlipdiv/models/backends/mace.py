@@ -84,6 +84,10 @@ class MacePotential(Potential):
     library = "mace-torch"
     cutoff_key = "r_max"
     e0_key = "atomic_energies_fn.atomic_energies"
+
+    @classmethod
+    def import_library(cls) -> None:
+        _mace()
     sizes = {
         "dev": RunSize("mace", "dev", dict(
             num_channels=8, max_L=0, max_ell=1, correlation=2, num_interactions=2, r_max=4.0,
