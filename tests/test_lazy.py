@@ -14,14 +14,20 @@ def run_python(code: str, cwd=None) -> str:
     return done.stdout.strip()
 
 
+def write_files(root, files: dict[str, str]) -> None:
+    """A toy library under `root`: {relative path: source}."""
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
 def test_a_deferred_init_runs_when_a_name_only_it_provides_is_asked_for(tmp_path):
-    package = tmp_path / "library"
-    (package / "tools").mkdir(parents=True)
-    (package / "__init__.py").write_text("")
-    (package / "tools" / "__init__.py").write_text(
-        "from .light import small\nfrom .heavy import trainer\n")
-    (package / "tools" / "light.py").write_text("def small():\n    return 'light'\n")
-    (package / "tools" / "heavy.py").write_text("def trainer():\n    return 'heavy'\n")
+    write_files(tmp_path, {
+        "library/__init__.py": "",
+        "library/tools/__init__.py": "from .light import small\nfrom .heavy import trainer\n",
+        "library/tools/light.py": "def small():\n    return 'light'\n",
+        "library/tools/heavy.py": "def trainer():\n    return 'heavy'\n"})
     out = run_python("""
         import sys
         from mlipdiv.lazy import without_package_init
@@ -50,11 +56,9 @@ def test_mace_backend_skips_mace_tools_trainer_and_keeps_it_importable():
 
 
 def test_a_deferred_module_stands_in_until_another_name_is_asked_for(tmp_path):
-    package = tmp_path / "library"
-    (package / "utils").mkdir(parents=True)
-    (package / "__init__.py").write_text("print('package init ran')\n")
-    (package / "utils" / "rank.py").write_text(
-        "print('costly rank code ran')\nRANK = 0\nSIZE = 1\n")
+    write_files(tmp_path, {
+        "library/__init__.py": "print('package init ran')\n",
+        "library/utils/rank.py": "print('costly rank code ran')\nRANK = 0\nSIZE = 1\n"})
     out = run_python("""
         import sys
         from mlipdiv.lazy import bind_to_package, deferred_module

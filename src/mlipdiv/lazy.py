@@ -43,7 +43,6 @@ def without_package_init(package: str, submodules: Sequence[str]) -> ModuleType:
     if spec is None or spec.loader is None or spec.submodule_search_locations is None:
         return importlib.import_module(package)  # not a package on disk: the usual import
     module = importlib.util.module_from_spec(spec)
-    parent, _, name = package.rpartition(".")
     sys.modules[package] = module
     try:
         for submodule in submodules:
@@ -53,8 +52,7 @@ def without_package_init(package: str, submodules: Sequence[str]) -> ModuleType:
     except BaseException:
         del sys.modules[package]
         raise
-    if parent:
-        setattr(sys.modules[parent], name, module)
+    bind_to_package(package)
     _run_on_first_missing_name(module, spec)
     return module
 
@@ -93,7 +91,7 @@ def _spec_without_parent(name: str):
     any package on the way (`importlib.util.find_spec` would run their `__init__`s)."""
     import importlib.machinery
 
-    top, *middle, leaf = name.split(".")
+    top, *middle, _ = name.split(".")
     spec = importlib.util.find_spec(top) if top not in sys.modules else sys.modules[top].__spec__
     if spec is None or spec.submodule_search_locations is None:
         return None

@@ -57,11 +57,6 @@ class AniPotential(Potential):
     library = "torchani"
     cutoff_key = "radial_cutoff"
     e0_key = "e0"
-
-    @classmethod
-    def import_library(cls) -> None:
-        import torchani.aev
-        import torchani.nn  # noqa: F401 - what AniModule builds from
     sizes = {
         "dev": RunSize("ani", "dev", dict(
             radial_cutoff=5.2, angular_cutoff=3.5, radial_shifts=8, angular_shifts=4,
@@ -80,6 +75,11 @@ class AniPotential(Potential):
         ), TrainingSettings(max_epochs=600, batch_size=32, learning_rate=1e-3, lr_patience=25,
                             early_stopping_patience=100)),
     }
+
+    @classmethod
+    def import_library(cls) -> None:
+        import torchani.aev
+        import torchani.nn  # noqa: F401 - what AniModule builds from
 
     def build_module(self) -> torch.nn.Module:
         symbols = [chemical_symbols[z] for z in self.elements]

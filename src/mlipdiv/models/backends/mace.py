@@ -84,10 +84,6 @@ class MacePotential(Potential):
     library = "mace-torch"
     cutoff_key = "r_max"
     e0_key = "atomic_energies_fn.atomic_energies"
-
-    @classmethod
-    def import_library(cls) -> None:
-        _mace()
     sizes = {
         "dev": RunSize("mace", "dev", dict(
             num_channels=8, max_L=0, max_ell=1, correlation=2, num_interactions=2, r_max=4.0,
@@ -105,6 +101,10 @@ class MacePotential(Potential):
         ), TrainingSettings(max_epochs=400, batch_size=16, learning_rate=0.01, lr_patience=20,
                             early_stopping_patience=60)),
     }
+
+    @classmethod
+    def import_library(cls) -> None:
+        _mace()
 
     def __init__(self, config: dict, device: str | torch.device = "cpu"):
         super().__init__(config, device)
