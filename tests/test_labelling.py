@@ -4,6 +4,7 @@ fresh-start fallback, and the worker pool started while the input is checked."""
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -162,12 +163,33 @@ def test_checkpoint_temporaries_of_dead_runs_are_removed_once_per_run(diverse_st
     assert sorted(p.name for p in folder.iterdir()) == [f".000002.tmp-{os.getpid()}.npz",
                                                         "000003.npz"]
 
-    listings = []
-    original = atomic._remove_stale
+    listings, probes = [], []
+    original, original_probe = atomic._remove_stale, atomic.check_writable
     monkeypatch.setattr(atomic, "_remove_stale",
                         lambda folder, pattern: listings.append(folder)
                         or original(folder, pattern))
+    monkeypatch.setattr(atomic, "check_writable",
+                        lambda path: probes.append(Path(path).parent) or original_probe(path))
     summary = label_store(diverse_store, tmp_path / "out.h5", QMMethod("gfn2-xtb"),
                           progress=False)
-    # the parts folder is listed when the run starts, not once per checkpoint written
-    assert listings.count(tmp_path / "out.h5.parts") <= 2 < summary.n_molecules
+    # the parts folder is listed and probed when the run starts, not once per checkpoint
+    parts = tmp_path / "out.h5.parts"
+    assert listings.count(parts) <= 2 < summary.n_molecules
+    assert probes.count(parts) <= 2 < summary.n_molecules
+
+
+def test_a_run_opens_its_input_store_once_for_all_its_jobs(diverse_store, tmp_path,
+                                                           monkeypatch):
+    opened, original = [], ConformerStore.__init__
+
+    def counting(self, path, *args, **kwargs):
+        opened.append(Path(path))
+        original(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(ConformerStore, "__init__", counting)
+    summary = label_store(diverse_store, tmp_path / "out.h5", QMMethod("gfn2-xtb"),
+                          progress=False)
+    # the input check, then one open shared by the jobs: opening lists every molecule, so an
+    # open per job made a run over many small molecules quadratic
+    assert opened.count(Path(diverse_store)) == 2 < summary.n_molecules
+    assert not generate_module._input_stores  # closed when the run ended

@@ -50,6 +50,15 @@ def remove_stale_temporaries_in(folder: str | os.PathLike) -> list[Path]:
     return _remove_stale(Path(folder), r"\..+\.tmp-(\d+)(\.[^.]*|\.old)?")
 
 
+def prepare_folder(folder: str | os.PathLike) -> None:
+    """Make `folder` ready for many `atomic_path(..., prepared=True)` writes (checkpoints): it
+    exists and holds a new file (else one line naming it), and the temporaries of dead
+    writers are gone. Once for the folder, where each write would probe and list it again."""
+    folder = Path(folder)
+    check_writable(folder / "probe")
+    remove_stale_temporaries_in(folder)
+
+
 def _remove_stale(folder: Path, pattern: str) -> list[Path]:
     """Remove the entries of `folder` whose names match `pattern` (group 1: the writer's
     process id) and whose writer no longer runs."""
@@ -108,15 +117,16 @@ def check_writable(path: str | os.PathLike) -> None:
 
 
 @contextmanager
-def atomic_path(path: str | os.PathLike, clean: bool = True) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, prepared: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside `path`; it replaces `path` when the block succeeds and is
     removed when it fails. A full disk, a read-only place or a directory at `path` end in one
     line naming `path`. Temporaries of `path` left by dead processes are removed first, unless
-    `clean` is False (the caller ran `remove_stale_temporaries_in` on the folder)."""
+    the caller `prepared` the folder (`prepare_folder`: checked and cleaned once for many
+    files, so a checkpoint costs one file's writes, not three more probes of the folder)."""
     path = Path(path)
-    with disk_full_is_an_error(path):
-        check_writable(path)
-    if clean:
+    if not prepared:
+        with disk_full_is_an_error(path):
+            check_writable(path)
         remove_stale_temporaries(path)
     tmp = temporary_sibling(path)
     try:
@@ -125,8 +135,9 @@ def atomic_path(path: str | os.PathLike, clean: bool = True) -> Iterator[Path]:
             with open(tmp, "rb") as handle:
                 os.fsync(handle.fileno())
             os.replace(tmp, path)
-    finally:
+    except BaseException:
         tmp.unlink(missing_ok=True)
+        raise
 
 
 @contextmanager

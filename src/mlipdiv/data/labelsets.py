@@ -30,6 +30,7 @@ from mlipdiv.data.generate import (
     _Checkpoints,
     _execute,
     _Job,
+    input_store,
     relabel,
 )
 from mlipdiv.data.qm import QMMethod
@@ -119,8 +120,7 @@ def _label_set_job(job: _Job):
     store_path, inchikey, indices, method = job.payload
 
     def make():
-        with ConformerStore(store_path) as opened:
-            record = relabel(opened.molecule(inchikey, indices), method)
+        record = relabel(input_store(store_path).molecule(inchikey, indices), method)
         return np.asarray(indices), record.energy, record.forces
 
     return _checkpointed(job, make, _save_labels)
@@ -128,7 +128,7 @@ def _label_set_job(job: _Job):
 
 def _save_labels(path: Path, result) -> None:
     indices, energy, forces = result
-    with atomic_path(path, clean=False) as tmp, open(tmp, "wb") as handle:
+    with atomic_path(path, prepared=True) as tmp, open(tmp, "wb") as handle:
         np.savez(handle, indices=indices, energy=energy, forces=forces)
 
 
