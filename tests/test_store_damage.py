@@ -156,3 +156,28 @@ def test_damaged_root_and_library_errors(good_store, tmp_path):
     import pickle
     copy = pickle.loads(pickle.dumps(info.value))  # crosses worker-process boundaries
     assert str(copy) == str(info.value) and copy.inchikey == key
+
+
+def test_a_check_shared_with_workers_finds_what_one_process_finds(damaged):
+    """`label` checks its input in the worker pool: the same damage, in the same one-line
+    errors, and the same checksum (so a rerun resumes the same checkpoints)."""
+    import functools
+
+    from mlipdiv.data.generate import WorkerPool, _survey
+    from mlipdiv.data.store import checksum_of
+
+    path, _ = damaged
+    with ConformerStore(path, skip_damaged=True) as store:
+        errors, checksum = {k: str(e) for k, e in store._damage_errors.items()}, store.checksum()
+    with ConformerStore(path) as store:
+        keys = store.inchikeys
+    with WorkerPool(2) as pool:
+        executor, submitted = pool.executor(), []  # started: the workers take chunks at once
+        submit = executor.submit
+        executor.submit = lambda *args: submitted.append(args) or submit(*args)
+        surveyed = pool.map_shared(functools.partial(_survey, str(path)), keys * 8)
+    assert len(submitted) >= 2 and [entry.key for entry in surveyed] == keys * 8
+    found = {entry.key: str(entry.damage) for entry in surveyed if entry.damage is not None}
+    assert found == errors and len(errors) == 1
+    assert checksum_of(e.checksum_piece for e in surveyed[:len(keys)]
+                       if e.damage is None) == checksum

@@ -19,6 +19,7 @@ forkserver, so a script that calls `generate` or `label_store` with workers > 1 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import multiprocessing
@@ -28,7 +29,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, as_completed, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -43,7 +44,7 @@ from mlipdiv.data.options import GenerateOptions
 from mlipdiv.data.qm import LabelError, QMMethod
 from mlipdiv.data.sampling import SAMPLERS, SamplingError, prepare_molecule, sample_conformers
 from mlipdiv.data.sources import MoleculeEntry, MoleculeFilter, describe_source, select_molecules
-from mlipdiv.data.store import ConformerStore, DamagedStoreError, MoleculeRecord
+from mlipdiv.data.store import ConformerStore, DamagedStoreError, MoleculeRecord, checksum_of
 from mlipdiv.data.store_writer import StoreWriter
 from mlipdiv.errors import FieldError, MlipdivError, check_seed, first_line
 from mlipdiv.files import read_json, reading
@@ -211,17 +212,19 @@ def label_store(
     _check_counts(workers=workers)
     method.check()
     with WorkerPool(workers) as pool:  # workers start while the input is checked
-        # the whole input is checked first (one read, cheap beside QM), so damage stops the run
-        # before any work, and a rerun with --skip-damaged resumes the same checkpoints
-        with ConformerStore(store_in, skip_damaged=True) as store:
-            damaged = list(store.damaged)
-            if not skip_damaged:
-                store.refuse_damaged()
-            checksum = store.checksum()
-            costs = {key: n_conf * len(store.atomic_numbers(key)) ** 2
-                     for key, n_conf in store.conformer_counts().items()}
-        if damaged and not costs:
+        # the whole input is checked first, so damage stops the run before any work and a
+        # rerun with --skip-damaged resumes the same checkpoints; the check reads every
+        # dataset (~1 ms a molecule), so the workers share it as they come up
+        keys = input_store(str(store_in)).inchikeys
+        surveyed = pool.map_shared(functools.partial(_survey, str(store_in)), keys)
+        damaged = [entry.key for entry in surveyed if entry.damage is not None]
+        if damaged and not skip_damaged:
+            raise next(entry.damage for entry in surveyed if entry.damage is not None)
+        kept = [entry for entry in surveyed if entry.damage is None]
+        if damaged and not kept:
             raise MlipdivError(f"{store_in}: every molecule of the store is damaged")
+        checksum = checksum_of(entry.checksum_piece for entry in kept)
+        costs = {entry.key: entry.cost for entry in kept}
         settings = {"command": "label", "store": os.path.abspath(store_in), "checksum": checksum,
                     "method": asdict(method)}
         checkpoints = _Checkpoints(out, settings)
@@ -254,6 +257,31 @@ def _label_job(job: _Job) -> MoleculeRecord | str:
     store_path, inchikey, method = job.payload
     return _checkpointed(job, lambda: relabel(input_store(store_path).molecule(inchikey),
                                               method))
+
+
+@dataclass(frozen=True)
+class _Surveyed:
+    """One input molecule as the run's check found it."""
+
+    key: str
+    damage: MlipdivError | None  # what is damaged (its one-line error), or None
+    checksum_piece: bytes = b""
+    cost: float = 0.0  # conformers x atoms^2, to start the longest molecules first
+
+
+def _survey(path: str, keys: Sequence[str]) -> list[_Surveyed]:
+    """Check molecules of an input store (`ConformerStore.damage`: every dataset read) and
+    read what the run needs of the sound ones."""
+    store = input_store(path)
+    surveyed = []
+    for key in keys:
+        damage = store.damage(key)
+        if damage is not None:
+            surveyed.append(_Surveyed(key, damage))
+            continue
+        cost = store.n_conformers(key) * len(store.atomic_numbers(key)) ** 2
+        surveyed.append(_Surveyed(key, None, store.checksum_piece(key), float(cost)))
+    return surveyed
 
 
 _input_stores: dict[str, ConformerStore] = {}
@@ -330,16 +358,21 @@ def _execute(worker: Callable[[_Job], MoleculeRecord | str], jobs: Sequence[_Job
                 yield job, worker(job)
                 bar.advance(task)
             return
-        try:
-            futures = {executor.submit(worker, job): job for job in jobs}
-            for future in as_completed(futures):
-                yield futures[future], future.result()
-                bar.advance(task)
-        except BrokenProcessPool:
-            raise MlipdivError(
-                f"{Path(jobs[0].parts)}: a worker process died (out of memory or killed); "
-                "finished molecules are checkpointed there, rerun the same command to resume"
-            ) from None
+        futures = {executor.submit(worker, job): job for job in jobs}
+        for future in as_completed(futures):
+            yield futures[future], _result(
+                future, f"finished molecules are checkpointed in {Path(jobs[0].parts)}, rerun "
+                "the same command to resume")
+            bar.advance(task)
+
+
+def _result(future: Future, resume: str):
+    """A worker's result; a worker that died is one line, ending in how to `resume`."""
+    try:
+        return future.result()
+    except BrokenProcessPool:
+        raise MlipdivError(f"a worker process died (out of memory or killed); {resume}"
+                           ) from None
 
 
 class WorkerPool:
@@ -383,6 +416,31 @@ class WorkerPool:
         if self._starting is not None:
             self._starting.join()
         return self._executor
+
+    def map_shared(self, function: Callable[[list], list], items: Sequence) -> list:
+        """`function` over consecutive chunks of `items`, its lists joined in order. The
+        calling process works through chunks from the end while the workers, once up, take
+        them from the front: a short pass (the input check) is neither serial nor kept
+        waiting for the workers' start."""
+        n_chunks = max(1, min(8 * (self.workers + 1), len(items) // 8))
+        bounds = np.linspace(0, len(items), n_chunks + 1).astype(int)
+        chunks = [list(items[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        results: list[list | None] = [None] * n_chunks
+        todo, running = deque(range(n_chunks)), {}
+        while todo or running:
+            started = self._starting is None or not self._starting.is_alive()
+            while self._executor is not None and started and todo \
+                    and len(running) < self.workers:
+                index = todo.popleft()
+                running[self._executor.submit(function, chunks[index])] = index
+            if todo:
+                index = todo.pop()
+                results[index] = function(chunks[index])
+            elif running:
+                wait(running, return_when=FIRST_COMPLETED)
+            for future in [future for future in running if future.done()]:
+                results[running.pop(future)] = _result(future, "rerun the same command")
+        return [item for chunk in results for item in chunk]
 
     def __exit__(self, *exc) -> None:
         executor = self.executor()

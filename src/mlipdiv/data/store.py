@@ -94,6 +94,14 @@ class DamagedStoreError(MlipdivError):
         return type(self), (self.path, self.part, self.reason, self.inchikey)
 
 
+def checksum_of(pieces: Iterable[bytes]) -> str:
+    """A store's checksum from its molecules' `ConformerStore.checksum_piece`s, in key order."""
+    digest = hashlib.sha256()
+    for piece in pieces:
+        digest.update(piece)
+    return digest.hexdigest()
+
+
 class ConformerStore:
     """Read-only, lazy access to a store file. Use as a context manager or call `close()`.
 
@@ -161,14 +169,18 @@ class ConformerStore:
         that cannot be read or whose arrays are impossible (wrong shapes, non-finite values,
         atomic numbers outside 1-118). Raises DamagedStoreError when the store's own
         structure (the list of molecules) is damaged."""
-        self._damage_errors: dict[str, MlipdivError] = {}
-        for key in self._keys:
-            try:
-                self._check_molecule(key)
-            except MlipdivError as exc:
-                self._damage_errors[key] = exc
+        self._damage_errors = {key: error for key in self._keys
+                               if (error := self.damage(key)) is not None}
         return {key: f"{exc.part}: {exc.reason}" if isinstance(exc, DamagedStoreError)
                 else f"molecule {key}: {exc}" for key, exc in self._damage_errors.items()}
+
+    def damage(self, key: str) -> MlipdivError | None:
+        """What `check` finds damaged in one molecule (its one-line error), or None."""
+        try:
+            self._check_molecule(key)
+        except MlipdivError as exc:
+            return exc
+        return None
 
     def refuse_damaged(self) -> None:
         """Raise the first damaged molecule's one-line error, if a check found any."""
@@ -455,19 +467,18 @@ class ConformerStore:
         Cheap enough for large stores (energies only, not positions), and changes whenever a
         molecule or conformer is added, removed or relabelled.
         """
-        digest = hashlib.sha256()
         left_out = set(skip)
-        for key in (k for k in self._keys if k not in left_out):
-            group = self._group(key)
-            with self._in_molecule(key, "positions"):
-                digest.update(key.encode())
-                digest.update(str(group["positions"].shape).encode())
-            with self._in_molecule(key, "energy"):
-                if "energy" in group:
-                    digest.update(np.ascontiguousarray(group["energy"][()]).tobytes())
-                else:
-                    digest.update(np.ascontiguousarray(group["positions"][:, 0, :]).tobytes())
-        return digest.hexdigest()
+        return checksum_of(self.checksum_piece(k) for k in self._keys if k not in left_out)
+
+    def checksum_piece(self, key: str) -> bytes:
+        """What `checksum` hashes of one molecule (key, conformer count, energies), so parts
+        of a store can be fingerprinted apart (in worker processes) and joined in order."""
+        group = self._group(key)
+        with self._in_molecule(key, "positions"):
+            head = key.encode() + str(group["positions"].shape).encode()
+        with self._in_molecule(key, "energy"):
+            data = group["energy"][()] if "energy" in group else group["positions"][:, 0, :]
+        return head + np.ascontiguousarray(data).tobytes()
 
     def _group(self, inchikey: str) -> h5py.Group:
         if inchikey not in self:
