@@ -193,3 +193,23 @@ def test_a_run_opens_its_input_store_once_for_all_its_jobs(diverse_store, tmp_pa
     # open per job made a run over many small molecules quadratic
     assert opened.count(Path(diverse_store)) == 1 < summary.n_molecules
     assert not generate_module._input_stores  # closed when the run ended
+
+
+def test_small_molecules_go_to_the_workers_in_batches_that_shrink_to_one():
+    from mlipdiv.data.generate import BATCH_SECONDS, _Batches, _Job
+
+    jobs = [_Job(i, f"m{i}", "", (), cost=1.0) for i in range(400)]
+    batches = _Batches(jobs, workers=2)
+    first = batches.next()
+    assert len(first) == 1  # nothing measured yet: one molecule a task
+    batches.learn(first, seconds=0.004)  # 4 ms a molecule: 25 fit in BATCH_SECONDS
+    sizes, tasks = [], [first]
+    while batches.queue:
+        tasks.append(batches.next())
+        sizes.append(len(tasks[-1]))
+    assert [job.index for task in tasks for job in task] == list(range(400))
+    assert abs(sizes[0] - BATCH_SECONDS / 0.004) <= 1 and sizes[-1] == 1
+    assert sizes == sorted(sizes, reverse=True)  # the last tasks are the smallest
+    batches = _Batches(jobs[:10], workers=2)
+    batches.learn(batches.next(), seconds=5.0)  # slow molecules (DFT): one a task
+    assert len(batches.next()) == 1
