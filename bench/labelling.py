@@ -18,8 +18,14 @@ pool's overheads over the bare loops with as many processes (`pool_1_overhead`,
 `pool_2_overhead`; `pool_1_cpu_overhead` in CPU time, which other jobs disturb far less).
 With `--repeats N` the four timings alternate N times and the fastest of each counts (other
 jobs on the shared cores only ever slow a run down); the load average is printed before and
-after. The SCF restart of `XtbSeries` (off in the library) is measured in one process too:
-its CPU-time gain and its largest energy and force differences from the fresh starts.
+after. As the fastest runs of a busy shared machine can come from different minutes,
+`pool_2_vs_1_paired` is also given: the median over repeats of the ratio of the two pool runs
+made one after the other. On Linux the machine's CPU time during each pool run is read from
+/proc/stat: `pool_2_idle_cores` (the share of the two cores' time the 2-worker run left idle:
+start-up, the input check, the last molecule) and `pool_2_cpu_vs_1` (all CPU seconds of the
+2-worker run over those of the 1-worker run: what the pool's processes and contention add).
+The SCF restart of `XtbSeries` (off in the library) is measured in one process too: its
+CPU-time gain and its largest energy and force differences from the fresh starts.
 Human-readable lines go to stderr, the figures as one JSON line last.
 
     .venv/bin/python bench/labelling.py [--quick] [--molecules 167] [--repeats 2]
@@ -171,6 +177,18 @@ def restart_check(path: Path) -> dict:
     }
 
 
+def machine_cpu() -> tuple[float, float] | None:
+    """(busy, idle) CPU seconds of the whole machine since boot (Linux /proc/stat), or None."""
+    try:
+        with open("/proc/stat") as stat:
+            ticks = [int(value) for value in stat.readline().split()[1:]]
+    except OSError:
+        return None
+    hertz = os.sysconf("SC_CLK_TCK")
+    user, nice, system, idle, iowait, irq, softirq = ticks[:7]
+    return (user + nice + system + irq + softirq) / hertz, (idle + iowait) / hertz
+
+
 def pool_run(store: Path, out: Path, workers: int) -> tuple[float, float]:
     """Wall seconds of `label_store` with `workers` workers (the output removed first, so
     every run does all the work), and this process's CPU seconds (all of them at 1 worker)."""
@@ -179,6 +197,18 @@ def pool_run(store: Path, out: Path, workers: int) -> tuple[float, float]:
     started, cpu = time.perf_counter(), time.process_time()
     label_store(store, out, method, workers, False)
     return time.perf_counter() - started, time.process_time() - cpu
+
+
+def machine_figures(machine: dict[str, list[tuple[float, float]]]) -> dict:
+    """Medians over repeats of the 2-worker run's idle share of the cores and of its CPU
+    seconds over the 1-worker run's (empty without /proc/stat)."""
+    if not (machine["pool_1"] and machine["pool_2"]):
+        return {}
+    idle = [idle / (busy + idle) for busy, idle in machine["pool_2"]]
+    cpu = [two[0] / one[0] for one, two in zip(machine["pool_1"], machine["pool_2"],
+                                                strict=True)]
+    return {"pool_2_idle_cores": round(float(np.median(idle)), 3),
+            "pool_2_cpu_vs_1": round(float(np.median(cpu)), 3)}
 
 
 def main() -> None:
@@ -199,6 +229,7 @@ def main() -> None:
                                        opened.molecule(opened.inchikeys[0]).positions[0])
         times: dict[str, list[float]] = {"bare_1": [], "bare_2": [], "pool_1": [], "pool_2": []}
         cpu_times: dict[str, list[float]] = {name: [] for name in times}
+        machine: dict[str, list[tuple[float, float]]] = {"pool_1": [], "pool_2": []}
         for repeat in range(args.repeats):
             order = list(times) if repeat % 2 == 0 else list(reversed(times))
             for name in order:
@@ -206,7 +237,11 @@ def main() -> None:
                 if kind == "bare":
                     seconds, cpu, bare = bare_run(store, int(n))
                 else:
+                    before = machine_cpu()
                     seconds, cpu = pool_run(store, out, int(n))
+                    after = machine_cpu()
+                    if before is not None and after is not None:
+                        machine[name].append((after[0] - before[0], after[1] - before[1]))
                 times[name].append(seconds)
                 cpu_times[name].append(cpu)
                 print(f"repeat {repeat + 1}: {name} {seconds:.2f} s "
@@ -223,6 +258,8 @@ def main() -> None:
         **{f"{name}_conformers_per_s": round(n_total / t, 1) for name, t in best.items()},
         "pool_2_vs_1": round(best["pool_1"] / best["pool_2"], 3),
         "bare_2_vs_1": round(best["bare_1"] / best["bare_2"], 3),
+        "pool_2_vs_1_paired": round(float(np.median(np.divide(times["pool_1"],
+                                                              times["pool_2"]))), 3),
         "pool_2_vs_bare_1": round(best["bare_1"] / best["pool_2"], 3),
         "pool_1_overhead": round(best["pool_1"] / best["bare_1"] - 1, 3),
         "pool_2_overhead": round(best["pool_2"] / best["bare_2"] - 1, 3),
@@ -231,12 +268,14 @@ def main() -> None:
                                         for k in pool_labels),
         "max_force_difference_ev_per_a": max(float(np.abs(pool_labels[k][1] - bare[k][1]).max())
                                              for k in pool_labels),
+        **machine_figures(machine),
         **restart,
         "seconds": {name: [round(t, 2) for t in values] for name, values in times.items()},
         "cpu_count": os.cpu_count(), "load_average_1min_before": load_before[0],
         "load_average_1min_after": os.getloadavg()[0],
     }
-    print(f"pool 2 workers vs 1: {figures['pool_2_vs_1']}x (goal 1.9); bare tblite 2 "
+    print(f"pool 2 workers vs 1: {figures['pool_2_vs_1']}x (goal 1.9; paired median "
+          f"{figures['pool_2_vs_1_paired']}x); bare tblite 2 "
           f"processes vs 1: {figures['bare_2_vs_1']}x; pool 2 vs plain loop: "
           f"{figures['pool_2_vs_bare_1']}x", file=sys.stderr)
     print(json.dumps(figures))
