@@ -271,16 +271,17 @@ class _Surveyed:
 
 
 def _survey(path: str, keys: Sequence[str]) -> list[_Surveyed]:
-    """Check molecules of an input store (`ConformerStore.damage`: every dataset read) and
-    read what the run needs of the sound ones."""
+    """Check molecules of an input store (`ConformerStore.checked_molecule`: every dataset
+    read) and read what the run needs of the sound ones."""
     store = input_store(path)
     surveyed = []
     for key in keys:
-        damage = store.damage(key)
-        if damage is not None:
+        try:
+            record = store.checked_molecule(key)
+        except MlipdivError as damage:
             surveyed.append(_Surveyed(key, damage))
             continue
-        cost = store.n_conformers(key) * len(store.atomic_numbers(key)) ** 2
+        cost = record.n_conformers * record.n_atoms ** 2  # from the record the check read
         surveyed.append(_Surveyed(key, None, store.checksum_piece(key), float(cost)))
     return surveyed
 

@@ -177,7 +177,7 @@ class ConformerStore:
     def damage(self, key: str) -> MlipdivError | None:
         """What `check` finds damaged in one molecule (its one-line error), or None."""
         try:
-            self._check_molecule(key)
+            self.checked_molecule(key)
         except MlipdivError as exc:
             return exc
         return None
@@ -188,7 +188,9 @@ class ConformerStore:
         if errors:
             raise next(iter(errors.values()))
 
-    def _check_molecule(self, key: str) -> None:
+    def checked_molecule(self, key: str) -> MoleculeRecord:
+        """A molecule read with every check `check` makes (every group and dataset read
+        once); raises its one-line error where it is damaged."""
         with self._in_molecule(key):
             group = self._file[key]
             names = set(group.keys())
@@ -220,6 +222,7 @@ class ConformerStore:
         if not np.all((record.atomic_numbers >= 1) & (record.atomic_numbers <= 118)):
             raise DamagedStoreError(self.path, f"molecule {key} (dataset 'atomic_numbers')",
                                     "atomic numbers outside 1-118", key)
+        return record
 
     @property
     def attrs(self) -> dict:
